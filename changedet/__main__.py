@@ -1,0 +1,3 @@
+from changedet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Small immutable value objects shared by all modules (no I/O, no JAX)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from affine import Affine
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A raster pixel grid: shape, affine transform and CRS (``None`` if not georeferenced).
+
+    Attributes:
+      height: Rows, in pixels.
+      width: Columns, in pixels.
+      transform: Affine map from (col, row) pixel corners to CRS coordinates.
+      crs: CRS as a WKT/authority string (hashable), or ``None`` for ungeoreferenced images.
+    """
+
+    height: int
+    width: int
+    transform: Affine
+    crs: str | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels."""
+        return (self.height, self.width)
+
+    @property
+    def is_georeferenced(self) -> bool:
+        """True when the grid carries a CRS."""
+        return self.crs is not None
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """Pixel ``(width, height)`` in CRS units (positive)."""
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "height": self.height,
+            "width": self.width,
+            "transform": list(self.transform)[:6],
+            "crs": self.crs,
+        }
