@@ -7,7 +7,7 @@ pure and usable inside ``jax.jit``; the numpy twin uses int64 for whole scenes.
 Precision–recall curves and the F1-optimal threshold come from per-class score histograms on
 fixed threshold grids, so they are exact at the grid thresholds for any number of scenes and
 need memory proportional to the grid, not the pixels. The decision rule everywhere is
-``changed = score >= threshold``.
+``changed = score > threshold``.
 
 Must not import rasterio, rioxarray, xarray, dask or matplotlib.
 """
@@ -63,7 +63,7 @@ class Metrics(NamedTuple):
 
 
 class PRCurve(NamedTuple):
-    """Precision/recall/F1 at each threshold of a grid (rule: ``score >= threshold``).
+    """Precision/recall/F1 at each threshold of a grid (rule: ``score > threshold``).
 
     All fields are 1-D arrays of length ``num_thresholds``: ``thresholds`` float64 ascending,
     ``tp``/``fp``/``fn``/``tn`` int64, ``precision``/``recall``/``f1`` float64.
@@ -207,8 +207,8 @@ def score_histograms(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Counts of changed / unchanged valid pixels per threshold bin (summable across scenes).
 
-    Bin ``k + 1`` holds scores in ``[thresholds[k], thresholds[k+1])`` (the last bin is open
-    above); bin 0 holds scores below ``thresholds[0]``. NaN scores are treated as invalid.
+    Bin ``k + 1`` holds scores in ``(thresholds[k], thresholds[k+1]]`` (the last bin is open
+    above); bin 0 holds scores ``<= thresholds[0]``. NaN scores are treated as invalid.
 
     Args:
       score: float array, any shape.
@@ -222,7 +222,7 @@ def score_histograms(
     score = np.asarray(score, dtype=np.float64)
     label = np.asarray(label).astype(bool)
     ok = np.asarray(valid).astype(bool) & np.isfinite(score)
-    bins = np.searchsorted(np.asarray(thresholds, np.float64), score[ok], side="right")
+    bins = np.searchsorted(np.asarray(thresholds, np.float64), score[ok], side="left")
     n = len(thresholds) + 1
     lab = label[ok]
     changed = np.bincount(bins[lab], minlength=n).astype(np.int64)
@@ -234,7 +234,7 @@ def curve_from_histograms(
     thresholds: np.ndarray, changed_hist: np.ndarray, unchanged_hist: np.ndarray
 ) -> PRCurve:
     """Builds a :class:`PRCurve` from (summed) :func:`score_histograms` output."""
-    # Pixels predicted changed at threshold k: bins k+1 .. end (score >= thresholds[k]).
+    # Pixels predicted changed at threshold k: bins k+1 .. end (score > thresholds[k]).
     pos_at_or_above = np.cumsum(changed_hist[::-1])[::-1][1:]
     neg_at_or_above = np.cumsum(unchanged_hist[::-1])[::-1][1:]
     total_pos = int(changed_hist.sum())
@@ -286,7 +286,7 @@ def pr_curve(
       score_range: ``(low, high)`` of the grid; default: min and max valid score.
 
     Returns:
-      :class:`PRCurve`; rule ``changed = score >= threshold``.
+      :class:`PRCurve`; rule ``changed = score > threshold``.
     """
     scores, labels, valids = _as_list(score), _as_list(label), _as_list(valid)
     if not (len(scores) == len(labels) == len(valids)):
@@ -317,13 +317,13 @@ def best_threshold(
     Ties go to the lowest threshold. Arguments are those of :func:`pr_curve`.
 
     Returns:
-      ``(threshold, f1)`` as floats; apply as ``score >= threshold``.
+      ``(threshold, f1)`` as floats; apply as ``score > threshold``.
 
     Example:
       >>> import numpy as np
       >>> s = np.array([0.1, 0.2, 0.8, 0.9]); y = np.array([0, 0, 1, 1])
       >>> t, f1 = best_threshold(s, y, np.ones(4, bool), num_thresholds=9)
-      >>> f1, 0.2 < t <= 0.8
+      >>> f1, 0.2 <= t < 0.8
       (1.0, True)
     """
     curve = pr_curve(score, label, valid, num_thresholds, score_range=score_range)

@@ -89,7 +89,7 @@ def test_pr_curve_matches_direct_counts_at_every_threshold():
     curve = metrics.pr_curve(scores, labels, valids, num_thresholds=17)
     for k, t in enumerate(curve.thresholds):
         direct = metrics.sum_counts(
-            *(metrics.confusion_counts_np(s >= t, y, v) for s, y, v in zip(scores, labels, valids))
+            *(metrics.confusion_counts_np(s > t, y, v) for s, y, v in zip(scores, labels, valids))
         )
         assert (curve.tp[k], curve.fp[k], curve.fn[k], curve.tn[k]) == tuple(direct)
         assert curve.f1[k] == pytest.approx(metrics.scores_from_counts(*direct).f1)
@@ -101,10 +101,10 @@ def test_best_threshold_on_constructed_case():
     label = np.concatenate([np.ones(20), np.zeros(80)]).astype(np.uint8)
     valid = np.ones(100, bool)
     t, f1 = metrics.best_threshold(score, label, valid, num_thresholds=101, score_range=(0, 1))
-    # Any threshold in (0.5, 0.6] separates all but the two 0.7 false alarms: F1 = 40/42.
-    assert 0.5 < t <= 0.6
+    # Any threshold in [0.5, 0.6) separates all but the two 0.7 false alarms: F1 = 40/42.
+    assert 0.5 <= t < 0.6
     assert f1 == pytest.approx(40 / 42)
     # Invalid pixels are ignored: hide the false alarms and F1 becomes 1.
     valid[-2:] = False
     t2, f1b = metrics.best_threshold(score, label, valid, num_thresholds=101, score_range=(0, 1))
-    assert f1b == 1.0 and 0.5 < t2 <= 0.6
+    assert f1b == 1.0 and 0.5 <= t2 < 0.6
