@@ -1,0 +1,74 @@
+"""changedet: satellite change detection with Siamese networks in JAX/Flax.
+
+Two co-registered scenes in, a georeferenced change mask (and score map) out::
+
+    import changedet
+    result = changedet.run("before.tif", "after.tif", "change.tif")
+    ds = changedet.detect("before.tif", "after.tif")   # lazy xarray Dataset: score, mask
+
+The names in ``__all__`` are the documented API.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from changedet.errors import (  # noqa: E402
+    BandMismatchError,
+    ChangedetError,
+    ConfigError,
+    EmptySceneError,
+    GridMismatchError,
+    InputNotFoundError,
+    ModelFileError,
+    NotARasterError,
+    OutputError,
+)
+from changedet.types import Grid  # noqa: E402
+
+_LAZY = {
+    "open_scene": ("changedet.io", "open_scene"),
+    "open_pair": ("changedet.io", "open_pair"),
+    "RasterPair": ("changedet.io", "RasterPair"),
+    "detect": ("changedet.pipeline", "detect"),
+    "run": ("changedet.pipeline", "run"),
+    "RunResult": ("changedet.pipeline", "RunResult"),
+    "CVADetector": ("changedet.cva", "CVADetector"),
+    "ChangeModel": ("changedet.modelfile", "ChangeModel"),
+    "load_model": ("changedet.modelfile", "load_model"),
+    "save_model": ("changedet.modelfile", "save_model"),
+    "ModelConfig": ("changedet.config", "ModelConfig"),
+}
+
+
+def __getattr__(name: str):
+    # Heavy modules (rasterio, dask, jax) load on first use, so `import changedet` is fast
+    # and the compute modules can be imported without the I/O stack.
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'changedet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "BandMismatchError",
+    "ChangedetError",
+    "ConfigError",
+    "EmptySceneError",
+    "Grid",
+    "GridMismatchError",
+    "InputNotFoundError",
+    "ModelFileError",
+    "NotARasterError",
+    "OutputError",
+    "__version__",
+    *_LAZY,
+]

@@ -1,0 +1,210 @@
+"""Command line: ``python -m changedet {run,info,train,evaluate}``.
+
+Parses arguments, sets up logging, calls one library function. A ``ChangedetError`` becomes one
+line on stderr and exit status 2 (``-v`` adds the traceback); any other error exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from changedet import __version__
+from changedet.errors import ChangedetError
+
+log = logging.getLogger("changedet")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+RUN_EXAMPLES = """examples:
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif
+  python -m changedet run before.tif after.tif -o change.tif --score score.tif --vector change.gpkg
+  python -m changedet run a.tif b.tif -o change.tif --align --method cva
+  python -m changedet run s2_a/ s2_b/ -o change.tif --bands B04,B03,B02 --model rgb
+"""
+
+
+def _bands(text: str) -> list[str]:
+    return [b for b in text.replace(" ", "").split(",") if b]
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public so docs and tests can introspect it)."""
+    parser = argparse.ArgumentParser(
+        prog="changedet",
+        description="Satellite change detection: two co-registered scenes in, a georeferenced "
+        "change mask out.",
+    )
+    parser.add_argument("--version", action="version", version=f"changedet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="detect change between two scenes and write the mask",
+        description="Detect change between BEFORE and AFTER and write a georeferenced mask "
+        "(uint8: 0 no change, 1 change, 255 nodata) on the grid of BEFORE.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("before", help="earlier scene: raster file, or folder of single-band rasters")
+    run.add_argument("after", help="later scene, same grid as BEFORE (or use --align)")
+    run.add_argument("-o", "--output", required=True, help="change mask GeoTIFF to write")
+    run.add_argument("--score", help="also write the float32 change score GeoTIFF here")
+    run.add_argument("--vector", help="also write change polygons (.gpkg or .geojson) here")
+    run.add_argument("--quicklook", help="also write an overlay PNG here (needs matplotlib)")
+    run.add_argument("--align", action="store_true", help="resample AFTER onto BEFORE's grid")
+    run.add_argument(
+        "--method", choices=("auto", "siamese", "cva"), default="auto",
+        help="auto: packaged Siamese model chosen from the bands (default); cva: change "
+        "vector analysis baseline with Otsu's threshold",
+    )
+    run.add_argument("--model", help="packaged model name (sentinel2, rgb) or model file path")
+    run.add_argument(
+        "--bands", type=_bands,
+        help="comma-separated band ids or 1-based indices to use, in the model's order",
+    )
+    run.add_argument("--threshold", type=float, help="decision threshold on the score")
+    run.add_argument(
+        "--tile-size", type=int, default=1024, metavar="PX",
+        help="processing block edge in pixels (default 1024); does not change the result",
+    )
+    run.add_argument("--workers", type=int, help="start a local dask cluster with N workers")
+    run.add_argument("--scheduler", help="address of a dask.distributed scheduler (tcp://...)")
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_common(run)
+
+    info = sub.add_parser("info", help="print a scene's grid, CRS, bands, dtype and nodata")
+    info.add_argument("scene", nargs="+", help="raster file or band folder")
+    _add_common(info)
+    return parser
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    from changedet import cli_train
+
+    cli_train.add_commands(sub, _add_common)
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("changedet")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    warn_logger = logging.getLogger("py.warnings")
+    warn_logger.handlers[:] = [handler]
+    warn_logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+
+
+def _client(args: argparse.Namespace):
+    if args.scheduler and args.workers:
+        raise ChangedetError("pass either --scheduler or --workers, not both.")
+    if not (args.scheduler or args.workers):
+        return None
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as err:
+        raise ChangedetError(
+            "--workers/--scheduler need dask.distributed: pip install 'changedet[distributed]'."
+        ) from err
+    if args.scheduler:
+        return Client(args.scheduler)
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
+    log.info("dask dashboard: %s", cluster.dashboard_link)
+    return Client(cluster)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from changedet import pipeline
+
+    client = _client(args)
+    try:
+        result = pipeline.run(
+            args.before,
+            args.after,
+            args.output,
+            score_path=args.score,
+            vector_path=args.vector,
+            method=args.method,
+            model=args.model,
+            bands=args.bands,
+            threshold=args.threshold,
+            align=args.align,
+            block_px=args.tile_size,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            client=client,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    if args.quicklook:
+        from changedet import viz
+
+        viz.write_quicklook(
+            args.quicklook, args.before, args.after, result.outputs[0],
+            align=args.align, bands=args.bands, overwrite=args.overwrite,
+        )
+    log.info(
+        "%s: threshold %.4g, %d x %d px in %.1f s (%.2f Mpix/s)",
+        result.method, result.threshold, result.grid.width, result.grid.height,
+        result.seconds, result.megapixels_per_second,
+    )
+    for path in result.outputs:
+        print(path)
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from changedet import io
+
+    for scene in args.scene:
+        print(io.describe_scene(scene))
+    return EXIT_OK
+
+
+def _raise_keyboard_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: clean up, exit
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m changedet``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
+    except ChangedetError as err:
+        if args.verbose:
+            log.exception("changedet failed")
+        message = " ".join(str(err).split())
+        print(f"changedet: error: {message}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("changedet: interrupted; no partial output was kept.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # internal error: say so, point at -v
+        if args.verbose:
+            log.exception("internal error")
+        print(
+            f"changedet: internal error: {type(err).__name__}: {err} (run with -v for the "
+            "traceback and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+COMMANDS = {"run": _cmd_run, "info": _cmd_info}

@@ -1,0 +1,402 @@
+"""From two scenes to a change map: the only module that knows both the files and the detector.
+
+``detect`` builds one lazy dask graph (reads -> overlapping blocks -> detector -> score); ``run``
+streams that graph to georeferenced files. The same graph runs on dask's threads or on a
+``dask.distributed`` cluster (pass ``client=`` or have one active).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from changedet import __version__, io
+from changedet.cva import CVADetector, otsu_threshold_dask
+from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
+from changedet.types import Grid
+
+log = logging.getLogger(__name__)
+
+#: Sentinel-2 MSI band ids in canonical order (as ``io.open_scene`` orders a band folder).
+SENTINEL2_BANDS: tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+)  # fmt: skip
+
+Method = Literal["auto", "siamese", "cva"]
+DEFAULT_BLOCK_PX = 1024
+
+
+class Detector(Protocol):
+    """What the pipeline needs from a change detector (see docs/design.md)."""
+
+    name: str
+    halo_px: int
+    threshold: float | None
+    band_ids: tuple[str, ...] | None
+
+    def prepare(self, pair: io.RasterPair) -> Detector: ...
+
+    def score_block(self, before: np.ndarray, after: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What ``run`` wrote and how.
+
+    Attributes:
+      outputs: Paths written (mask first, then score and vector if asked).
+      threshold: Decision threshold applied to the score.
+      method: Detector name (``"cva"`` or ``"siamese:<model>"``).
+      grid: The output grid (identical to the input ``before`` grid).
+      seconds: Wall time of the whole run.
+      megapixels_per_second: Scene pixels divided by wall time.
+    """
+
+    outputs: tuple[Path, ...]
+    threshold: float
+    method: str
+    grid: Grid
+    seconds: float
+    megapixels_per_second: float
+
+
+# --------------------------------------------------------------------------- detector choice
+
+
+def select_bands(pair: io.RasterPair, bands: Sequence[str] | None) -> io.RasterPair:
+    """Keeps the given band ids (or 1-based indices) of both dates, in the order given.
+
+    Raises:
+      BandMismatchError: If a requested band is not in the scene.
+    """
+    if not bands:
+        return pair
+    ids = list(pair.band_ids)
+    chosen: list[str] = []
+    for band in bands:
+        band = str(band).strip()
+        if band in ids:
+            chosen.append(band)
+        elif band.isdigit() and 1 <= int(band) <= len(ids):
+            chosen.append(ids[int(band) - 1])
+        else:
+            raise BandMismatchError(
+                f"band {band!r} is not in {pair.before_path}; its bands are {', '.join(ids)}. "
+                "Pass --bands with ids or 1-based indices from that list."
+            )
+    before = pair.before.sel(band=chosen)
+    after = pair.after.sel(band=chosen)
+    return dataclasses.replace(pair, before=before, after=after, band_ids=tuple(chosen))
+
+
+def resolve_detector(
+    pair: io.RasterPair, *, method: Method = "auto", model: Any = None
+) -> Detector:
+    """Chooses the detector for a pair: CVA, a model file/name, or the packaged default.
+
+    ``model`` may be a ``ChangeModel``, a packaged name (``"sentinel2"``, ``"rgb"``) or a path.
+    With ``method="auto"`` and no model: 13 Sentinel-2 band ids use ``sentinel2``, 3 bands
+    use ``rgb``; anything else is an error naming ``--model``, ``--bands`` and ``--method cva``.
+    """
+    if method == "cva":
+        return CVADetector()
+    if method not in ("auto", "siamese"):
+        raise ConfigError(f"method must be 'auto', 'siamese' or 'cva'; got {method!r}.")
+    from changedet import modelfile
+
+    if model is None:
+        if tuple(pair.band_ids) == SENTINEL2_BANDS:
+            model = "sentinel2"
+        elif len(pair.band_ids) == 3:
+            model = "rgb"
+        else:
+            raise BandMismatchError(
+                f"no packaged model takes {len(pair.band_ids)} bands ({', '.join(pair.band_ids)}): "
+                "'sentinel2' needs the 13 Sentinel-2 bands, 'rgb' needs 3 bands in red, green, "
+                "blue order. Pass --bands to pick 3 bands (e.g. --bands B04,B03,B02), "
+                "--model PATH for a model trained on these bands, or --method cva."
+            )
+    if not isinstance(model, modelfile.ChangeModel):
+        model = modelfile.load_model(model)
+    modelfile.check_bands(model, pair.band_ids)
+    return model
+
+
+# --------------------------------------------------------------------------- the graph
+
+
+def _block_chunks(size: int, block_px: int, halo_px: int) -> tuple[int, ...]:
+    """Chunk sizes along one axis: ``block_px`` each, a short last chunk merged into the one
+    before it when it is thinner than the halo (dask's overlap needs chunks >= depth, and
+    merging keeps every chunk origin a multiple of ``block_px``)."""
+    num_full, rest = divmod(size, block_px)
+    chunks = [block_px] * num_full
+    if rest:
+        if chunks and rest < halo_px:
+            chunks[-1] += rest
+        else:
+            chunks.append(rest)
+    return tuple(chunks)
+
+
+def _score_fn(detector: Detector, halo_px: int, pad_self: bool):
+    """The per-block function: detector scores on the halo-extended block, cropped to the core."""
+
+    def score(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        if pad_self and halo_px:
+            pads = ((0, 0), (halo_px, halo_px), (halo_px, halo_px))
+            before = np.pad(before, pads, mode="symmetric")
+            after = np.pad(after, pads, mode="symmetric")
+        result = detector.score_block(before, after)
+        if halo_px:
+            result = result[halo_px:-halo_px, halo_px:-halo_px]
+        return np.asarray(result, dtype=np.float32)
+
+    return score
+
+
+def _fill_values(detector: Detector, num_bands: int) -> np.ndarray:
+    """Values invalid pixels take before scoring: the model's band means (zero after
+    normalisation), so nodata never leaks into the scores of valid neighbours."""
+    mean = getattr(detector, "norm_mean", None)  # only learned models normalise
+    if mean is None:
+        return np.zeros(num_bands, dtype=np.float32)
+    return np.asarray(mean, dtype=np.float32).reshape(num_bands)
+
+
+def score_graph(
+    pair: io.RasterPair, detector: Detector, *, block_px: int = DEFAULT_BLOCK_PX
+) -> da.Array:
+    """The lazy change-score array ``(height, width)`` float32, NaN where invalid.
+
+    Blocks of ``block_px`` (a multiple of the detector's alignment) are extended by the
+    detector's halo (mirrored at the scene edge), scored, and cropped back, so the result does
+    not depend on ``block_px``.
+    """
+    halo = int(detector.halo_px)
+    align = int(getattr(detector, "align_px", 1))  # pooling alignment of learned models
+    if block_px < 1 or block_px % align:
+        raise ConfigError(
+            f"tile size {block_px} px must be a positive multiple of {align} for this model; "
+            f"try --tile-size {max(align, block_px - block_px % align)}."
+        )
+    height, width = pair.grid.shape
+    fill = _fill_values(detector, len(pair.band_ids))
+    valid = pair.valid.data
+    dates = []
+    for scene in (pair.before, pair.after):
+        data = scene.data.astype(np.float32)
+        data = da.where(valid[None], data, fill[:, None, None])
+        dates.append(data)
+
+    small = halo and (height <= halo or width <= halo)
+    if small:  # one block, mirrored by numpy (dask cannot mirror wider than the array)
+        before, after = (d.rechunk((-1, -1, -1)) for d in dates)
+        out_chunks = ((height,), (width,))
+    else:
+        chunks = (
+            (len(pair.band_ids),),
+            _block_chunks(height, block_px, halo),
+            _block_chunks(width, block_px, halo),
+        )
+        before, after = (d.rechunk(chunks) for d in dates)
+        out_chunks = chunks[1:]
+        if halo:
+            depth = {0: 0, 1: halo, 2: halo}
+            boundary = {0: "none", 1: "reflect", 2: "reflect"}
+            before = da.overlap.overlap(before, depth, boundary, allow_rechunk=False)
+            after = da.overlap.overlap(after, depth, boundary, allow_rechunk=False)
+    score = da.map_blocks(
+        _score_fn(detector, halo, pad_self=bool(small)),
+        before,
+        after,
+        drop_axis=0,
+        chunks=out_chunks,
+        dtype=np.float32,
+        name=f"changedet-score-{detector.name}",
+    )
+    return da.where(valid.rechunk(score.chunks), score, np.float32(np.nan))
+
+
+def _threshold_for(score: da.Array, detector: Detector, threshold: float | None) -> float:
+    if threshold is not None:
+        return float(threshold)
+    if detector.threshold is not None:
+        return float(detector.threshold)
+    log.info("no threshold given or stored: computing Otsu's threshold on the score map")
+    value = otsu_threshold_dask(score)
+    if not math.isfinite(value):
+        raise EmptySceneError("the change score has no valid pixel to threshold.")
+    return float(value)
+
+
+def _check_not_empty(pair: io.RasterPair) -> None:
+    """Raises EmptySceneError when no pixel is valid in both dates (one cheap pass)."""
+    if not bool(pair.valid.data.any().compute()):
+        raise EmptySceneError(
+            f"{pair.before_path} and {pair.after_path} have no pixel that is valid in both "
+            "dates (all nodata, NaN, or outside the other date's footprint). Check the inputs' "
+            "nodata values and extents."
+        )
+
+
+def detect(
+    before: str | Path,
+    after: str | Path,
+    *,
+    method: Method = "auto",
+    model: Any = None,
+    bands: Sequence[str] | None = None,
+    threshold: float | None = None,
+    align: bool = False,
+    block_px: int = DEFAULT_BLOCK_PX,
+) -> xr.Dataset:
+    """Detects change between two co-registered scenes, lazily.
+
+    Args:
+      before: Earlier scene: a raster file or a folder of single-band rasters.
+      after: Later scene, on the same grid (or pass ``align=True``).
+      method: ``"auto"`` (learned model, chosen from the bands), ``"siamese"`` or ``"cva"``.
+      model: A ``ChangeModel``, a packaged model name or a model file path.
+      bands: Band ids (or 1-based indices) to use, in the order the model expects.
+      threshold: Decision threshold on the score; default: the model's calibrated one, or
+        Otsu's for CVA (which computes the score once to find it).
+      align: Resample ``after`` onto the grid of ``before`` if the grids differ.
+      block_px: Dask block edge in pixels; does not change the result.
+
+    Returns:
+      Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
+      (uint8: 0 no change, 1 change, 255 nodata), both dask-backed, with the CRS and
+      transform written (``ds.rio.crs``) and attributes ``threshold`` and ``method``.
+
+    Example:
+      >>> ds = changedet.detect("data/oscd_paris/imgs_1", "data/oscd_paris/imgs_2")
+      >>> ds.mask.sum().compute()
+    """
+    pair = select_bands(io.open_pair(before, after, align=align), bands)
+    detector = resolve_detector(pair, method=method, model=model).prepare(pair)
+    score = score_graph(pair, detector, block_px=block_px)
+    thr = _threshold_for(score, detector, threshold)
+    mask = da.where(da.isnan(score), np.uint8(255), (score > thr).astype(np.uint8))
+    coords = {"y": pair.before.coords["y"], "x": pair.before.coords["x"]}
+    ds = xr.Dataset(
+        {"score": (("y", "x"), score), "mask": (("y", "x"), mask)},
+        coords=coords,
+        attrs={"threshold": thr, "method": detector.name},
+    )
+    ds["mask"].attrs["_FillValue"] = 255
+    if pair.grid.crs is not None:
+        ds = ds.rio.write_crs(pair.grid.crs)
+    return ds.rio.write_transform(pair.grid.transform)
+
+
+def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dict[str, str]:
+    """GeoTIFF tags that make every map traceable to its inputs and settings."""
+    tags = {
+        "changedet_version": __version__,
+        "method": detector.name,
+        "threshold": repr(float(threshold)),
+        "before": str(pair.before_path),
+        "after": str(pair.after_path),
+        "bands": ",".join(pair.band_ids),
+    }
+    sha = getattr(detector, "sha256", None)  # set on models loaded from a file
+    if sha:
+        tags["model_sha256"] = str(sha)
+    return tags
+
+
+def run(
+    before: str | Path,
+    after: str | Path,
+    out: str | Path,
+    *,
+    score_path: str | Path | None = None,
+    vector_path: str | Path | None = None,
+    method: Method = "auto",
+    model: Any = None,
+    bands: Sequence[str] | None = None,
+    threshold: float | None = None,
+    align: bool = False,
+    block_px: int = DEFAULT_BLOCK_PX,
+    overwrite: bool = False,
+    progress: bool = True,
+    client: Any = None,
+) -> RunResult:
+    """Detects change and writes the georeferenced mask (and optional score and vectors).
+
+    Every output lies exactly on the grid of ``before`` and is written to a temporary name,
+    then renamed: a failed or interrupted run leaves no output file.
+
+    Args:
+      before, after, method, model, bands, threshold, align, block_px: As for :func:`detect`.
+      out: Mask GeoTIFF path (uint8, 0/1, nodata 255).
+      score_path: Optional float32 score GeoTIFF path (nodata NaN).
+      vector_path: Optional ``.gpkg``/``.geojson`` of changed regions.
+      overwrite: Replace existing outputs.
+      progress: Show a progress bar.
+      client: A ``dask.distributed.Client`` to run on (default: the active one, else threads).
+
+    Returns:
+      A :class:`RunResult`.
+
+    Raises:
+      ChangedetError: On any bad input or output path (one-line message).
+    """
+    start = time.perf_counter()
+    inputs = (Path(before), Path(after))
+    outputs = [Path(out)] + [Path(p) for p in (score_path, vector_path) if p is not None]
+    for path in outputs:  # fail before any computation
+        io.check_output_path(path, inputs=inputs, overwrite=overwrite)
+    if len(set(map(str, outputs))) != len(outputs):
+        raise ConfigError("the mask, score and vector outputs must be different files.")
+
+    pair = select_bands(io.open_pair(before, after, align=align), bands)
+    detector = resolve_detector(pair, method=method, model=model).prepare(pair)
+    log.info(
+        "%s: %d x %d px, %d bands, grid %s",
+        detector.name, pair.grid.height, pair.grid.width, len(pair.band_ids), pair.grid.crs,
+    )
+    scheduler = {} if client is None else {"scheduler": client}
+    with dask.config.set(**scheduler):
+        _check_not_empty(pair)
+        score = score_graph(pair, detector, block_px=block_px)
+        thr = _threshold_for(score, detector, threshold)
+        written = io.write_outputs(
+            score,
+            pair.grid,
+            mask_path=outputs[0],
+            score_path=score_path,
+            threshold=thr,
+            tags=provenance(detector, thr, pair),
+            overwrite=overwrite,
+            progress=progress,
+        )
+    written = list(written)
+    if vector_path is not None:
+        written.append(
+            io.write_vector_from_rasters(
+                vector_path, mask_path=outputs[0], score_path=score_path, overwrite=overwrite
+            )
+        )
+    seconds = time.perf_counter() - start
+    mpix = pair.grid.height * pair.grid.width / 1e6
+    log.info("wrote %s in %.1f s (%.2f Mpix/s)", ", ".join(map(str, written)), seconds, mpix / seconds)
+    return RunResult(
+        outputs=tuple(written),
+        threshold=thr,
+        method=detector.name,
+        grid=pair.grid,
+        seconds=seconds,
+        megapixels_per_second=mpix / seconds,
+    )
