@@ -16,6 +16,10 @@ Distance = Literal["euclidean", "manhattan", "cosine"]
 
 HEADS: tuple[str, ...] = ("distance", "diff", "conc")
 DISTANCES: tuple[str, ...] = ("euclidean", "manhattan", "cosine")
+Upsample = Literal["shuffle", "nearest"]
+Norm = Literal["none", "layer"]
+UPSAMPLES: tuple[str, ...] = ("shuffle", "nearest")
+NORMS: tuple[str, ...] = ("none", "layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +35,12 @@ class ModelConfig:
         ``"diff"`` (FC-Siam-diff decoder on ``|f(before) - f(after)|``, logits, BCE) or
         ``"conc"`` (FC-Siam-conc style, symmetric: decoder on ``[f(b)+f(a), |f(b)-f(a)|]``).
       distance: Per-pixel distance for the ``distance`` head.
+      upsample: Decoder upsampling: ``"shuffle"`` (1x1 conv + depth-to-space, i.e. a 2x2
+        stride-2 transposed conv without XLA CPU's slow kernel; the fastest measured) or
+        ``"nearest"`` (nearest resize + 3x3 conv).
+      norm: ``"none"`` or ``"layer"`` (per-pixel LayerNorm over channels after each conv; never
+        a norm that pools over space, which would break exact tiled inference).
+      head_convs: 3x3 convolutions in the ``diff``/``conc`` decoder head before its 1x1 logit.
     """
 
     num_bands: int = 13
@@ -39,6 +49,9 @@ class ModelConfig:
     convs_per_level: int = 2
     head: Head = "diff"
     distance: Distance = "euclidean"
+    upsample: Upsample = "shuffle"
+    norm: Norm = "none"
+    head_convs: int = 2
 
     def __post_init__(self) -> None:
         if self.num_bands < 1:
@@ -53,6 +66,12 @@ class ModelConfig:
             raise ConfigError(f"model.head must be one of {HEADS}; got {self.head!r}.")
         if self.distance not in DISTANCES:
             raise ConfigError(f"model.distance must be one of {DISTANCES}; got {self.distance!r}.")
+        if self.upsample not in UPSAMPLES:
+            raise ConfigError(f"model.upsample must be one of {UPSAMPLES}; got {self.upsample!r}.")
+        if self.norm not in NORMS:
+            raise ConfigError(f"model.norm must be one of {NORMS}; got {self.norm!r}.")
+        if self.head_convs < 0:
+            raise ConfigError(f"model.head_convs must be >= 0; got {self.head_convs}.")
 
     @property
     def num_downsamplings(self) -> int:
@@ -75,3 +94,140 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     if "features" in values:
         values["features"] = tuple(int(f) for f in values["features"])
     return ModelConfig(**values)
+
+
+Loss = Literal["bce", "contrastive", "triplet"]
+Mining = Literal["batch_hard", "semi_hard"]
+Schedule = Literal["cosine", "constant"]
+LOSSES: tuple[str, ...] = ("bce", "contrastive", "triplet")
+MININGS: tuple[str, ...] = ("batch_hard", "semi_hard")
+SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained (``changedet.training.fit``).
+
+    Attributes:
+      learning_rate: Peak AdamW learning rate (after warmup).
+      schedule: ``"cosine"`` (linear warmup, then cosine decay to ``end_lr_fraction`` of the
+        peak over all ``num_epochs * steps_per_epoch`` steps) or ``"constant"`` (warmup, then flat).
+      warmup_steps: Linear warmup steps from 0 to ``learning_rate``.
+      end_lr_fraction: Final learning rate of the cosine schedule, as a fraction of the peak.
+      weight_decay: Decoupled AdamW weight decay.
+      grad_clip_norm: Global gradient-norm clipping (0 disables it).
+      batch_size: Patches per step (split over all local devices: a multiple of their count).
+      patch_px: Patch edge in pixels (a multiple of ``2**model.num_downsamplings``).
+      steps_per_epoch: Optimiser steps between validations/checkpoints.
+      num_epochs: Maximum number of epochs.
+      loss: ``"bce"`` (logit heads ``diff``/``conc``) or ``"contrastive"`` / ``"triplet"``
+        (``distance`` head).
+      margin: Distance margin of the contrastive / triplet losses (embedding units).
+      pos_weight: Weight of changed pixels in BCE (changed pixels are rare).
+      mining: Triplet mining: ``"batch_hard"`` or ``"semi_hard"``.
+      changed_fraction: Share of patches centred on a changed pixel (class balancing).
+      augment: Random flips / 90° rotations / date swaps of the patches.
+      seed: Seeds the parameter init, the patch sampler and the dropout-free step keys.
+      patience: Stop after this many epochs without a better validation F1 (0 = never stop).
+      log_every_steps: Fetch and log training metrics every this many steps.
+      num_thresholds: Threshold grid size for validation PR curves.
+    """
+
+    learning_rate: float = 1e-3
+    schedule: Schedule = "cosine"
+    warmup_steps: int = 100
+    end_lr_fraction: float = 0.01
+    weight_decay: float = 1e-4
+    grad_clip_norm: float = 1.0
+    batch_size: int = 8
+    patch_px: int = 128
+    steps_per_epoch: int = 200
+    num_epochs: int = 30
+    loss: Loss = "bce"
+    margin: float = 2.0
+    pos_weight: float = 5.0
+    mining: Mining = "batch_hard"
+    changed_fraction: float = 0.5
+    augment: bool = True
+    seed: int = 0
+    patience: int = 8
+    log_every_steps: int = 20
+    num_thresholds: int = 256
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "patch_px", "steps_per_epoch", "num_epochs", "log_every_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1; got {getattr(self, name)}.")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"train.learning_rate must be > 0; got {self.learning_rate}.")
+        for name in ("warmup_steps", "weight_decay", "grad_clip_norm", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0; got {getattr(self, name)}.")
+        if not 0.0 <= self.end_lr_fraction <= 1.0:
+            raise ConfigError(f"train.end_lr_fraction must be in [0, 1]; got {self.end_lr_fraction}.")
+        if not 0.0 <= self.changed_fraction <= 1.0:
+            raise ConfigError(
+                f"train.changed_fraction must be in [0, 1]; got {self.changed_fraction}."
+            )
+        if not self.margin > 0:
+            raise ConfigError(f"train.margin must be > 0; got {self.margin}.")
+        if not self.pos_weight > 0:
+            raise ConfigError(f"train.pos_weight must be > 0; got {self.pos_weight}.")
+        if self.num_thresholds < 2:
+            raise ConfigError(f"train.num_thresholds must be >= 2; got {self.num_thresholds}.")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"train.loss must be one of {LOSSES}; got {self.loss!r}.")
+        if self.mining not in MININGS:
+            raise ConfigError(f"train.mining must be one of {MININGS}; got {self.mining!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule must be one of {SCHEDULES}; got {self.schedule!r}.")
+
+    @property
+    def total_steps(self) -> int:
+        """``num_epochs * steps_per_epoch``: the length of the learning-rate schedule."""
+        return self.num_epochs * self.steps_per_epoch
+
+
+def check_compatible(model: ModelConfig, train: TrainConfig) -> None:
+    """Raises :class:`ConfigError` when the loss does not fit the head or the patch the model."""
+    if model.head == "distance" and train.loss == "bce":
+        raise ConfigError(
+            "model.head='distance' outputs distances, not logits: use train.loss='contrastive' "
+            "or 'triplet' (or model.head='diff' with loss='bce')."
+        )
+    if model.head != "distance" and train.loss != "bce":
+        raise ConfigError(
+            f"model.head={model.head!r} outputs logits: use train.loss='bce' (the "
+            f"{train.loss!r} loss needs model.head='distance')."
+        )
+    align = 2**model.num_downsamplings
+    if train.patch_px % align:
+        raise ConfigError(
+            f"train.patch_px must be a multiple of {align} (2**model.num_downsamplings); "
+            f"got {train.patch_px}."
+        )
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuilds a :class:`TrainConfig` from :func:`to_dict` output; rejects unknown keys."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown train config keys {sorted(unknown)}; known: {sorted(known)}.")
+    return TrainConfig(**data)
+
+
+def default() -> tuple[ModelConfig, TrainConfig]:
+    """The preset used for the packaged models: FC-Siam-diff style, BCE, 128 px patches."""
+    return ModelConfig(), TrainConfig()
+
+
+def tiny(num_bands: int = 3) -> tuple[ModelConfig, TrainConfig]:
+    """A seconds-long preset for tests, notebooks and smoke runs (CPU, 32 px patches)."""
+    model = ModelConfig(num_bands=num_bands, features=(8, 16), embed_dim=8, convs_per_level=1,
+                        head_convs=1)
+    train = TrainConfig(learning_rate=3e-3, warmup_steps=2, batch_size=4, patch_px=32,
+                        steps_per_epoch=4, num_epochs=2, patience=0, log_every_steps=2,
+                        num_thresholds=64)
+    return model, train
