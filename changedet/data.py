@@ -1,0 +1,284 @@
+"""Raw ``(band, y, x)`` arrays -> model batches: normalisation, NHWC layout, patch sampling.
+
+The normalisation / layout helpers come first; below them, the training-data part: in-memory
+:class:`Scene` records, exact per-band statistics, the class-balanced :class:`PatchSampler` and
+augmentation. NumPy only: must not import jax, rasterio, rioxarray, xarray, dask or matplotlib.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
+
+log = logging.getLogger(__name__)
+
+# (normalize / to_nhwc: another engineer's section goes here, above the training-data part)
+
+# ----------------------------------------------------------------------------------------------
+# Training data: in-memory scenes, band statistics, class-balanced patch sampling, augmentation.
+# Everything random here is driven by an explicit ``numpy.random.Generator``: the same generator
+# state gives the same batch, so a resumed training run sees exactly the batches it would have.
+
+
+class Scene(NamedTuple):
+    """One labelled bi-temporal scene held in memory (training and evaluation samples).
+
+    Attributes:
+      name: Unique scene name (e.g. ``"oscd/paris"``); splits are made by name.
+      before: float32 ``(band, height, width)`` raw values of the first date.
+      after: float32 ``(band, height, width)`` raw values of the second date, same grid.
+      label: uint8 ``(height, width)``, 1 = change, 0 = no change (meaningless where invalid).
+      valid: bool ``(height, width)``; False on nodata of either date and unlabelled pixels.
+      band_ids: Band ids of the band axis, e.g. ``("B04", "B03", "B02")`` or ``("1", "2", "3")``.
+    """
+
+    name: str
+    before: np.ndarray
+    after: np.ndarray
+    label: np.ndarray
+    valid: np.ndarray
+    band_ids: tuple[str, ...]
+
+
+class Batch(NamedTuple):
+    """A training/evaluation batch in the model's layout.
+
+    Attributes:
+      before: float32 ``[batch, height, width, channels]``.
+      after: float32, same shape as ``before``.
+      label: int32 ``[batch, height, width]`` in {0, 1}.
+      valid: bool ``[batch, height, width]``; False on nodata, unlabelled pixels and padding.
+    """
+
+    before: np.ndarray
+    after: np.ndarray
+    label: np.ndarray
+    valid: np.ndarray
+
+
+def band_statistics(scenes: Sequence[Scene]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation over the valid pixels of both dates of all scenes.
+
+    Exact: two passes with float64 accumulators (mean first, then squared deviations), so no
+    cancellation even for large uint16 reflectances.
+
+    Args:
+      scenes: Scenes with the same bands in the same order.
+
+    Returns:
+      ``(mean, std)``, float64 arrays of shape ``(band,)`` in the units of the raw values. A band
+      that is constant over all valid pixels gets ``std = 1`` (and a warning), so normalising by
+      it never divides by zero.
+
+    Raises:
+      BandMismatchError: If the scenes do not all have the same band ids.
+      EmptySceneError: If no pixel of any scene is valid.
+    """
+    if not scenes:
+        raise EmptySceneError("band_statistics needs at least one scene; got none.")
+    band_ids = scenes[0].band_ids
+    for s in scenes:
+        if s.band_ids != band_ids:
+            raise BandMismatchError(
+                f"scene {s.name!r} has bands {s.band_ids}, expected {band_ids} like "
+                f"{scenes[0].name!r}: select the same bands for every scene."
+            )
+    num_bands = len(band_ids)
+    total = np.zeros(num_bands, np.float64)
+    count = 0
+    for s in scenes:
+        for img in (s.before, s.after):
+            total += img[:, s.valid].sum(axis=1, dtype=np.float64)
+        count += 2 * int(s.valid.sum())
+    if count == 0:
+        raise EmptySceneError("band_statistics: no valid pixel in any scene; check the masks.")
+    mean = total / count
+    sq = np.zeros(num_bands, np.float64)
+    for s in scenes:
+        for img in (s.before, s.after):
+            dev = img[:, s.valid].astype(np.float64) - mean[:, None]
+            sq += np.einsum("bn,bn->b", dev, dev)
+    std = np.sqrt(sq / count)
+    constant = std <= 0
+    if constant.any():
+        log.warning(
+            "bands %s are constant over the valid pixels; using std = 1 for them",
+            [band_ids[i] for i in np.flatnonzero(constant)],
+        )
+        std = np.where(constant, 1.0, std)
+    return mean, std
+
+
+def normalize_scene(scene: Scene, mean: np.ndarray, std: np.ndarray) -> Scene:
+    """The scene with both dates scaled to ``(x - mean) / std`` per band, float32.
+
+    Invalid pixels are set to 0 after scaling (finite, and the band mean), so NaN nodata never
+    reaches the model; they stay ``valid=False``.
+    """
+    m = np.asarray(mean, np.float64)[:, None, None]
+    sd = np.asarray(std, np.float64)[:, None, None]
+
+    def scale(x: np.ndarray) -> np.ndarray:
+        y = ((x - m) / sd).astype(np.float32)
+        return np.where(scene.valid[None], y, np.float32(0.0))
+
+    return scene._replace(before=scale(scene.before), after=scale(scene.after))
+
+
+def augment(
+    before: np.ndarray,
+    after: np.ndarray,
+    label: np.ndarray,
+    valid: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    swap_dates: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A random dihedral transform (flip + 90° rotation) applied identically to all four arrays,
+    then a random before/after swap (change is symmetric, so the label is kept).
+
+    Args:
+      before, after: ``(band, height, width)`` arrays (square if a rotation may apply).
+      label, valid: ``(height, width)`` arrays.
+      rng: Draws exactly three numbers, whatever the outcome.
+      swap_dates: Allow the before/after swap.
+
+    Returns:
+      The transformed ``(before, after, label, valid)``.
+    """
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    swap = bool(rng.integers(2)) and swap_dates
+
+    def tf(x: np.ndarray) -> np.ndarray:
+        if flip:
+            x = x[..., ::-1]
+        return np.rot90(x, k, axes=(-2, -1))
+
+    before, after, label, valid = tf(before), tf(after), tf(label), tf(valid)
+    if swap:
+        before, after = after, before
+    return before, after, label, valid
+
+
+def _crop_padded(
+    arr: np.ndarray, row0: int, col0: int, size: int, fill: float | bool = 0
+) -> np.ndarray:
+    """``arr[..., row0:row0+size, col0:col0+size]`` padded with ``fill`` past the edges."""
+    out = np.full(arr.shape[:-2] + (size, size), fill, dtype=arr.dtype)
+    h, w = arr.shape[-2:]
+    r1, c1 = min(row0 + size, h), min(col0 + size, w)
+    out[..., : r1 - row0, : c1 - col0] = arr[..., row0:r1, col0:c1]
+    return out
+
+
+class PatchSampler:
+    """Draws class-balanced, augmented square patches from in-memory scenes.
+
+    A fraction ``changed_fraction`` of each batch (rounded) is centred, up to a random jitter of
+    a quarter patch, on a changed valid pixel drawn uniformly over all scenes; the rest on a valid
+    pixel drawn uniformly over all scenes. Patches stay inside a scene when it is large enough;
+    scenes smaller than the patch are padded with ``valid=False``. If no scene has a changed pixel,
+    every patch is a uniform one.
+
+    Example:
+      >>> import numpy as np
+      >>> s = Scene("s", np.zeros((2, 40, 40), np.float32), np.ones((2, 40, 40), np.float32),
+      ...           np.eye(40, dtype=np.uint8), np.ones((40, 40), bool), ("1", "2"))
+      >>> batch = PatchSampler([s], patch_px=16).sample(4, np.random.default_rng(0))
+      >>> batch.before.shape, batch.label.dtype.name, batch.valid.dtype.name
+      ((4, 16, 16, 2), 'int32', 'bool')
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        patch_px: int,
+        *,
+        changed_fraction: float = 0.5,
+        augment: bool = True,
+        swap_dates: bool = True,
+    ) -> None:
+        """Indexes the scenes' valid and changed pixels.
+
+        Args:
+          scenes: Scenes (already normalised if the batches should be), same bands.
+          patch_px: Patch edge in pixels.
+          changed_fraction: Share of patches centred on changed pixels, in [0, 1].
+          augment: Apply :func:`augment` to each patch.
+          swap_dates: Allow random before/after swaps when augmenting.
+
+        Raises:
+          ConfigError: On a bad ``patch_px`` or ``changed_fraction``.
+          EmptySceneError: If no scene has a valid pixel.
+        """
+        if patch_px < 1:
+            raise ConfigError(f"patch_px must be >= 1; got {patch_px}.")
+        if not 0.0 <= changed_fraction <= 1.0:
+            raise ConfigError(f"changed_fraction must be in [0, 1]; got {changed_fraction}.")
+        self.scenes = list(scenes)
+        self.patch_px = int(patch_px)
+        self.changed_fraction = float(changed_fraction)
+        self.augment = augment
+        self.swap_dates = swap_dates
+        self._valid_idx = [np.flatnonzero(s.valid) for s in self.scenes]
+        self._changed_idx = [np.flatnonzero(s.valid & (s.label > 0)) for s in self.scenes]
+        self._valid_cum = np.cumsum([len(i) for i in self._valid_idx])
+        self._changed_cum = np.cumsum([len(i) for i in self._changed_idx])
+        if not len(self._valid_cum) or self._valid_cum[-1] == 0:
+            raise EmptySceneError("PatchSampler: no valid pixel in any training scene.")
+
+    @property
+    def num_changed_pixels(self) -> int:
+        """Changed valid pixels over all scenes."""
+        return int(self._changed_cum[-1])
+
+    def _draw_pixel(self, rng: np.random.Generator, changed: bool) -> tuple[int, int, int]:
+        cum, idx = (
+            (self._changed_cum, self._changed_idx) if changed else (self._valid_cum, self._valid_idx)
+        )
+        j = int(rng.integers(int(cum[-1])))
+        scene_i = int(np.searchsorted(cum, j, side="right"))
+        start = int(cum[scene_i - 1]) if scene_i else 0
+        flat = int(idx[scene_i][j - start])
+        width = self.scenes[scene_i].valid.shape[1]
+        return scene_i, flat // width, flat % width
+
+    def patch(
+        self, rng: np.random.Generator, changed: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One ``(before, after, label, valid)`` patch, ``(band, P, P)`` / ``(P, P)``."""
+        changed = changed and self.num_changed_pixels > 0
+        scene_i, row, col = self._draw_pixel(rng, changed)
+        s = self.scenes[scene_i]
+        size = self.patch_px
+        jitter = size // 4
+        h, w = s.valid.shape
+        row0 = row - size // 2 + int(rng.integers(-jitter, jitter + 1))
+        col0 = col - size // 2 + int(rng.integers(-jitter, jitter + 1))
+        row0 = min(max(row0, 0), max(h - size, 0))
+        col0 = min(max(col0, 0), max(w - size, 0))
+        before = _crop_padded(s.before, row0, col0, size, 0)
+        after = _crop_padded(s.after, row0, col0, size, 0)
+        label = _crop_padded(s.label, row0, col0, size, 0)
+        valid = _crop_padded(s.valid, row0, col0, size, False)
+        if self.augment:
+            before, after, label, valid = augment(
+                before, after, label, valid, rng, swap_dates=self.swap_dates
+            )
+        return before, after, label, valid
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        """A :class:`Batch` of ``batch_size`` patches, NHWC float32 / int32 / bool."""
+        num_changed = int(round(self.changed_fraction * batch_size))
+        patches = [self.patch(rng, changed=i < num_changed) for i in range(batch_size)]
+        before = np.stack([np.moveaxis(p[0], 0, -1) for p in patches]).astype(np.float32)
+        after = np.stack([np.moveaxis(p[1], 0, -1) for p in patches]).astype(np.float32)
+        label = np.stack([p[2] for p in patches]).astype(np.int32)
+        valid = np.stack([p[3] for p in patches]).astype(bool)
+        return Batch(before, after, label, valid)
