@@ -1,0 +1,140 @@
+"""Building blocks of the Siamese U-Net and their receptive-field arithmetic.
+
+Every block is tiling-exact: 'SAME' zero padding, 2x2/stride-2 max pooling, no normalisation that
+pools over space (only an optional per-pixel LayerNorm over channels). Each block also knows how
+much it grows the receptive field (:class:`Footprint`), so :func:`changedet.models.siamese.halo_px`
+is computed from the layers actually built.
+
+Must not import rasterio, rioxarray, xarray, dask or matplotlib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from changedet.config import Norm, Upsample
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+    """Receptive field of a feature map, as an upper bound.
+
+    A feature pixel ``i`` at ``scale`` (input pixels per feature pixel) depends only on the input
+    pixels ``[scale*i - radius_px, scale*(i+1) - 1 + radius_px]`` along each axis.
+
+    Attributes:
+      radius_px: Extra input pixels on each side of the pixel's own footprint.
+      scale: Input pixels per feature pixel (1 at full resolution, 2**level after pooling).
+    """
+
+    radius_px: int = 0
+    scale: int = 1
+
+    def conv(self, kernel_size: int) -> Footprint:
+        """After a stride-1 'SAME' convolution with an odd ``kernel_size``."""
+        return Footprint(self.radius_px + (kernel_size // 2) * self.scale, self.scale)
+
+    def pool(self) -> Footprint:
+        """After 2x2 stride-2 pooling: the pixel's own footprint doubles, the radius stays."""
+        return Footprint(self.radius_px, self.scale * 2)
+
+    def upsample(self) -> Footprint:
+        """After a 2x nearest/pixel-shuffle upsampling: a fine pixel sees its whole coarse parent,
+        which reaches up to one fine-scale footprint (``scale // 2``) past its own."""
+        fine = self.scale // 2
+        return Footprint(self.radius_px + fine, fine)
+
+    def union(self, other: Footprint) -> Footprint:
+        """Of a concatenation of two maps at the same scale."""
+        if self.scale != other.scale:
+            raise ValueError(f"cannot merge footprints at scales {self.scale} and {other.scale}")
+        return Footprint(max(self.radius_px, other.radius_px), self.scale)
+
+
+def max_pool_2x(x: jax.Array) -> jax.Array:
+    """2x2, stride-2 max pooling of ``(N, H, W, C)`` (H, W even) to ``(N, H/2, W/2, C)``."""
+    return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+
+
+def depth_to_space_2x(x: jax.Array) -> jax.Array:
+    """Pixel shuffle ``(N, H, W, 4C)`` -> ``(N, 2H, 2W, C)``; channel ``(dy*2+dx)*C + c``."""
+    n, h, w, c4 = x.shape
+    c = c4 // 4
+    x = x.reshape(n, h, w, 2, 2, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, 2 * h, 2 * w, c)
+
+
+class ConvBlock(nnx.Module):
+    """``num_convs`` x (3x3 'SAME' conv -> optional per-pixel LayerNorm -> ReLU).
+
+    Maps ``(N, H, W, in_features)`` float32 to ``(N, H, W, out_features)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        num_convs: int,
+        norm: Norm = "none",
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.convs = nnx.List()
+        self.norms = nnx.List()
+        for i in range(num_convs):
+            self.convs.append(
+                nnx.Conv(in_features if i == 0 else out_features, out_features, (3, 3),
+                         padding="SAME", rngs=rngs)
+            )
+            if norm == "layer":
+                # Normalises over channels only, per pixel: no spatial pooling, so tiling stays exact.
+                self.norms.append(nnx.LayerNorm(out_features, rngs=rngs))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if len(self.norms):
+                x = self.norms[i](x)
+            x = jax.nn.relu(x)
+        return x
+
+    def grow(self, fp: Footprint) -> Footprint:
+        """The footprint after this block."""
+        for conv in self.convs:
+            fp = fp.conv(conv.kernel_size[0])
+        return fp
+
+
+class Up(nnx.Module):
+    """2x upsampling ``(N, H, W, in)`` -> ``(N, 2H, 2W, out)``, linear (no activation).
+
+    ``"shuffle"``: 1x1 conv to ``4*out`` channels + depth-to-space; exactly the U-Net's 2x2,
+    stride-2 transposed convolution, without XLA CPU's slow transposed-conv kernel.
+    ``"nearest"``: nearest-neighbour resize + 3x3 conv.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, mode: Upsample,
+                 rngs: nnx.Rngs) -> None:
+        self.mode = mode
+        if mode == "shuffle":
+            self.conv = nnx.Conv(in_features, 4 * out_features, (1, 1), rngs=rngs)
+        else:
+            self.conv = nnx.Conv(in_features, out_features, (3, 3), padding="SAME", rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.mode == "shuffle":
+            return depth_to_space_2x(self.conv(x))
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return self.conv(x)
+
+    def grow(self, fp: Footprint) -> Footprint:
+        """The footprint after this block."""
+        if self.mode == "shuffle":
+            return fp.conv(self.conv.kernel_size[0]).upsample()
+        return fp.upsample().conv(self.conv.kernel_size[0])

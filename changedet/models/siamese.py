@@ -1,0 +1,243 @@
+"""The Siamese fully-convolutional change network (Flax NNX) and its receptive field.
+
+One shared U-Net encoder maps each date ``(N, H, W, bands)`` to per-pixel embeddings
+``(N, H, W, D)`` (one parameter tree for both dates); a head turns the two embeddings into a
+per-pixel change output that is invariant to swapping the dates.
+
+Must not import rasterio, rioxarray, xarray, dask or matplotlib.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from changedet.config import Distance, ModelConfig
+from changedet.errors import ConfigError
+from changedet.models.layers import ConvBlock, Footprint, Up, max_pool_2x
+
+#: Added under square roots and norms so distances have finite gradients at 0.
+DISTANCE_EPS = 1e-6
+
+
+def distance(e1: jax.Array, e2: jax.Array, kind: Distance = "euclidean") -> jax.Array:
+    """Per-pixel distance between embeddings; finite gradients everywhere (also at ``e1 == e2``).
+
+    Args:
+      e1: ``(..., D)`` float32 embeddings.
+      e2: Same shape as ``e1``.
+      kind: ``"euclidean"`` (safe sqrt: 0 with zero gradient when ``|e1 - e2| < eps``),
+        ``"manhattan"`` (``sum |d|``) or ``"cosine"`` (``1 - cos``, in ``[0, 2]``).
+
+    Returns:
+      ``(...)`` float32 distances, >= 0, symmetric in ``e1``, ``e2``.
+
+    Example:
+      >>> float(distance(jnp.array([3.0, 0.0]), jnp.array([0.0, 4.0])))
+      5.0
+    """
+    match kind:
+        case "euclidean":
+            sq = jnp.sum(jnp.square(e1 - e2), axis=-1)
+            # Double-where safe sqrt: exact value, and a zero (not NaN) gradient at sq == 0.
+            positive = sq > DISTANCE_EPS**2
+            return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+        case "manhattan":
+            return jnp.sum(jnp.abs(e1 - e2), axis=-1)
+        case "cosine":
+            n1 = jnp.sqrt(jnp.sum(jnp.square(e1), axis=-1) + DISTANCE_EPS)
+            n2 = jnp.sqrt(jnp.sum(jnp.square(e2), axis=-1) + DISTANCE_EPS)
+            cos = jnp.sum(e1 * e2, axis=-1) / (n1 * n2)
+            return jnp.clip(1.0 - cos, 0.0, 2.0)
+    raise ConfigError(f"distance kind must be euclidean, manhattan or cosine; got {kind!r}.")
+
+
+class UNetEncoder(nnx.Module):
+    """U-Net encoder-decoder with skip connections; full-resolution per-pixel embeddings.
+
+    ``(N, H, W, num_bands)`` float32 -> ``(N, H, W, embed_dim)`` float32, with H and W multiples
+    of ``2**cfg.num_downsamplings``.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
+        f = cfg.features
+        k = cfg.convs_per_level
+        self.down = nnx.List()
+        for level, width in enumerate(f):
+            in_features = cfg.num_bands if level == 0 else f[level - 1]
+            self.down.append(ConvBlock(in_features, width, num_convs=k, norm=cfg.norm, rngs=rngs))
+        # up[i] / dec[i] build level i from level i + 1 (applied from the deepest level up).
+        self.up = nnx.List()
+        self.dec = nnx.List()
+        for level in range(len(f) - 1):
+            self.up.append(Up(f[level + 1], f[level], mode=cfg.upsample, rngs=rngs))
+            self.dec.append(ConvBlock(2 * f[level], f[level], num_convs=k, norm=cfg.norm,
+                                      rngs=rngs))
+        self.out = nnx.Conv(f[0], cfg.embed_dim, (1, 1), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        skips = []
+        for level, block in enumerate(self.down):
+            if level:
+                x = max_pool_2x(x)
+            x = block(x)
+            skips.append(x)
+        for level in reversed(range(len(self.up))):
+            x = self.up[level](x)
+            x = self.dec[level](jnp.concatenate([skips[level], x], axis=-1))
+        return self.out(x)
+
+    def grow(self, fp: Footprint) -> Footprint:
+        """Footprint of the embeddings given the input's (walks the layers as ``__call__``)."""
+        skips = []
+        for level, block in enumerate(self.down):
+            if level:
+                fp = fp.pool()
+            fp = block.grow(fp)
+            skips.append(fp)
+        for level in reversed(range(len(self.up))):
+            fp = self.up[level].grow(fp)
+            fp = self.dec[level].grow(skips[level].union(fp))
+        return fp.conv(self.out.kernel_size[0])
+
+
+class ChangeHead(nnx.Module):
+    """Small conv decoder on fused embeddings -> one change logit per pixel.
+
+    ``(N, H, W, in_features)`` -> ``(N, H, W)`` float32 logits.
+    """
+
+    def __init__(self, in_features: int, width: int, *, num_convs: int, norm: str,
+                 rngs: nnx.Rngs) -> None:
+        self.block = (ConvBlock(in_features, width, num_convs=num_convs, norm=norm, rngs=rngs)
+                      if num_convs else None)
+        self.logit = nnx.Conv(width if num_convs else in_features, 1, (1, 1), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.block is not None:
+            x = self.block(x)
+        return self.logit(x)[..., 0]
+
+    def grow(self, fp: Footprint) -> Footprint:
+        """The footprint after this head."""
+        if self.block is not None:
+            fp = self.block.grow(fp)
+        return fp.conv(self.logit.kernel_size[0])
+
+
+class SiameseNet(nnx.Module):
+    """Siamese change network: shared :class:`UNetEncoder` + a date-symmetric head.
+
+    Heads (``cfg.head``):
+      * ``"distance"``: ``__call__`` returns the per-pixel embedding distance (``cfg.distance``);
+        trained with a contrastive or triplet loss; change score = distance.
+      * ``"diff"``: FC-Siam-diff style; decoder on ``|f(before) - f(after)|`` -> logit.
+      * ``"conc"``: decoder on ``[f(before) + f(after), |f(before) - f(after)|]`` -> logit.
+
+    Swapping ``before`` and ``after`` leaves every head's output bit-identical.
+
+    Example:
+      >>> cfg = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4)
+      >>> net = SiameseNet(cfg, rngs=nnx.Rngs(0))
+      >>> net(jnp.zeros((1, 16, 16, 3)), jnp.ones((1, 16, 16, 3))).shape
+      (1, 16, 16)
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
+        self.cfg = cfg
+        self.encoder = UNetEncoder(cfg, rngs=rngs)
+        width = max(cfg.embed_dim, 8)
+        match cfg.head:
+            case "distance":
+                self.head = None
+            case "diff":
+                self.head = ChangeHead(cfg.embed_dim, width, num_convs=cfg.head_convs,
+                                       norm=cfg.norm, rngs=rngs)
+            case "conc":
+                self.head = ChangeHead(2 * cfg.embed_dim, width, num_convs=cfg.head_convs,
+                                       norm=cfg.norm, rngs=rngs)
+
+    def embed(self, x: jax.Array) -> jax.Array:
+        """Per-pixel embeddings ``(N, H, W, D)`` float32 of normalised ``(N, H, W, bands)``.
+
+        Raises:
+          ConfigError: If H or W is not a multiple of ``2**num_downsamplings`` or the band count
+            differs from ``cfg.num_bands``.
+        """
+        _check_input(self.cfg, x.shape)
+        return self.encoder(x)
+
+    def embed_pair(self, before: jax.Array, after: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Embeddings of both dates, computed in one encoder pass over a doubled batch."""
+        if before.shape != after.shape:
+            raise ConfigError(f"before and after must have the same shape; got {before.shape} "
+                              f"and {after.shape}.")
+        e = self.embed(jnp.concatenate([before, after], axis=0))
+        return e[: before.shape[0]], e[before.shape[0]:]
+
+    def fuse(self, e_before: jax.Array, e_after: jax.Array) -> jax.Array:
+        """Head output ``(N, H, W)`` from two embeddings: distance, or change logits."""
+        match self.cfg.head:
+            case "distance":
+                return distance(e_before, e_after, self.cfg.distance)
+            case "diff":
+                return self.head(jnp.abs(e_before - e_after))
+            case _:  # "conc"
+                fused = jnp.concatenate([e_before + e_after, jnp.abs(e_before - e_after)], -1)
+                return self.head(fused)
+
+    def __call__(self, before: jax.Array, after: jax.Array) -> jax.Array:
+        """Raw head output ``(N, H, W)`` float32: distance (distance head) or logits.
+
+        Args:
+          before: ``(N, H, W, bands)`` float32, normalised.
+          after: Same shape as ``before``.
+        """
+        return self.fuse(*self.embed_pair(before, after))
+
+    def change_score(self, before: jax.Array, after: jax.Array) -> jax.Array:
+        """Change score ``(N, H, W)`` float32, higher = more change: the distance for the
+        distance head, the sigmoid probability in ``[0, 1]`` for the diff/conc heads."""
+        out = self(before, after)
+        return out if self.cfg.head == "distance" else jax.nn.sigmoid(out)
+
+    def footprint(self) -> Footprint:
+        """Receptive field of one output pixel, walked over the layers of this network."""
+        fp = self.encoder.grow(Footprint())
+        return fp if self.head is None else self.head.grow(fp)
+
+
+def _check_input(cfg: ModelConfig, shape: tuple[int, ...]) -> None:
+    align = 2**cfg.num_downsamplings
+    if len(shape) != 4 or shape[-1] != cfg.num_bands:
+        raise ConfigError(f"model input must be NHWC with {cfg.num_bands} bands; got shape "
+                          f"{tuple(shape)}.")
+    if shape[1] % align or shape[2] % align:
+        raise ConfigError(f"model input height/width must be multiples of {align} "
+                          f"(2**num_downsamplings); got {shape[1]}x{shape[2]}: pad the tile.")
+
+
+def receptive_radius_px(cfg: ModelConfig) -> int:
+    """Receptive-field radius (input pixels) of one output pixel, before rounding.
+
+    Built abstractly (``nnx.eval_shape``: no parameters are allocated) and walked layer by layer.
+    """
+    abstract = nnx.eval_shape(lambda: SiameseNet(cfg, rngs=nnx.Rngs(0)))
+    fp = abstract.footprint()
+    return fp.radius_px
+
+
+def halo_px(cfg: ModelConfig) -> int:
+    """Context pixels needed on each side of a tile for exact tiled inference.
+
+    The receptive-field radius rounded UP to a multiple of ``2**cfg.num_downsamplings`` so tile
+    origins stay on the pooling grid.
+
+    Example:
+      >>> halo_px(ModelConfig(num_bands=3, features=(8, 16), convs_per_level=2, head="distance"))
+      10
+    """
+    align = 2**cfg.num_downsamplings
+    radius = receptive_radius_px(cfg)
+    return -(-radius // align) * align
