@@ -93,7 +93,8 @@ def write_synthetic_pair(
       crs: CRS of both dates, or None for ungeoreferenced images (identity transform).
       nodata: Nodata value written and declared (None: no nodata, border pixels stay valid).
       seed: Random seed.
-      change_box: ``(row0, col0, row1, col1)`` half-open pixel rectangle of planted change.
+      change_box: ``(row0, col0, row1, col1)`` half-open pixel rectangle of planted change,
+        clipped to ``shape``.
       border_px: Width of the nodata frame of ``before``.
 
     Returns:
@@ -109,6 +110,9 @@ def write_synthetic_pair(
     before = np.stack([offset + scale * _smooth_noise(rng, shape) for _ in range(num_bands)])
     after = before + 0.02 * scale * rng.standard_normal(before.shape)
     row0, col0, row1, col1 = change_box
+    row1, col1 = min(row1, height), min(col1, width)  # clip the box to the raster
+    if not (0 <= row0 < row1 and 0 <= col0 < col1):
+        raise ValueError(f"change_box {change_box} is empty inside a {shape} raster")
     label = np.zeros(shape, dtype=np.uint8)
     label[row0:row1, col0:col1] = 1
     for band in range(num_bands):

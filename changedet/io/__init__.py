@@ -12,13 +12,20 @@ from changedet.io.read import (
     open_scene,
     scene_grid,
 )
+from changedet.io.vector import write_vector
+from changedet.io.write import MASK_NODATA, check_output_path, mask_from_score, write_outputs
 
 __all__ = [
     "CANONICAL_S2_BANDS",
+    "MASK_NODATA",
     "RasterPair",
     "UngeoreferencedWarning",
+    "check_output_path",
     "describe_scene",
+    "mask_from_score",
     "open_pair",
     "open_scene",
     "scene_grid",
+    "write_outputs",
+    "write_vector",
 ]

@@ -1,0 +1,127 @@
+"""Polygonise a change mask: one polygon per connected changed region, with area and mean score.
+
+Writes GeoPackage (``.gpkg``) or GeoJSON (``.geojson``/``.json``) through ``pyogrio.raw`` (no
+geopandas), atomically (temporary name + rename). Must not import jax or flax.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from rasterio.crs import CRS
+
+from changedet.errors import OutputError
+from changedet.io.write import check_output_path, temporary_path
+from changedet.types import Grid
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_vector"]
+
+_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+
+
+def _areas_m2(geometries: list, grid: Grid, pixel_counts: np.ndarray) -> np.ndarray:
+    """Area of each polygon in m² (pixel count when the grid has no CRS)."""
+    if grid.crs is None:
+        return pixel_counts.astype(np.float64)
+    crs = CRS.from_user_input(grid.crs)
+    if crs.is_geographic:
+        import pyproj
+
+        geod = pyproj.CRS.from_user_input(crs.to_wkt()).get_geod()
+        assert geod is not None  # noqa: S101  (a geographic CRS has an ellipsoid)
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geometries])
+    _, factor = crs.linear_units_factor
+    return np.array([g.area for g in geometries]) * factor**2
+
+
+def write_vector(
+    path: str | Path,
+    mask: np.ndarray,
+    score: np.ndarray,
+    grid: Grid,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Writes one polygon per 4-connected region of ``mask == 1``.
+
+    Args:
+      path: ``.gpkg`` (GeoPackage) or ``.geojson``/``.json`` output.
+      mask: ``(height, width)`` uint8 change mask on ``grid`` (1 = change; 0 and 255 ignored).
+      score: ``(height, width)`` float32 change score on ``grid`` (NaN ignored in the mean).
+      grid: Pixel grid of ``mask``; its CRS is written to the file (none if None).
+      overwrite: Replace an existing file.
+
+    Returns:
+      The written path. Fields: ``area_m2`` (planar area times the CRS unit factor squared for a
+      projected CRS, geodesic area on the CRS ellipsoid for a geographic one, the pixel count when
+      there is no CRS), ``area_px`` (pixels in the region), ``mean_score``.
+
+    Raises:
+      OutputError: Unknown extension, or the output exists / cannot be written.
+    """
+    import pyogrio.raw
+    import rasterio.features
+    import shapely
+    from scipy import ndimage
+
+    out = check_output_path(path, overwrite=overwrite)
+    driver = _DRIVERS.get(out.suffix.lower())
+    if driver is None:
+        raise OutputError(
+            f"{out}: unknown vector format {out.suffix!r}; use .gpkg or .geojson (or .json)."
+        )
+    if mask.shape != grid.shape or score.shape != grid.shape:
+        raise ValueError(f"mask {mask.shape} / score {score.shape} do not match grid {grid.shape}")
+    changed = mask == 1
+    labels, num_regions = ndimage.label(changed)  # 4-connectivity, as rasterio.features.shapes
+    pixel_counts = np.bincount(labels.ravel(), minlength=num_regions + 1)[1:]
+    finite = np.isfinite(score) & changed
+    score_sums = np.bincount(labels[finite], weights=score[finite], minlength=num_regions + 1)[1:]
+    score_counts = np.bincount(labels[finite], minlength=num_regions + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_scores = np.where(score_counts > 0, score_sums / np.maximum(score_counts, 1), np.nan)
+
+    ids, geometries = [], []
+    for geojson, value in rasterio.features.shapes(
+        labels.astype(np.int32), mask=changed, connectivity=4, transform=grid.transform
+    ):
+        ids.append(int(value))
+        geometries.append(shapely.geometry.shape(geojson))
+    region = np.asarray(ids, dtype=np.int64) - 1  # label k -> row k-1 of the per-region arrays
+    areas = _areas_m2(geometries, grid, pixel_counts[region])
+    fields = ["area_m2", "area_px", "mean_score"]
+    field_data = [
+        areas.astype(np.float64),
+        pixel_counts[region].astype(np.int64),
+        mean_scores[region].astype(np.float64),
+    ]
+    wkb = np.array(shapely.to_wkb(geometries), dtype=object) if geometries else np.array([], dtype=object)
+    crs_wkt = CRS.from_user_input(grid.crs).to_wkt() if grid.crs is not None else None
+
+    temp = temporary_path(out)
+    try:
+        with warnings.catch_warnings():
+            # no CRS is deliberate for ungeoreferenced images
+            warnings.filterwarnings("ignore", message="'crs' was not provided")
+            pyogrio.raw.write(
+                temp,
+                wkb,
+                field_data,
+                fields,
+                layer="change",
+                driver=driver,
+                geometry_type="Polygon",
+                crs=crs_wkt,
+            )
+        os.replace(temp, out)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    logger.info("wrote %d change polygons to %s", len(geometries), out)
+    return out

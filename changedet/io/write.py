@@ -1,0 +1,246 @@
+"""Write change masks and score maps as tiled GeoTIFFs, streamed block by block, atomically.
+
+Outputs go to a hidden temporary name in the destination folder and are renamed at the end; on
+any error or interrupt the temporaries are removed and nothing is left behind. Must not import
+jax or flax.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from itertools import accumulate
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import rasterio
+import rasterio.errors
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from changedet.errors import OutputError
+from changedet.types import Grid
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MASK_NODATA",
+    "check_output_path",
+    "mask_from_score",
+    "temporary_path",
+    "write_outputs",
+]
+
+#: Mask value of invalid pixels (declared as the mask's nodata).
+MASK_NODATA = 255
+_TILE_PX = 256
+
+
+def _resolve(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def check_output_path(
+    path: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False
+) -> Path:
+    """Validates an output path before any computation starts.
+
+    Args:
+      path: Output file to be written.
+      inputs: Input scenes (files or band folders) that must not be overwritten.
+      overwrite: Allow replacing an existing file.
+
+    Returns:
+      The absolute output path.
+
+    Raises:
+      OutputError: The file exists (and not ``overwrite``), is a folder, its folder is missing or
+        not writable, or it is one of the inputs or inside an input folder.
+    """
+    out = _resolve(path)
+    for given in inputs:
+        source = _resolve(given)
+        if out == source or (source.is_dir() and source in out.parents):
+            raise OutputError(
+                f"{out}: output would overwrite the input {source}; choose another output path."
+            )
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder; give a file name such as {out / 'change.tif'}.")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it.")
+    if not out.parent.is_dir():
+        raise OutputError(f"{out}: folder {out.parent} does not exist; create it first.")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: folder {out.parent} is not writable; choose another folder.")
+    return out
+
+
+def temporary_path(path: Path) -> Path:
+    """Hidden temporary name next to ``path``: ``.<name>.partial-<pid><suffix>``."""
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+
+
+def mask_from_score(score: np.ndarray, threshold: float) -> np.ndarray:
+    """Binary change mask from a score block.
+
+    Args:
+      score: ``(h, w)`` float score, NaN where invalid.
+      threshold: Pixels with ``score > threshold`` are change.
+
+    Returns:
+      ``(h, w)`` uint8: 0 no change, 1 change, :data:`MASK_NODATA` where ``score`` is NaN.
+
+    Example:
+      >>> mask_from_score(np.array([[0.1, 0.9, np.nan]]), 0.5).tolist()
+      [[0, 1, 255]]
+    """
+    finite = np.isfinite(score)
+    with np.errstate(invalid="ignore"):
+        mask = (score > threshold).astype(np.uint8)
+    mask[~finite] = MASK_NODATA
+    return mask
+
+
+def _profile(grid: Grid, dtype: str, nodata: float) -> dict:
+    profile: dict = {
+        "driver": "GTiff",
+        "height": grid.height,
+        "width": grid.width,
+        "count": 1,
+        "dtype": dtype,
+        "nodata": nodata,
+        "transform": grid.transform,
+        "tiled": True,
+        "blockxsize": _TILE_PX,
+        "blockysize": _TILE_PX,
+        "compress": "DEFLATE",
+        "predictor": 2 if dtype == "uint8" else 3,
+        "num_threads": "ALL_CPUS",
+        "bigtiff": "IF_SAFER",
+    }
+    if grid.crs is not None:
+        profile["crs"] = CRS.from_user_input(grid.crs)
+    return profile
+
+
+def _num_workers() -> int:
+    """Worker threads of the active scheduler (a distributed Client's, else local cores)."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    return max(sum(client.nthreads().values()), 1)
+
+
+def _block_windows(chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> Iterator[tuple[tuple[int, int], Window]]:
+    row_starts = [0, *accumulate(chunks[0])]
+    col_starts = [0, *accumulate(chunks[1])]
+    for i, height in enumerate(chunks[0]):
+        for j, width in enumerate(chunks[1]):
+            yield (i, j), Window(col_starts[j], row_starts[i], width, height)
+
+
+def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def write_outputs(
+    score: da.Array,
+    grid: Grid,
+    *,
+    mask_path: str | Path,
+    threshold: float,
+    score_path: str | Path | None = None,
+    tags: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    block_batch: int | None = None,
+) -> list[Path]:
+    """Streams a lazy score map to a change-mask GeoTIFF (and optionally the score), atomically.
+
+    Each score block is computed once (by the active dask scheduler, a few blocks per worker at
+    a time) and written into both outputs; memory holds a batch of blocks, never the scene.
+
+    Args:
+      score: ``(y, x)`` float32 dask array of change scores on ``grid``, NaN where invalid.
+      grid: Pixel grid of the outputs (CRS, transform, size); no CRS is written when None.
+      mask_path: uint8 mask GeoTIFF: 0 no change, 1 change (``score > threshold``), 255 nodata.
+      threshold: Score threshold (same units as ``score``).
+      score_path: Optional float32 score GeoTIFF, nodata NaN.
+      tags: GDAL metadata tags written to both files (``threshold`` is always added).
+      overwrite: Replace existing outputs.
+      progress: Show a tqdm progress bar over blocks.
+      block_batch: Blocks computed per ``dask.compute`` call (default: 2 per worker thread).
+
+    Returns:
+      The written paths, mask first.
+
+    Raises:
+      OutputError: An output exists (and not ``overwrite``) or cannot be written.
+      ValueError: ``score`` is not 2-D or does not match ``grid``.
+    """
+    if isinstance(score, np.ndarray):
+        score = da.from_array(score, chunks=1024)
+    if not isinstance(score, da.Array):
+        score = getattr(score, "data", score)  # an xarray DataArray
+    if score.ndim != 2 or tuple(score.shape) != grid.shape:
+        raise ValueError(f"score shape {score.shape} does not match the grid {grid.shape}")
+    mask_out = check_output_path(mask_path, overwrite=overwrite)
+    outputs = [mask_out]
+    score_out = None
+    if score_path is not None:
+        score_out = check_output_path(score_path, overwrite=overwrite)
+        if score_out == mask_out:
+            raise OutputError(f"{score_out}: mask and score paths are the same; give two names.")
+        outputs.append(score_out)
+    score = score.astype(np.float32)
+    all_tags = {**(tags or {}), "threshold": repr(float(threshold))}
+    windows = list(_block_windows(score.chunks))
+    batch = block_batch or 2 * _num_workers()
+    blocks = score.to_delayed()
+    temps = [temporary_path(p) for p in outputs]
+
+    from tqdm.auto import tqdm
+
+    try:
+        with ExitStack() as stack:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                mask_ds = stack.enter_context(
+                    rasterio.open(temps[0], "w", **_profile(grid, "uint8", MASK_NODATA))
+                )
+                score_ds = None
+                if score_out is not None:
+                    score_ds = stack.enter_context(
+                        rasterio.open(temps[1], "w", **_profile(grid, "float32", np.nan))
+                    )
+            bar = stack.enter_context(
+                tqdm(total=len(windows), desc="writing", unit="block", disable=not progress)
+            )
+            for group in _batched(windows, batch):
+                values = dask.compute(*[blocks[i, j] for (i, j), _ in group])
+                for ((_, window), block) in zip(group, values, strict=True):
+                    block = np.asarray(block, dtype=np.float32)
+                    mask_ds.write(mask_from_score(block, threshold), 1, window=window)
+                    if score_ds is not None:
+                        score_ds.write(block, 1, window=window)
+                bar.update(len(group))
+            for ds in (mask_ds, score_ds):
+                if ds is not None:
+                    ds.update_tags(**all_tags)
+        for temp, final in zip(temps, outputs, strict=True):
+            os.replace(temp, final)
+    except BaseException:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s", ", ".join(str(p) for p in outputs))
+    return outputs
