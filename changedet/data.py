@@ -17,7 +17,56 @@ from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
 
 log = logging.getLogger(__name__)
 
-# (normalize / to_nhwc: another engineer's section goes here, above the training-data part)
+# ----------------------------------------------------------------------------------------------
+# Normalisation and layout: the ONLY place converting (band, y, x) to the model's NHWC.
+
+
+def normalize(block: np.ndarray, mean: Sequence[float] | np.ndarray,
+              std: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Per-band standardisation ``(x - mean) / std`` of raw values.
+
+    Args:
+      block: ``(band, height, width)`` (or ``(..., band, height, width)``) raw values, any dtype.
+      mean: ``(band,)`` per-band means, in the raw units.
+      std: ``(band,)`` per-band standard deviations (> 0), in the raw units.
+
+    Returns:
+      float32 array of the same shape. Non-finite results (NaN nodata) become 0, the band mean,
+      so a nodata pixel cannot spread NaN through the convolutions into valid neighbours.
+
+    Raises:
+      BandMismatchError: If ``mean``/``std`` do not have one value per band.
+
+    Example:
+      >>> normalize(np.array([[[10.0, 30.0]]]), [20.0], [10.0]).tolist()
+      [[[-1.0, 1.0]]]
+    """
+    mean = np.asarray(mean, np.float64).reshape(-1)
+    std = np.asarray(std, np.float64).reshape(-1)
+    num_bands = block.shape[-3] if block.ndim >= 3 else -1
+    if mean.shape != (num_bands,) or std.shape != (num_bands,):
+        raise BandMismatchError(
+            f"normalisation statistics have {mean.size}/{std.size} values but the block "
+            f"{block.shape} has {num_bands} bands; use the model made for these bands."
+        )
+    out = ((block - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+    return np.where(np.isfinite(out), out, np.float32(0.0))
+
+
+def to_nhwc(block: np.ndarray) -> np.ndarray:
+    """``(band, height, width)`` -> ``(1, height, width, band)``, or
+    ``(n, band, height, width)`` -> ``(n, height, width, band)``; contiguous, dtype kept.
+
+    Example:
+      >>> to_nhwc(np.zeros((3, 4, 5))).shape
+      (1, 4, 5, 3)
+    """
+    if block.ndim == 3:
+        block = block[None]
+    if block.ndim != 4:
+        raise ValueError(f"to_nhwc expects (band, h, w) or (n, band, h, w); got {block.shape}")
+    return np.ascontiguousarray(block.transpose(0, 2, 3, 1))
+
 
 # ----------------------------------------------------------------------------------------------
 # Training data: in-memory scenes, band statistics, class-balanced patch sampling, augmentation.

@@ -9,6 +9,9 @@ Conventions for every loss here:
     they are replaced before any arithmetic, so no NaN leaks through ``0 * nan``).
   * Empty batches (no valid pixel, or an absent class) give 0, never NaN.
 
+Extreme inputs are clipped (distances to ``[0, MAX_DISTANCE]``, logits to ``+-MAX_LOGIT``) so the
+loss stays finite for any float32 input; real models never get near these bounds.
+
 Must not import rasterio, rioxarray, xarray, dask or matplotlib.
 """
 
@@ -25,6 +28,11 @@ from changedet.config import Distance
 from changedet.models.siamese import distance as pixel_distance
 
 Mining = Literal["batch_hard", "semi_hard", "all"]
+
+#: Distances are clipped to ``[0, MAX_DISTANCE]`` (``d**2`` stays finite in float32).
+MAX_DISTANCE = 1e6
+#: Logits are clipped to ``[-MAX_LOGIT, MAX_LOGIT]`` (the BCE is linear, and finite, there).
+MAX_LOGIT = 1e4
 
 
 def _masks(label: ArrayLike, valid: ArrayLike) -> tuple[jax.Array, jax.Array]:
@@ -73,7 +81,7 @@ def contrastive_loss(
     """
     changed, unchanged = _masks(label, valid)
     d = jnp.where(changed | unchanged, jnp.asarray(distance, jnp.float32), 0.0)
-    d = jnp.where(jnp.isfinite(d), d, 0.0)
+    d = jnp.clip(jnp.where(jnp.isnan(d), 0.0, d), 0.0, MAX_DISTANCE)
     pull = jnp.square(d)
     push = jnp.square(jax.nn.relu(margin - d))
     if balance:
@@ -109,7 +117,7 @@ def masked_bce(
     changed, unchanged = _masks(label, valid)
     labelled = changed | unchanged
     x = jnp.where(labelled, jnp.asarray(logits, jnp.float32), 0.0)
-    x = jnp.where(jnp.isnan(x), 0.0, x)
+    x = jnp.clip(jnp.where(jnp.isnan(x), 0.0, x), -MAX_LOGIT, MAX_LOGIT)
     per_pixel = optax.sigmoid_binary_cross_entropy(x, changed.astype(jnp.float32))
     weights = jnp.where(changed, jnp.float32(pos_weight), 1.0)
     return _masked_mean(weights * per_pixel, labelled)

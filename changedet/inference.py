@@ -1,0 +1,206 @@
+"""Jitted, device-parallel prediction: ``PredictStep`` (arrays in, scores out) and
+``BlockPredictor`` (a raw numpy ``(band, h, w)`` block pair in, a ``(h, w)`` score out).
+
+The step is compiled once per ``(batch, tile, tile, bands)`` shape with ``jax.jit`` over a 1-D
+``jax.make_mesh`` mesh of all local devices: the batch axis is sharded, the model state
+replicated. It never sees files or configs.
+
+Must not import rasterio, rioxarray, xarray, dask or matplotlib.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from changedet import tiling
+from changedet.data import normalize, to_nhwc
+from changedet.errors import BandMismatchError, ConfigError
+
+if TYPE_CHECKING:
+    from changedet.modelfile import ChangeModel
+
+log = logging.getLogger(__name__)
+
+
+def predict_step(graphdef: nnx.GraphDef, state: nnx.State, before: jax.Array,
+                 after: jax.Array) -> jax.Array:
+    """Change score ``(B, H, W)`` float32 of normalised NHWC ``before``/``after``. Pure.
+
+    The score is the embedding distance (distance head) or the sigmoid change probability
+    (diff/conc heads); see ``SiameseNet.change_score``.
+    """
+    model = nnx.merge(graphdef, state)
+    return model.change_score(before, after)
+
+
+class PredictStep:
+    """``predict_step`` jitted once per input shape, data-parallel over a device mesh.
+
+    Call with a state from :meth:`put_state` and ``(B, H, W, bands)`` float32 arrays, ``B`` a
+    multiple of :attr:`num_devices`. Thread-safe: the first call for a new shape compiles under a
+    lock, so concurrent dask threads never compile the same shape twice.
+
+    Attributes:
+      mesh: 1-D mesh ``("data",)`` over the devices.
+      num_devices: Devices the batch is split over.
+      num_traces: How many times ``predict_step`` was traced (one per distinct shape).
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None):
+        devices = list(devices) if devices is not None else jax.local_devices()
+        self.num_devices = len(devices)
+        # Auto axis types: plain jit + NamedSharding propagation, no explicit-sharding typing.
+        self.mesh = jax.make_mesh((self.num_devices,), ("data",), axis_types=(AxisType.Auto,),
+                                  devices=devices)
+        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.num_traces = 0
+        self._graphdef = graphdef
+        self._lock = threading.Lock()
+        self._shapes: set[tuple[int, ...]] = set()
+
+        def step(state: nnx.State, before: jax.Array, after: jax.Array) -> jax.Array:
+            self.num_traces += 1  # Python side effect: runs at trace time only
+            return predict_step(graphdef, state, before, after)
+
+        # out_shardings is pinned: the score stays split along the batch exactly like the
+        # inputs, so every call (and every shape) gets the same, known output layout and the
+        # host gathers it shard by shard; left to inference, an equivalent but differently
+        # spelled sharding can make later calls miss the cache and recompile.
+        self._jitted = jax.jit(
+            step,
+            in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding),
+            out_shardings=self.batch_sharding,
+        )
+
+    def put_state(self, state: Any) -> Any:
+        """The model state replicated on every device of the mesh (do this once)."""
+        return jax.device_put(state, self.replicated)
+
+    def cache_size(self) -> int:
+        """Compiled executables held by the jitted step (one per distinct input shape)."""
+        return self._jitted._cache_size()  # private JAX API; used by tests and logging only
+
+    def __call__(self, state: Any, before: np.ndarray | jax.Array,
+                 after: np.ndarray | jax.Array) -> jax.Array:
+        """Scores ``(B, H, W)`` float32, sharded along ``B`` like the inputs."""
+        if before.shape[0] % self.num_devices:
+            raise ConfigError(f"batch size {before.shape[0]} must be a multiple of the "
+                              f"{self.num_devices} devices; pad the batch.")
+        shape = tuple(before.shape)
+        if shape not in self._shapes:
+            with self._lock:
+                if shape not in self._shapes:
+                    log.debug("compiling predict_step for %s on %d device(s)", shape,
+                              self.num_devices)
+                    out = self._jitted(state, before, after)
+                    self._shapes.add(shape)
+                    return out
+        return self._jitted(state, before, after)
+
+
+def make_predict_step(graphdef: nnx.GraphDef,
+                      devices: Sequence[jax.Device] | None = None) -> PredictStep:
+    """A :class:`PredictStep` for the model ``graphdef`` over ``devices`` (default: all local)."""
+    return PredictStep(graphdef, devices)
+
+
+class BlockPredictor:
+    """Scores raw numpy block pairs with a :class:`~changedet.modelfile.ChangeModel`, tile by tile.
+
+    The block is normalised (the model's per-band mean/std), mirrored-padded by the model's halo
+    (and bottom/right to whole tiles), cut into tiles of ``tile_px`` core + halo with core
+    origins at multiples of ``tile_px`` (a multiple of ``2**num_downsamplings``, so every tile
+    is on the block's pooling grid), scored in fixed-size batches on all devices, and the cores
+    are stitched back. The result equals one forward pass over the whole padded block (float
+    tolerance). Thread-safe; compiles once per (batch, tile) shape.
+
+    Args:
+      model: The model (config, state, normalisation).
+      tile_px: Core edge of a tile; blocks smaller than one tile use a smaller core (rounded up
+        to the pooling alignment) so tiny blocks do not pay for a whole tile.
+      batch_size: Tiles per step, a multiple of the device count (default: the device count).
+      devices: Devices to run on (default: all local devices).
+
+    Raises:
+      ConfigError: If ``tile_px`` is not a positive multiple of ``2**num_downsamplings`` or
+        ``batch_size`` is not a positive multiple of the device count.
+    """
+
+    def __init__(self, model: ChangeModel, *, tile_px: int = 256, batch_size: int | None = None,
+                 devices: Sequence[jax.Device] | None = None) -> None:
+        cfg = model.config
+        self.align_px = 2**cfg.num_downsamplings
+        if tile_px < 1 or tile_px % self.align_px:
+            raise ConfigError(f"tile_px must be a positive multiple of {self.align_px} for this "
+                              f"model; got {tile_px}.")
+        self.tile_px = tile_px
+        self.halo_px = model.halo_px
+        self.num_bands = cfg.num_bands
+        self.norm_mean = np.asarray(model.norm_mean, np.float64)
+        self.norm_std = np.asarray(model.norm_std, np.float64)
+        graphdef, state = nnx.split(model.module())
+        self.step = make_predict_step(graphdef, devices)
+        n = self.step.num_devices
+        self.batch_size = n if batch_size is None else batch_size
+        if self.batch_size < 1 or self.batch_size % n:
+            raise ConfigError(f"batch_size must be a positive multiple of the {n} devices; "
+                              f"got {self.batch_size}.")
+        self.state = self.step.put_state(jax.tree.map(jnp.asarray, state))
+
+    def core_px(self, shape: tuple[int, int]) -> int:
+        """Core edge used for a block of ``shape``: ``tile_px``, or less for a smaller block."""
+        return min(self.tile_px, tiling.round_up(max(shape), self.align_px))
+
+    def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Change score of every block pixel.
+
+        Args:
+          before: ``(band, h, w)`` raw values (any real dtype), including the caller's halo
+            context; non-finite values are treated as the band mean.
+          after: Same shape as ``before``.
+
+        Returns:
+          ``(h, w)`` float32 score (distance, or change probability).
+
+        Raises:
+          BandMismatchError: If the blocks do not have the model's band count.
+        """
+        if before.shape != after.shape or before.ndim != 3:
+            raise ConfigError(f"before/after blocks must both be (band, h, w) of one shape; "
+                              f"got {before.shape} and {after.shape}.")
+        if before.shape[0] != self.num_bands:
+            raise BandMismatchError(f"the model takes {self.num_bands} bands but the block has "
+                                    f"{before.shape[0]}; pass the model's bands (--bands).")
+        shape = before.shape[1:]
+        core = self.core_px(shape)
+        tiles = tiling.plan_tiles(shape, core)
+        dates = []
+        for block in (before, after):
+            padded = tiling.pad_block(normalize(block, self.norm_mean, self.norm_std), core,
+                                      self.halo_px)
+            dates.append(to_nhwc(tiling.extract_tiles(padded, tiles, core, self.halo_px)))
+        num_tiles = len(tiles)
+        num_batches = -(-num_tiles // self.batch_size)
+        total = num_batches * self.batch_size
+        if total > num_tiles:  # pad the last batch; the padding's scores are discarded
+            pad = [(0, total - num_tiles), (0, 0), (0, 0), (0, 0)]
+            dates = [np.pad(d, pad) for d in dates]
+        outputs = []
+        for i in range(num_batches):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            outputs.append(self.step(self.state, dates[0][sl], dates[1][sl]))
+        scores = np.concatenate([np.asarray(o) for o in outputs])[:num_tiles]
+        return tiling.stitch(scores, tiles, shape, self.halo_px)
+
+    __call__ = predict
