@@ -23,6 +23,7 @@ from changedet.io import (
     open_pair,
     write_outputs,
     write_vector,
+    write_vector_from_rasters,
 )
 from changedet.testing import write_synthetic_pair
 from changedet.types import Grid
@@ -233,3 +234,25 @@ def test_vector_geographic_and_no_crs(tmp_path: Path, sample_data: Path) -> None
         write_vector(tmp_path / "px.gpkg", m, s, grid)
     with pytest.raises(OutputError, match="unknown vector format"):
         write_vector(tmp_path / "px.shp", m, s, grid)
+
+
+def test_vector_from_written_rasters(tmp_path: Path) -> None:
+    synthetic = write_synthetic_pair(tmp_path)
+    pair = open_pair(synthetic.before_path, synthetic.after_path, chunks_px=32)
+    mask_path, score_path = tmp_path / "mask.tif", tmp_path / "score.tif"
+    write_outputs(_score_of(pair, 32), pair.grid, mask_path=mask_path, score_path=score_path,
+                  threshold=300.0, progress=False)  # fmt: skip
+    path = write_vector_from_rasters(
+        tmp_path / "change.gpkg", mask_path=mask_path, score_path=score_path
+    )
+    info = pyogrio.read_info(path)
+    assert info["features"] >= 1 and "32633" in info["crs"]
+    _, _, _, fields = pyogrio.raw.read(path)
+    columns = dict(zip(info["fields"], fields, strict=True))
+    biggest = int(np.argmax(columns["area_px"]))
+    # the planted box (15 x 21 px at 10 m) is the largest region
+    assert abs(columns["area_px"][biggest] - synthetic.label.sum()) < 0.1 * synthetic.label.sum()
+    np.testing.assert_allclose(columns["area_m2"][biggest], columns["area_px"][biggest] * 100.0)
+    assert columns["mean_score"][biggest] > 300.0
+    with pytest.raises(OutputError, match="input"):
+        write_vector_from_rasters(mask_path, mask_path=mask_path, overwrite=True)

@@ -12,7 +12,7 @@ from changedet.io.read import (
     open_scene,
     scene_grid,
 )
-from changedet.io.vector import write_vector
+from changedet.io.vector import write_vector, write_vector_from_rasters
 from changedet.io.write import MASK_NODATA, check_output_path, mask_from_score, write_outputs
 
 __all__ = [
@@ -28,4 +28,5 @@ __all__ = [
     "scene_grid",
     "write_outputs",
     "write_vector",
+    "write_vector_from_rasters",
 ]

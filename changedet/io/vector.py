@@ -20,7 +20,7 @@ from changedet.types import Grid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_vector"]
+__all__ = ["write_vector", "write_vector_from_rasters"]
 
 _DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 
@@ -125,3 +125,46 @@ def write_vector(
         raise
     logger.info("wrote %d change polygons to %s", len(geometries), out)
     return out
+
+
+def write_vector_from_rasters(
+    path: str | Path,
+    *,
+    mask_path: str | Path,
+    score_path: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Polygonises a finished change-mask GeoTIFF (see :func:`write_vector`).
+
+    Reads the mask (and the score, for ``mean_score``) back from disk: memory is about
+    5 bytes per pixel (the uint8 mask and an int32 region-label image) plus the score when given.
+
+    Args:
+      path: ``.gpkg`` or ``.geojson``/``.json`` output.
+      mask_path: uint8 mask GeoTIFF written by :func:`~changedet.io.write.write_outputs`.
+      score_path: Matching float32 score GeoTIFF, or None (``mean_score`` is then null).
+      overwrite: Replace an existing file.
+
+    Returns:
+      The written path.
+
+    Raises:
+      InputNotFoundError / NotARasterError: ``mask_path`` or ``score_path`` cannot be read.
+      OutputError: As :func:`write_vector`.
+    """
+    from changedet.io.read import _check_exists, _open_header
+
+    check_output_path(path, inputs=[p for p in (mask_path, score_path) if p], overwrite=overwrite)
+    _check_exists(Path(mask_path))
+    with _open_header(Path(mask_path)) as ds:
+        mask = ds.read(1)
+        grid = Grid(ds.height, ds.width, ds.transform, ds.crs.to_string() if ds.crs else None)
+    if score_path is not None:
+        _check_exists(Path(score_path))
+        with _open_header(Path(score_path)) as ds:
+            if ds.shape != mask.shape:
+                raise ValueError(f"{score_path}: size {ds.shape} differs from mask {mask.shape}")
+            score = ds.read(1).astype(np.float32)
+    else:
+        score = np.full(mask.shape, np.nan, dtype=np.float32)
+    return write_vector(path, mask, score, grid, overwrite=overwrite)
