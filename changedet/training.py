@@ -1,0 +1,671 @@
+"""Training: optimiser, the pure jitted ``train_step``, validation scoring and the ``fit`` loop.
+
+``train_step`` is a module-level pure function of ``(graphdef, state, batch, key)`` jitted once
+with fixed shapes, data-parallel over all local devices (batch sharded over a ``"data"`` mesh
+axis, state replicated, ``out_shardings`` pinned so later calls do not recompile). ``fit`` owns
+everything stateful: normalisation statistics, the patch sampler, checkpoints, early stopping,
+``metrics.jsonl``, the loss curve and threshold calibration.
+
+Checkpoints (``workdir/checkpoint.msgpack``, flax msgpack, no pickle) hold the model and optimiser
+state, the best parameters so far, the epoch, early-stopping state and the history. Every random
+draw is a function of ``(seed, global step)`` (numpy ``Generator`` seeded with both for patches,
+``jax.random.fold_in`` for step keys), so a killed run resumes exactly where it stopped and ends
+with the same weights and metrics as an uninterrupted run.
+
+Must not import rasterio, rioxarray, xarray, dask or matplotlib (matplotlib is imported lazily,
+only to draw the loss curve).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, serialization
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from changedet import losses, metrics
+from changedet.config import (
+    ModelConfig,
+    TrainConfig,
+    check_compatible,
+    to_dict,
+)
+from changedet.data import Batch, PatchSampler, Scene, band_statistics, normalize_scene
+from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, ModelFileError
+from changedet.models.siamese import SiameseNet
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.msgpack"
+CHECKPOINT_FORMAT = "changedet-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class StepMetrics(NamedTuple):
+    """Summable per-step training metrics (device scalars): loss and confusion counts."""
+
+    loss: jax.Array
+    tp: jax.Array
+    fp: jax.Array
+    fn: jax.Array
+    tn: jax.Array
+
+
+class ValResult(NamedTuple):
+    """Validation of one model on whole scenes, pooled over scenes at the F1-best threshold."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    iou: float
+    num_pixels: int
+
+
+# ------------------------------------------------------------------------------- optimiser
+
+
+def make_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Learning rate per step: linear warmup, then cosine decay (or constant)."""
+    warmup = min(cfg.warmup_steps, max(cfg.total_steps - 1, 0))
+    if cfg.schedule == "constant":
+        if warmup == 0:
+            return optax.constant_schedule(cfg.learning_rate)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.learning_rate, warmup),
+             optax.constant_schedule(cfg.learning_rate)],
+            [warmup],
+        )
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else cfg.learning_rate,
+        peak_value=cfg.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(cfg.total_steps, warmup + 1),
+        end_value=cfg.learning_rate * cfg.end_lr_fraction,
+    )
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with the :func:`make_schedule` learning rate and global-norm gradient clipping."""
+    parts = []
+    if cfg.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    parts.append(optax.adamw(make_schedule(cfg), weight_decay=cfg.weight_decay))
+    return optax.chain(*parts)
+
+
+# ------------------------------------------------------------------------------ pure steps
+
+
+def train_step(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    batch: Batch,
+    key: jax.Array,
+    *,
+    loss: str,
+    pos_weight: float,
+    margin: float,
+    mining: str,
+) -> tuple[nnx.State, StepMetrics]:
+    """One optimiser update of ``(model, optimizer)``. Pure: new state and summable metrics.
+
+    Args:
+      graphdef: Static graph of ``(SiameseNet, nnx.Optimizer)`` from ``nnx.split``.
+      state: Their state (donated by the jitted caller).
+      batch: NHWC float32 ``before``/``after``, int32 ``label``, bool ``valid``.
+      key: PRNG key (triplet sampling); fold the global step into it.
+      loss: ``"bce"``, ``"contrastive"`` or ``"triplet"``.
+      pos_weight: BCE weight of changed pixels.
+      margin: Contrastive/triplet margin; distance-head pixels count as changed above
+        ``margin / 2`` in the returned confusion counts.
+      mining: Triplet mining strategy.
+
+    Returns:
+      ``(new_state, StepMetrics)``; counts are over the batch's valid pixels.
+    """
+    model, optimizer = nnx.merge(graphdef, state)
+
+    def loss_fn(model: SiameseNet) -> tuple[jax.Array, jax.Array]:
+        if loss == "triplet":
+            e_before, e_after = model.embed_pair(batch.before, batch.after)
+            out = model.fuse(e_before, e_after)
+            value = losses.triplet_loss(
+                e_before, e_after, batch.label, batch.valid, margin=margin, key=key,
+                mining=mining, distance=model.cfg.distance,
+            )
+        elif loss == "contrastive":
+            out = model(batch.before, batch.after)
+            value = losses.contrastive_loss(out, batch.label, batch.valid, margin=margin)
+        else:
+            out = model(batch.before, batch.after)
+            value = losses.masked_bce(out, batch.label, batch.valid, pos_weight=pos_weight)
+        return value, out
+
+    (value, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    pred = out > (0.0 if loss == "bce" else margin / 2)
+    counts = metrics.confusion_counts(pred, batch.label, batch.valid)
+    return nnx.state((model, optimizer)), StepMetrics(value, *counts)
+
+
+def score_step(graphdef: nnx.GraphDef, params: nnx.State, before: jax.Array,
+               after: jax.Array) -> jax.Array:
+    """Change score ``(N, H, W)`` of normalised NHWC inputs (sigmoid or distance). Pure."""
+    model = nnx.merge(graphdef, params)
+    return model.change_score(before, after)
+
+
+# ------------------------------------------------------------------------- devices / jit
+
+
+def data_mesh(batch_size: int) -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over as many local devices as evenly divide ``batch_size``."""
+    devices = jax.local_devices()
+    n = math.gcd(len(devices), batch_size)
+    if n < len(devices):
+        log.warning("batch_size %d is not a multiple of the %d local devices: using %d",
+                    batch_size, len(devices), n)
+    return jax.sharding.Mesh(np.array(devices[:n]), ("data",))
+
+
+@functools.lru_cache(maxsize=8)
+def make_train_step(cfg: TrainConfig, mesh: jax.sharding.Mesh):
+    """``train_step`` jitted once for ``cfg``: batch sharded on ``mesh``, state replicated.
+
+    Cached per ``(cfg, mesh)`` so repeated ``fit`` calls in one process reuse the compilation.
+
+    Returns:
+      ``step(graphdef, state, batch, key) -> (state, StepMetrics)``; ``state`` is donated.
+    """
+    replicated = NamedSharding(mesh, P())
+    fn = functools.partial(train_step, loss=cfg.loss, pos_weight=cfg.pos_weight,
+                           margin=cfg.margin, mining=cfg.mining)
+    return jax.jit(fn, static_argnums=0, donate_argnums=1,
+                   out_shardings=(replicated, replicated))
+
+
+def shard_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Batch:
+    """Places a host batch on the mesh, split along the batch axis."""
+    sharding = NamedSharding(mesh, P("data"))
+    return Batch(*(jax.device_put(np.asarray(x), sharding) for x in batch))
+
+
+_score_jit = jax.jit(score_step, static_argnums=0)
+
+
+def score_scene(graphdef: nnx.GraphDef, params: nnx.State, scene: Scene, align: int) -> np.ndarray:
+    """Change score ``(h, w)`` float32 of a *normalised* scene, run whole (reflect-padded to a
+    multiple of ``align``, at least 32 px, so few distinct shapes are compiled)."""
+    h, w = scene.valid.shape
+    m = max(align, 32)
+    ph, pw = (-h) % m, (-w) % m
+    mode = "reflect" if ph < h and pw < w else "symmetric"
+    pad = ((0, 0), (0, ph), (0, pw))
+    before = np.pad(scene.before, pad, mode=mode)
+    after = np.pad(scene.after, pad, mode=mode)
+    score = _score_jit(graphdef, params, np.moveaxis(before, 0, -1)[None],
+                       np.moveaxis(after, 0, -1)[None])
+    return np.asarray(score[0, :h, :w], dtype=np.float32)
+
+
+def validate(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    scenes: Sequence[Scene],
+    align: int,
+    num_thresholds: int = 256,
+) -> ValResult:
+    """Scores whole normalised validation scenes and pools P/R/F1/IoU at the F1-best threshold."""
+    scores = [score_scene(graphdef, params, s, align) for s in scenes]
+    labels = [s.label for s in scenes]
+    valids = [s.valid for s in scenes]
+    curve = metrics.pr_curve(scores, labels, valids, num_thresholds)
+    k = int(np.argmax(curve.f1))
+    m = metrics.scores_from_counts(curve.tp[k], curve.fp[k], curve.fn[k], curve.tn[k])
+    num = int(sum(v.sum() for v in valids))
+    return ValResult(float(curve.thresholds[k]), m.precision, m.recall, m.f1, m.iou, num)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def _to_host(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Loop state saved in every checkpoint (besides the arrays)."""
+
+    epoch: int = 0  # epochs completed
+    best_f1: float = -1.0
+    best_epoch: int = -1
+    best_threshold: float | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _run_signature(model_cfg: ModelConfig, train_cfg: TrainConfig, band_ids, names) -> dict:
+    return {"model": to_dict(model_cfg), "train": to_dict(train_cfg),
+            "band_ids": list(band_ids), "train_scenes": sorted(names)}
+
+
+def save_checkpoint(path: Path, state: nnx.State, best_params: dict, progress: _Progress,
+                    signature: dict, mean: np.ndarray, std: np.ndarray) -> None:
+    """Writes the training state atomically (msgpack; a crash never leaves half a file)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "signature": json.dumps(signature, sort_keys=True),
+        "progress": json.dumps(dataclasses.asdict(progress)),
+        "mean": np.asarray(mean, np.float64),
+        "std": np.asarray(std, np.float64),
+        "state": _to_host(nnx.to_pure_dict(state)),
+        "best_params": best_params,
+    }
+    _atomic_write(path, serialization.msgpack_serialize(payload))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Reads a checkpoint written by :func:`save_checkpoint` (arrays as numpy)."""
+    try:
+        payload = serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:  # corrupt msgpack raises several types
+        raise ModelFileError(
+            f"{path}: not a readable changedet checkpoint ({err}); delete it or pass resume=False."
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path}: not a changedet checkpoint; delete it or use another workdir.")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise ModelFileError(
+            f"{path}: checkpoint format {payload.get('format_version')} (expected "
+            f"{CHECKPOINT_VERSION}); restart with resume=False."
+        )
+    return payload
+
+
+# ------------------------------------------------------------------------------------ fit
+
+
+def _check_scenes(scenes: Sequence[Scene], band_ids: tuple[str, ...], what: str) -> None:
+    for s in scenes:
+        if tuple(s.band_ids) != band_ids:
+            raise BandMismatchError(
+                f"{what} scene {s.name!r} has bands {s.band_ids}, expected {band_ids}; load every "
+                f"scene with the same bands."
+            )
+
+
+def _write_history(workdir: Path, history: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    _atomic_write(workdir / "metrics.jsonl", text.encode())
+
+
+def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation F1 per epoch as a PNG (matplotlib, imported here only)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h["loss"] for h in history], "o-", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if any(h.get("val_f1") is not None for h in history):
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [h.get("val_f1") for h in history], "s--", color="tab:orange",
+                 label="val F1")
+        ax2.set_ylabel("validation F1")
+        ax2.set_ylim(0, 1)
+    ax.set_title("changedet training")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _otsu_threshold(scores: Sequence[np.ndarray], valids: Sequence[np.ndarray],
+                    num_bins: int) -> float:
+    from changedet.cva import otsu_threshold  # numpy only; imported where needed
+
+    values = np.concatenate([s[v] for s, v in zip(scores, valids)]).astype(np.float64)
+    if values.size == 0:
+        raise EmptySceneError("no valid training pixel to compute an Otsu threshold on.")
+    lo, hi = float(values.min()), float(values.max())
+    counts, edges = np.histogram(values, bins=num_bins, range=(lo, max(hi, lo + 1e-6)))
+    return float(otsu_threshold(counts, edges))
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` produced besides the model: where it wrote and how validation went."""
+
+    workdir: Path
+    epochs_run: int
+    best_epoch: int
+    val: ValResult | None
+    history: list[dict[str, Any]]
+
+
+def fit(
+    train_scenes: Sequence[Scene],
+    val_scenes: Sequence[Scene],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    workdir: str | Path,
+    *,
+    band_ids: Sequence[str] | None = None,
+    name: str = "model",
+    progress: bool = True,
+    resume: bool = True,
+    max_epochs_per_run: int | None = None,
+):
+    """Trains a Siamese change model and calibrates its decision threshold.
+
+    Normalisation statistics come from the training scenes and are stored in the model. Each
+    epoch runs ``steps_per_epoch`` jitted data-parallel steps on class-balanced augmented patches,
+    validates on the whole validation scenes (F1 at the best threshold), writes
+    ``metrics.jsonl``, ``loss_curve.png`` and ``checkpoint.msgpack``; training stops early after
+    ``patience`` epochs without a better validation F1. The returned model holds the parameters
+    of the best epoch, with the threshold maximising validation F1 (Otsu on the training scores
+    when there is no validation scene) and, for the distance head, the margin.
+
+    Args:
+      train_scenes: Training scenes (raw values), all with ``band_ids``.
+      val_scenes: Validation scenes (whole scenes, never patches of training scenes); may be
+        empty (then no early stopping and an Otsu threshold).
+      model_cfg: Architecture; ``num_bands`` must equal the scenes' band count.
+      train_cfg: Optimisation, sampling and loss settings.
+      workdir: Folder for checkpoints and logs (created).
+      band_ids: Band ids the model expects (default: the first training scene's).
+      name: Model name stored in the model file.
+      progress: Show a tqdm progress bar.
+      resume: Continue from ``workdir/checkpoint.msgpack`` when it exists (same configs and
+        training scenes required).
+      max_epochs_per_run: Stop this call after this many epochs (e.g. a time-limited job) and
+        return the best model so far; a later call with ``resume=True`` continues.
+
+    Returns:
+      ``changedet.modelfile.ChangeModel`` (also saved to ``workdir/<name>.msgpack``); its
+      ``training`` dict holds the summary (scenes, epochs, seed, validation P/R/F1/threshold);
+      per-epoch figures are in ``workdir/metrics.jsonl``. Use :func:`fit_model` to get the
+      network and :class:`FitResult` instead.
+
+    Raises:
+      ConfigError: Loss and head do not match, or ``num_bands`` differs from the scenes'.
+      BandMismatchError: Scenes have different bands.
+      ModelFileError: The checkpoint in ``workdir`` is unreadable or from other settings.
+    """
+    from changedet.modelfile import save_model
+
+    trained, result = fit_model(
+        train_scenes, val_scenes, model_cfg, train_cfg, workdir, band_ids=band_ids,
+        progress=progress, resume=resume, max_epochs_per_run=max_epochs_per_run,
+    )
+    summary = training_summary(trained, result, [s.name for s in train_scenes],
+                               [s.name for s in val_scenes])
+    model = to_change_model(trained, name, summary)
+    save_model(Path(workdir) / f"{name}.msgpack", model)
+    return model
+
+
+def fit_model(
+    train_scenes: Sequence[Scene],
+    val_scenes: Sequence[Scene],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    workdir: str | Path,
+    *,
+    band_ids: Sequence[str] | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    max_epochs_per_run: int | None = None,
+) -> tuple[TrainedModel, FitResult]:
+    """:func:`fit` without packaging: the trained network and its calibration (see ``fit``)."""
+    check_compatible(model_cfg, train_cfg)
+    if not train_scenes:
+        raise EmptySceneError("fit needs at least one training scene; got none.")
+    band_ids = tuple(band_ids) if band_ids is not None else tuple(train_scenes[0].band_ids)
+    _check_scenes(train_scenes, band_ids, "training")
+    _check_scenes(val_scenes, band_ids, "validation")
+    if model_cfg.num_bands != len(band_ids):
+        raise ConfigError(
+            f"model.num_bands is {model_cfg.num_bands} but the scenes have {len(band_ids)} bands "
+            f"{band_ids}; set model.num_bands={len(band_ids)}."
+        )
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = workdir / CHECKPOINT_NAME
+    signature = _run_signature(model_cfg, train_cfg, band_ids, [s.name for s in train_scenes])
+    (workdir / "config.json").write_text(json.dumps(signature, indent=2))
+
+    mean, std = band_statistics(train_scenes)
+    train_n = [normalize_scene(s, mean, std) for s in train_scenes]
+    val_n = [normalize_scene(s, mean, std) for s in val_scenes]
+    sampler = PatchSampler(train_n, train_cfg.patch_px, changed_fraction=train_cfg.changed_fraction,
+                           augment=train_cfg.augment)
+    if sampler.num_changed_pixels == 0:
+        log.warning("no changed pixel in the training scenes: the model cannot learn change")
+
+    net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
+    optimizer = nnx.Optimizer(net, make_optimizer(train_cfg), wrt=nnx.Param)
+    graphdef, state = nnx.split((net, optimizer))
+    param_graphdef, _ = nnx.split(net)
+    prog = _Progress()
+
+    if resume and ckpt_path.exists():
+        payload = load_checkpoint(ckpt_path)
+        if json.loads(payload["signature"]) != signature:
+            raise ModelFileError(
+                f"{ckpt_path} was written by a run with other settings or training scenes; use "
+                f"another workdir or pass resume=False to start over."
+            )
+        nnx.replace_by_pure_dict(state, payload["state"])
+        prog = _Progress(**json.loads(payload["progress"]))
+        best_params = payload["best_params"]
+        log.info("resuming from %s after epoch %d", ckpt_path, prog.epoch)
+    else:
+        best_params = _to_host(nnx.to_pure_dict(nnx.state(net, nnx.Param)))
+
+    mesh = data_mesh(train_cfg.batch_size)
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(state, replicated)
+    step_fn = make_train_step(train_cfg, mesh)
+    base_key = jax.random.key(train_cfg.seed)
+    align = 2**model_cfg.num_downsamplings
+    spe = train_cfg.steps_per_epoch
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=train_cfg.total_steps, initial=prog.epoch * spe, unit="step",
+                   desc="training", leave=False)
+    epochs_this_run = 0
+    try:
+        while prog.epoch < train_cfg.num_epochs and not prog.stopped_early:
+            if max_epochs_per_run is not None and epochs_this_run >= max_epochs_per_run:
+                break
+            epoch = prog.epoch
+            t0 = time.perf_counter()
+            pending: list[StepMetrics] = []
+            totals = np.zeros(5, np.float64)
+            for i in range(spe):
+                global_step = epoch * spe + i
+                rng = np.random.default_rng([train_cfg.seed, global_step])
+                batch = shard_batch(sampler.sample(train_cfg.batch_size, rng), mesh)
+                key = jax.random.fold_in(base_key, global_step)
+                state, step_metrics = step_fn(graphdef, state, batch, key)
+                pending.append(step_metrics)
+                if len(pending) >= train_cfg.log_every_steps or i == spe - 1:
+                    fetched = jax.device_get(pending)
+                    totals += np.sum([[float(v) for v in m] for m in fetched], axis=0)
+                    pending = []
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{totals[0] / (i + 1):.4f}")
+                if bar is not None:
+                    bar.update(1)
+            seconds = time.perf_counter() - t0
+            train_m = metrics.scores_from_counts(*totals[1:].astype(np.int64))
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "loss": float(totals[0] / spe),
+                "train_f1": train_m.f1,
+                "steps_per_s": spe / seconds,
+                "lr": float(make_schedule(train_cfg)((epoch + 1) * spe - 1)),
+            }
+            params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
+            if val_n:
+                val = validate(param_graphdef, params, val_n, align, train_cfg.num_thresholds)
+                record.update(val_precision=val.precision, val_recall=val.recall,
+                              val_f1=val.f1, val_iou=val.iou, threshold=val.threshold)
+                improved = val.f1 > prog.best_f1
+            else:
+                improved = True
+            if improved:
+                prog.best_f1 = record.get("val_f1", -1.0)
+                prog.best_epoch = epoch + 1
+                prog.best_threshold = record.get("threshold")
+                prog.bad_epochs = 0
+                best_params = _to_host(nnx.to_pure_dict(params))
+            else:
+                prog.bad_epochs += 1
+                if train_cfg.patience and prog.bad_epochs >= train_cfg.patience:
+                    prog.stopped_early = True
+                    log.info("early stop after epoch %d: no better val F1 for %d epochs",
+                             epoch + 1, prog.bad_epochs)
+            prog.epoch = epoch + 1
+            prog.history.append(record)
+            log.info("epoch %d: %s", epoch + 1,
+                     ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+            save_checkpoint(ckpt_path, state, best_params, prog, signature, mean, std)
+            _write_history(workdir, prog.history)
+            try:
+                plot_loss_curve(prog.history, workdir / "loss_curve.png")
+            except ImportError:
+                log.warning("matplotlib is not installed: no loss_curve.png")
+            epochs_this_run += 1
+    finally:
+        if bar is not None:
+            bar.close()
+
+    best_net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
+    best_state = nnx.state(best_net, nnx.Param)
+    nnx.replace_by_pure_dict(best_state, best_params)
+    nnx.update(best_net, best_state)
+
+    val_result = None
+    threshold = prog.best_threshold
+    if val_n:
+        g, p = nnx.split(best_net, nnx.Param)
+        val_result = validate(g, p, val_n, align, train_cfg.num_thresholds)
+        threshold = val_result.threshold
+    if threshold is None:
+        g, p = nnx.split(best_net, nnx.Param)
+        scores = [score_scene(g, p, s, align) for s in train_n]
+        threshold = _otsu_threshold(scores, [s.valid for s in train_n], train_cfg.num_thresholds)
+        log.info("no validation labels: Otsu threshold %.4g on the training scores", threshold)
+    trained = TrainedModel(
+        net=best_net, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids,
+        mean=mean, std=std, threshold=float(threshold),
+        margin=train_cfg.margin if model_cfg.head == "distance" else None,
+    )
+    result = FitResult(workdir, prog.epoch, prog.best_epoch, val_result, prog.history)
+    return trained, result
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A trained network with everything needed to package it as a ``ChangeModel``."""
+
+    net: SiameseNet
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    band_ids: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+    threshold: float
+    margin: float | None
+
+
+def training_summary(trained: TrainedModel, result: FitResult,
+                     train_names: Sequence[str], val_names: Sequence[str]) -> dict[str, Any]:
+    """JSON-friendly record of how a model was trained (stored in the model file)."""
+    val = result.val
+    return {
+        "train_config": to_dict(trained.train_cfg),
+        "train_scenes": list(train_names),
+        "val_scenes": list(val_names),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "seed": trained.train_cfg.seed,
+        "threshold_source": "val_f1" if val is not None else "otsu_train",
+        "val": None if val is None else val._asdict(),
+    }
+
+
+def to_change_model(trained: TrainedModel, name: str, training: dict[str, Any] | None = None):
+    """Packages a :class:`TrainedModel` as a ``changedet.modelfile.ChangeModel``."""
+    from changedet.modelfile import ChangeModel
+
+    return ChangeModel(
+        config=trained.model_cfg,
+        state=_to_host(nnx.to_pure_dict(nnx.state(trained.net))),
+        band_ids=trained.band_ids,
+        norm_mean=tuple(float(v) for v in trained.mean),
+        norm_std=tuple(float(v) for v in trained.std),
+        threshold=trained.threshold,
+        margin=trained.margin,
+        name=name,
+        training=training or {},
+    )
+
+
+__all__ = [
+    "FitResult",
+    "StepMetrics",
+    "TrainedModel",
+    "ValResult",
+    "data_mesh",
+    "fit",
+    "fit_model",
+    "load_checkpoint",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "plot_loss_curve",
+    "save_checkpoint",
+    "score_scene",
+    "shard_batch",
+    "to_change_model",
+    "training_summary",
+    "train_step",
+    "validate",
+]
