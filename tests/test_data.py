@@ -1,0 +1,87 @@
+"""Tests for the training-data part of changedet.data: statistics, sampling, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from changedet import data
+from changedet.errors import BandMismatchError, ConfigError
+
+
+def _scene(name="s", shape=(40, 50), seed=0, bands=2) -> data.Scene:
+    rng = np.random.default_rng(seed)
+    before = rng.normal(100, 10, (bands, *shape)).astype(np.float32)
+    after = before.copy()
+    label = np.zeros(shape, np.uint8)
+    label[5:9, 30:35] = 1
+    after[:, label == 1] += 50
+    valid = np.ones(shape, bool)
+    valid[:, :3] = False
+    return data.Scene(name, before, after, label, valid, tuple(str(i + 1) for i in range(bands)))
+
+
+def test_band_statistics_exact_over_valid_pixels_of_both_dates():
+    a, b = _scene(seed=0), _scene(seed=1, shape=(20, 13))
+    b.before[:, ~b.valid] = 1e9  # invalid pixels must not count
+    mean, std = data.band_statistics([a, b])
+    for band in range(2):
+        values = np.concatenate([s.before[band][s.valid] for s in (a, b)]
+                                + [s.after[band][s.valid] for s in (a, b)]).astype(np.float64)
+        assert mean[band] == pytest.approx(values.mean(), rel=1e-12)
+        assert std[band] == pytest.approx(values.std(), rel=1e-10)
+    assert mean.dtype == np.float64
+
+
+def test_band_statistics_rejects_mixed_bands():
+    with pytest.raises(BandMismatchError):
+        data.band_statistics([_scene(bands=2), _scene(name="t", bands=3)])
+
+
+def test_sampler_is_deterministic_and_class_balanced():
+    s = _scene()
+    sampler = data.PatchSampler([s], patch_px=16, changed_fraction=0.5)
+    b1 = sampler.sample(8, np.random.default_rng(3))
+    b2 = sampler.sample(8, np.random.default_rng(3))
+    for x, y in zip(b1, b2):
+        np.testing.assert_array_equal(x, y)
+    assert b1.before.shape == (8, 16, 16, 2) and b1.before.dtype == np.float32
+    assert b1.label.dtype == np.int32 and b1.valid.dtype == bool
+    # The first half is centred (with jitter) on the 20 changed pixels: each holds change.
+    assert all(b1.label[i].sum() > 0 for i in range(4))
+    # Changed pixels are 1 % of the scene; balanced batches see several times more.
+    assert b1.label.mean() > 3 * s.label.mean()
+
+
+def test_augmentation_keeps_dates_label_and_valid_aligned():
+    s = _scene()
+    sampler = data.PatchSampler([s], patch_px=16, changed_fraction=1.0)
+    batch = sampler.sample(16, np.random.default_rng(0))
+    # In this scene change <=> |after - before| = 50 on every band: holds after any transform.
+    diff = np.abs(batch.after - batch.before)[..., 0]
+    np.testing.assert_array_equal(diff > 25, (batch.label == 1) & (diff > 25))
+    assert ((diff > 25) == (batch.label == 1))[batch.valid].all()
+    # Swaps happen: some patches have before > after in the changed area.
+    signs = {np.sign((batch.after - batch.before)[i][batch.label[i] == 1].mean())
+             for i in range(16) if batch.label[i].any()}
+    assert signs == {-1.0, 1.0}
+
+
+def test_small_scene_is_padded_invalid():
+    s = _scene(shape=(10, 12))
+    batch = data.PatchSampler([s], patch_px=32, augment=False).sample(2, np.random.default_rng(0))
+    assert batch.before.shape == (2, 32, 32, 2)
+    assert int(batch.valid[0].sum()) == int(s.valid.sum())
+    assert not batch.valid[0, 10:].any() and not batch.valid[0, :, 12:].any()
+
+
+def test_normalize_scene_and_bad_config():
+    s = _scene()
+    mean, std = data.band_statistics([s])
+    n = data.normalize_scene(s, mean, std)
+    v = np.concatenate([n.before[:, n.valid], n.after[:, n.valid]], axis=1)
+    np.testing.assert_allclose(v.mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(v.std(axis=1), 1, atol=1e-4)
+    assert (n.before[:, ~n.valid] == 0).all()
+    with pytest.raises(ConfigError):
+        data.PatchSampler([s], patch_px=16, changed_fraction=1.5)
