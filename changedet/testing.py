@@ -139,7 +139,7 @@ def write_synthetic_pair(
         before = np.clip(np.rint(before), info.min, info.max)
         after = np.clip(np.rint(after), info.min, info.max)
     transform = (
-        Affine.translation(*_ORIGIN_XY_M) * Affine.scale(_PIXEL_SIZE_M, -_PIXEL_SIZE_M)
+        Affine.translation(*_ORIGIN_XY_M) @ Affine.scale(_PIXEL_SIZE_M, -_PIXEL_SIZE_M)
         if crs is not None
         else Affine.identity()
     )
