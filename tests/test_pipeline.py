@@ -1,0 +1,138 @@
+"""End to end through ``changedet.pipeline``: grids, nodata, block invariance, real scenes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+import changedet
+from changedet import metrics, pipeline
+from changedet.errors import BandMismatchError, EmptySceneError
+from changedet.testing import write_synthetic_pair
+
+
+@pytest.fixture
+def synthetic_pair(tmp_path):
+    return write_synthetic_pair(tmp_path, shape=(45, 61), seed=0)
+
+
+def _assert_same_grid(path, reference, *, nodata):
+    with rasterio.open(path) as out, rasterio.open(reference) as ref:
+        assert out.crs == ref.crs
+        assert out.transform == ref.transform
+        assert (out.width, out.height) == (ref.width, ref.height)
+        if nodata is None or np.isnan(nodata):
+            assert out.nodata is None or np.isnan(out.nodata)
+        else:
+            assert out.nodata == nodata
+
+
+def test_run_cva_writes_mask_and_score_on_input_grid(synthetic_pair, tmp_path):
+    out = tmp_path / "change.tif"
+    score_path = tmp_path / "score.tif"
+    result = changedet.run(
+        synthetic_pair.before_path, synthetic_pair.after_path, out,
+        score_path=score_path, method="cva", progress=False,
+    )
+    assert result.outputs == (out, score_path)
+    _assert_same_grid(out, synthetic_pair.before_path, nodata=255)
+    _assert_same_grid(score_path, synthetic_pair.before_path, nodata=np.nan)
+    with rasterio.open(out) as src:
+        mask = src.read(1)
+        tags = src.tags()
+        assert src.dtypes == ("uint8",)
+    with rasterio.open(score_path) as src:
+        score = src.read(1)
+    # nodata of either date -> 255 in the mask, NaN in the score; nothing else is 255
+    np.testing.assert_array_equal(mask == 255, ~synthetic_pair.valid)
+    np.testing.assert_array_equal(np.isnan(score), ~synthetic_pair.valid)
+    assert set(np.unique(mask)) <= {0, 1, 255}
+    # the planted change is found
+    counts = metrics.confusion_counts_np(mask == 1, synthetic_pair.label, synthetic_pair.valid)
+    assert metrics.scores_from_counts(*counts).f1 > 0.9
+    assert tags["method"] == "cva"
+    assert float(tags["threshold"]) == pytest.approx(result.threshold)
+    assert tags["changedet_version"] == changedet.__version__
+    # nothing else left in the folder: no temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["before.tif", "after.tif", "change.tif", "score.tif"]
+    )
+
+
+def test_vector_output_is_georeferenced(synthetic_pair, tmp_path):
+    pyogrio = pytest.importorskip("pyogrio")
+    vector = tmp_path / "change.gpkg"
+    changedet.run(
+        synthetic_pair.before_path, synthetic_pair.after_path, tmp_path / "m.tif",
+        vector_path=vector, method="cva", progress=False,
+    )
+    info = pyogrio.read_info(vector)
+    with rasterio.open(synthetic_pair.before_path) as src:
+        assert rasterio.crs.CRS.from_user_input(info["crs"]) == src.crs
+    assert info["features"] >= 1
+    assert "area_m2" in list(info["fields"]) and "mean_score" in list(info["fields"])
+
+
+def test_ungeoreferenced_pair_gives_output_without_crs(tmp_path):
+    pair = write_synthetic_pair(tmp_path, crs=None, dtype="uint8", seed=1)
+    out = tmp_path / "change.tif"
+    with pytest.warns(UserWarning):
+        changedet.run(pair.before_path, pair.after_path, out, method="cva", progress=False)
+    with rasterio.open(out) as src:
+        assert src.crs is None
+        assert src.shape == pair.label.shape
+
+
+@pytest.mark.parametrize("block_px", [16, 32, 1024])
+def test_block_size_does_not_change_cva_result(synthetic_pair, block_px):
+    reference = changedet.detect(
+        synthetic_pair.before_path, synthetic_pair.after_path, method="cva", block_px=64
+    )
+    other = changedet.detect(
+        synthetic_pair.before_path, synthetic_pair.after_path, method="cva", block_px=block_px
+    )
+    np.testing.assert_array_equal(other.mask.values, reference.mask.values)
+
+
+def test_detect_is_lazy_and_georeferenced(synthetic_pair):
+    ds = changedet.detect(
+        synthetic_pair.before_path, synthetic_pair.after_path, method="cva", threshold=1.0
+    )
+    assert ds.score.chunks is not None  # dask-backed
+    with rasterio.open(synthetic_pair.before_path) as src:
+        assert ds.rio.crs == src.crs
+        assert ds.rio.transform() == src.transform
+    assert ds.attrs["threshold"] == 1.0
+
+
+def test_all_nodata_scene_is_a_clear_error(tmp_path):
+    pair = write_synthetic_pair(tmp_path, seed=2)
+    with rasterio.open(pair.after_path, "r+") as dst:
+        dst.write(np.zeros((dst.count, dst.height, dst.width), dtype=dst.dtypes[0]))
+    out = tmp_path / "change.tif"
+    with pytest.raises(EmptySceneError, match="no pixel"):
+        changedet.run(pair.before_path, pair.after_path, out, method="cva", progress=False)
+    assert not out.exists()
+
+
+def test_model_choice_from_bands(synthetic_pair):
+    pair = changedet.open_pair(synthetic_pair.before_path, synthetic_pair.after_path)
+    with pytest.raises(BandMismatchError, match="--bands"):
+        pipeline.resolve_detector(pair)  # 4 generic bands: no packaged model fits
+    three = pipeline.select_bands(pair, ["3", "2", "1"])
+    assert three.band_ids == ("3", "2", "1")
+    assert three.before.shape[0] == 3
+    with pytest.raises(BandMismatchError, match="not in"):
+        pipeline.select_bands(pair, ["B04"])
+
+
+def test_cva_on_real_sentinel2_pair_beats_chance(sample_data, tmp_path):
+    city = sample_data / "oscd_paris"
+    ds = changedet.detect(city / "imgs_1", city / "imgs_2", method="cva")
+    with rasterio.open(city / "paris-cm.tif") as src:
+        label = src.read(1) == 2  # OSCD: 1 = no change, 2 = change
+    mask = ds.mask.values
+    counts = metrics.confusion_counts_np(mask == 1, label, mask != 255)
+    f1 = metrics.scores_from_counts(*counts).f1
+    assert f1 > label.mean()  # better than a random guess at the change rate
