@@ -482,7 +482,7 @@ def fit_model(
 
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path)
-        if json.loads(payload["signature"]) != signature:
+        if payload["signature"] != json.dumps(signature, sort_keys=True):
             raise ModelFileError(
                 f"{ckpt_path} was written by a run with other settings or training scenes; use "
                 f"another workdir or pass resume=False to start over."
