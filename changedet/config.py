@@ -97,10 +97,10 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 
 Loss = Literal["bce", "contrastive", "triplet"]
-Mining = Literal["batch_hard", "semi_hard"]
+Mining = Literal["batch_hard", "semi_hard", "all"]
 Schedule = Literal["cosine", "constant"]
 LOSSES: tuple[str, ...] = ("bce", "contrastive", "triplet")
-MININGS: tuple[str, ...] = ("batch_hard", "semi_hard")
+MININGS: tuple[str, ...] = ("batch_hard", "semi_hard", "all")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
 
@@ -124,7 +124,7 @@ class TrainConfig:
         (``distance`` head).
       margin: Distance margin of the contrastive / triplet losses (embedding units).
       pos_weight: Weight of changed pixels in BCE (changed pixels are rare).
-      mining: Triplet mining: ``"batch_hard"`` or ``"semi_hard"``.
+      mining: Triplet mining: ``"batch_hard"``, ``"semi_hard"`` or ``"all"``.
       changed_fraction: Share of patches centred on a changed pixel (class balancing).
       augment: Random flips / 90° rotations / date swaps of the patches.
       seed: Seeds the parameter init, the patch sampler and the dropout-free step keys.
