@@ -49,7 +49,7 @@ class ChangeModel:
     Attributes:
       config: The architecture.
       state: The ``nnx`` state of a :class:`~changedet.models.SiameseNet` as a nested dict of
-        numpy arrays (``nnx.state(net).to_pure_dict()``).
+        numpy arrays (``nnx.to_pure_dict(nnx.state(net))``).
       band_ids: Bands the model takes, in order (e.g. ``("B01", ..., "B12")``).
       norm_mean: Per-band mean of the raw values, ``len(band_ids)`` floats.
       norm_std: Per-band standard deviation (> 0), raw units.
@@ -182,7 +182,7 @@ def random_init_model(cfg: ModelConfig, band_ids: tuple[str, ...] | list[str], s
     from changedet.models.siamese import SiameseNet
 
     net = SiameseNet(cfg, rngs=nnx.Rngs(seed))
-    state = jax.tree.map(np.asarray, nnx.state(net).to_pure_dict())
+    state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(net)))
     n = cfg.num_bands
     return ChangeModel(config=cfg, state=state, band_ids=tuple(band_ids), norm_mean=(0.0,) * n,
                        norm_std=(1.0,) * n, threshold=0.5,
