@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import rasterio
@@ -26,6 +27,7 @@ import rasterio.errors
 import rioxarray
 import xarray as xr
 from affine import Affine
+from rasterio._err import CPLE_BaseError  # GDAL errors raised through rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
@@ -232,6 +234,43 @@ def _chunks(chunks_px: int) -> dict[str, int]:
     return {"band": -1, "y": chunks_px, "x": chunks_px}
 
 
+class _GuardedReads:
+    """Array-like over a lazily loaded raster whose window reads name the file when they fail.
+
+    The header of a truncated or corrupt GeoTIFF opens fine; its pixel data fails only when a
+    block is read, deep inside a dask computation. This wrapper turns that GDAL error into a
+    :class:`NotARasterError` naming the file and the window, instead of an internal error.
+    """
+
+    def __init__(self, lazy: xr.DataArray, path: Path) -> None:
+        self._lazy = lazy
+        self._path = path
+        self.shape = lazy.shape
+        self.dtype = lazy.dtype
+        self.ndim = lazy.ndim
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        try:
+            return np.asarray(self._lazy[key].values)
+        except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as exc:
+            cause: BaseException = exc
+            while cause.__cause__ is not None:  # GDAL's root cause is the most specific
+                cause = cause.__cause__
+            reason = " ".join(str(cause).split()) or type(cause).__name__
+            raise NotARasterError(
+                f"{self._path}: reading pixels {_describe_window(key)} failed ({reason}); the "
+                f"file is truncated or corrupt: re-download or re-export it."
+            ) from exc
+
+
+def _describe_window(key: tuple) -> str:
+    """``rows 0:64, cols 64:128`` for a ``(band, row, col)`` tuple of slices."""
+    if isinstance(key, tuple) and len(key) == 3 and all(isinstance(k, slice) for k in key[1:]):
+        rows, cols = key[1], key[2]
+        return f"rows {rows.start or 0}:{rows.stop}, cols {cols.start or 0}:{cols.stop}"
+    return "window"
+
+
 def _open_file_lazily(
     file: Path,
     *,
@@ -263,10 +302,23 @@ def _open_file_lazily(
                     dtype=dtype,
                 )
                 with vrt:
-                    arr = rioxarray.open_rasterio(vrt, chunks=_chunks(chunks_px), lock=False)
+                    arr = rioxarray.open_rasterio(vrt, lock=False, cache=False)
             else:
-                arr = rioxarray.open_rasterio(file, chunks=_chunks(chunks_px), lock=False)
+                arr = rioxarray.open_rasterio(file, lock=False, cache=False)
     assert isinstance(arr, xr.DataArray)  # noqa: S101  (single raster, no subdatasets)
+    stat = file.stat()
+    token = dask.base.tokenize(
+        str(file), stat.st_mtime_ns, stat.st_size, repr(target), str(target_crs), resampling, dtype
+    )
+    data = da.from_array(
+        _GuardedReads(arr, file),
+        chunks=(-1, chunks_px, chunks_px),
+        lock=False,
+        asarray=True,
+        meta=np.empty((0, 0, 0), dtype=arr.dtype),
+        name=f"read-{file.name}-{token}",
+    )
+    arr = arr.copy(data=data)
     if dtype is not None and arr.dtype != np.dtype(dtype):
         arr = arr.astype(dtype)
     return arr
