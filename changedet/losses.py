@@ -174,8 +174,11 @@ def triplet_loss(
     eb = jnp.asarray(emb_before, jnp.float32)
     ea = jnp.asarray(emb_after, jnp.float32)
     dim = eb.shape[-1]
-    eb = eb.reshape(-1, dim)
-    ea = ea.reshape(-1, dim)
+    # Unlabelled/invalid pixels are zeroed before any gather: when a class is absent the
+    # sampled indices are arbitrary, and 0 * nan would otherwise leak NaN into the gradients.
+    labelled = (changed | unchanged).reshape(-1, 1)
+    eb = jnp.where(labelled, eb.reshape(-1, dim), 0.0)
+    ea = jnp.where(labelled, ea.reshape(-1, dim), 0.0)
     k_anchor, k_neg = jax.random.split(key)
     anchor_idx, has_anchor = _sample(k_anchor, unchanged, num_anchors)
     neg_idx, has_neg = _sample(k_neg, changed, num_negatives)
