@@ -124,9 +124,22 @@ def _client(args: argparse.Namespace):
     return Client(cluster)
 
 
+def _check_extra_outputs(args: argparse.Namespace) -> None:
+    """Fails before any computation when the vector or quicklook output cannot be written, so a
+    bad extra path never leaves a finished mask behind."""
+    from changedet import io
+
+    inputs = (args.before, args.after)
+    if args.vector:
+        io.check_vector_path(args.vector, inputs=inputs, overwrite=args.overwrite)
+    if args.quicklook:
+        io.check_output_path(args.quicklook, inputs=inputs, overwrite=args.overwrite)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from changedet import pipeline
 
+    _check_extra_outputs(args)
     client = _client(args)
     try:
         result = pipeline.run(

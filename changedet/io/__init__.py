@@ -12,7 +12,7 @@ from changedet.io.read import (
     open_scene,
     scene_grid,
 )
-from changedet.io.vector import write_vector, write_vector_from_rasters
+from changedet.io.vector import check_vector_path, write_vector, write_vector_from_rasters
 from changedet.io.write import MASK_NODATA, check_output_path, mask_from_score, write_outputs
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "RasterPair",
     "UngeoreferencedWarning",
     "check_output_path",
+    "check_vector_path",
     "describe_scene",
     "mask_from_score",
     "open_pair",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from changedet.types import Grid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_vector", "write_vector_from_rasters"]
+__all__ = ["check_vector_path", "write_vector", "write_vector_from_rasters"]
 
 _DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 
@@ -38,6 +39,30 @@ def _areas_m2(geometries: list, grid: Grid, pixel_counts: np.ndarray) -> np.ndar
         return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geometries])
     _, factor = crs.linear_units_factor
     return np.array([g.area for g in geometries]) * factor**2
+
+
+def check_vector_path(
+    path: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False
+) -> Path:
+    """Validates a vector output path (format and folder) before any computation starts.
+
+    Args:
+      path: ``.gpkg`` or ``.geojson``/``.json`` output.
+      inputs: Input scenes that must not be overwritten.
+      overwrite: Allow replacing an existing file.
+
+    Returns:
+      The absolute output path.
+
+    Raises:
+      OutputError: Unknown extension, or as :func:`~changedet.io.write.check_output_path`.
+    """
+    out = check_output_path(path, inputs=inputs, overwrite=overwrite)
+    if out.suffix.lower() not in _DRIVERS:
+        raise OutputError(
+            f"{out}: unknown vector format {out.suffix!r}; use .gpkg or .geojson (or .json)."
+        )
+    return out
 
 
 def write_vector(
@@ -70,12 +95,8 @@ def write_vector(
     import shapely
     from scipy import ndimage
 
-    out = check_output_path(path, overwrite=overwrite)
-    driver = _DRIVERS.get(out.suffix.lower())
-    if driver is None:
-        raise OutputError(
-            f"{out}: unknown vector format {out.suffix!r}; use .gpkg or .geojson (or .json)."
-        )
+    out = check_vector_path(path, overwrite=overwrite)
+    driver = _DRIVERS[out.suffix.lower()]
     if mask.shape != grid.shape or score.shape != grid.shape:
         raise ValueError(f"mask {mask.shape} / score {score.shape} do not match grid {grid.shape}")
     changed = mask == 1

@@ -73,6 +73,10 @@ def check_output_path(
         raise OutputError(f"{out}: is a folder; give a file name such as {out / 'change.tif'}.")
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it.")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise OutputError(
+            f"{out}: {out.parent} is a file, not a folder; choose an output inside a folder."
+        )
     if not out.parent.is_dir():
         raise OutputError(f"{out}: folder {out.parent} does not exist; create it first.")
     if not os.access(out.parent, os.W_OK | os.X_OK):
