@@ -105,8 +105,8 @@ class ChangeModel:
         abstract = nnx.eval_shape(lambda: SiameseNet(self.config, rngs=nnx.Rngs(0)))
         graphdef, state = nnx.split(abstract)
         try:
+            _check_shapes(nnx.to_pure_dict(state), self.state)
             nnx.replace_by_pure_dict(state, self.state)
-            _check_shapes(state, self.state)
         except (KeyError, ValueError, TypeError) as err:
             raise ModelFileError(f"model {self.name!r}: parameters do not match its config "
                                  f"({err}); the file is corrupt or from another build.") from err
@@ -150,13 +150,14 @@ def _check_shapes(state: Any, pure: dict[str, Any]) -> None:
     """Raises ValueError when a leaf of ``pure`` differs in shape from the built state."""
     import jax
 
-    built = jax.tree.leaves(state)
-    given = jax.tree.leaves(pure)
-    if len(built) != len(given):
-        raise ValueError(f"{len(given)} arrays for {len(built)} parameters")
-    for b, g in zip(built, given, strict=True):
+    built = jax.tree.leaves_with_path(state)
+    given = jax.tree.leaves_with_path(pure)
+    if [p for p, _ in built] != [p for p, _ in given]:
+        raise ValueError(f"{len(given)} arrays for {len(built)} parameters, or other names")
+    for (where, b), (_, g) in zip(built, given, strict=True):
         if tuple(b.shape) != tuple(np.shape(g)):
-            raise ValueError(f"array of shape {np.shape(g)} where {tuple(b.shape)} is expected")
+            raise ValueError(f"{jax.tree_util.keystr(where)} has shape {np.shape(g)}, "
+                             f"expected {tuple(b.shape)}")
 
 
 def check_bands(model: ChangeModel, band_ids: tuple[str, ...] | list[str]) -> None:
@@ -379,12 +380,15 @@ def load_model(path_or_name: str | os.PathLike[str], *,
             name=meta.get("name", path.stem),
             training=meta.get("training", {}),
         )
-    except ModelFileError:
-        raise
+    except ModelFileError as err:
+        raise ModelFileError(f"model file {path}: {err}") from err
     except Exception as err:
         raise ModelFileError(f"model file {path} has invalid metadata ({type(err).__name__}: "
                              f"{err}); re-save it with changedet.save_model.") from err
-    model.module()  # validates the parameters against the config now, not at first use
+    try:
+        model.module()  # validates the parameters against the config now, not at first use
+    except ModelFileError as err:
+        raise ModelFileError(f"model file {path}: {err}") from err
     log.info("loaded model %r (%s head, bands %s) from %s", model.name, model.config.head,
              ",".join(model.band_ids), path)
     return model

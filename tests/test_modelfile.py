@@ -1,0 +1,128 @@
+"""Model files: round trip, atomic writes, every failure mode, packaged-model registry."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import jax
+import msgpack
+import numpy as np
+import pytest
+from flax import serialization
+
+from changedet.config import ModelConfig
+from changedet.errors import BandMismatchError, ModelFileError
+from changedet.modelfile import (
+    ChangeModel,
+    check_bands,
+    load_model,
+    random_init_model,
+    register_model,
+    save_model,
+)
+
+BANDS = ("B04", "B03", "B02")
+
+
+@pytest.fixture(scope="module")
+def model() -> ChangeModel:
+    cfg = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4, head="distance",
+                      distance="cosine")
+    base = random_init_model(cfg, BANDS, seed=2, name="tiny-rgb")
+    return ChangeModel(config=cfg, state=base.state, band_ids=BANDS, norm_mean=(10.0, 20.0, 30.0),
+                       norm_std=(2.0, 3.0, 4.0), threshold=0.3, margin=1.5, name="tiny-rgb",
+                       training={"epochs": 2, "seed": 2, "data": ["oscd/paris"], "val_f1": 0.5})
+
+
+def test_round_trip_keeps_everything_and_scores(tmp_path, model):
+    path = save_model(tmp_path / "m.msgpack", model)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.msgpack"]  # no temp file left behind
+    loaded = load_model(path)
+    for field in ("config", "band_ids", "norm_mean", "norm_std", "threshold", "margin", "name",
+                  "training"):
+        assert getattr(loaded, field) == getattr(model, field), field
+    jax.tree.map(np.testing.assert_array_equal, loaded.state, model.state)
+    rng = np.random.default_rng(0)
+    before = rng.normal(20, 5, size=(3, 21, 19)).astype(np.float32)
+    after = rng.normal(20, 5, size=(3, 21, 19)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.score_block(before, after),
+                                  model.score_block(before, after))
+    # The detector protocol.
+    assert loaded.halo_px > 0 and loaded.align_px == 2
+    assert loaded.prepare(SimpleNamespace(band_ids=BANDS)) is loaded
+    assert loaded.predictor() is loaded.predictor()  # cached
+
+
+def test_the_file_is_plain_msgpack_with_format_and_json_metadata(tmp_path, model):
+    path = save_model(tmp_path / "m.msgpack", model)
+    raw = serialization.msgpack_restore(path.read_bytes())
+    assert raw["format"] == "changedet-model" and raw["format_version"] == 1
+    meta = json.loads(raw["metadata"])
+    assert meta["band_ids"] == list(BANDS) and meta["config"]["distance"] == "cosine"
+
+
+def _write(path, payload):
+    path.write_bytes(serialization.msgpack_serialize(payload))
+    return path
+
+
+def test_load_errors_are_one_line_model_file_errors(tmp_path, model):
+    good = save_model(tmp_path / "good.msgpack", model)
+    data = good.read_bytes()
+    raw = serialization.msgpack_restore(data)
+    cases = {
+        "does not exist": tmp_path / "missing.msgpack",
+        "truncated or corrupt": tmp_path / "cut.msgpack",
+        "not a changedet model": tmp_path / "other.msgpack",
+        "newer changedet; upgrade": tmp_path / "newer.msgpack",
+        "do not match its config": tmp_path / "shapes.msgpack",
+        "invalid metadata": tmp_path / "meta.msgpack",
+    }
+    cases["truncated or corrupt"].write_bytes(data[: len(data) // 2])
+    cases["not a changedet model"].write_bytes(msgpack.packb({"weights": [1, 2, 3]}))
+    _write(cases["newer changedet; upgrade"], {**raw, "format_version": 99})
+    bad_params = jax.tree.map(lambda x: x, raw["params"])
+    bad_params["encoder"]["out"]["kernel"] = np.zeros((1, 1, 4, 7), np.float32)
+    _write(cases["do not match its config"], {**raw, "params": bad_params})
+    _write(cases["invalid metadata"], {**raw, "metadata": "{not json"})
+    for message, path in cases.items():
+        with pytest.raises(ModelFileError, match=message) as info:
+            load_model(path)
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_check_bands_names_expected_and_found(model):
+    check_bands(model, list(BANDS))
+    with pytest.raises(BandMismatchError) as info:
+        check_bands(model, ("B02", "B03", "B04"))
+    text = str(info.value)
+    assert "B04,B03,B02" in text and "B02,B03,B04" in text
+    assert "--bands" in text and "--model" in text
+
+
+def test_packaged_models_resolve_by_name_and_check_the_hash(tmp_path, monkeypatch, model):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    path = save_model(weights / "rgb.msgpack", model)
+    register_model(path, "rgb", weights)
+    registry = json.loads((weights / "registry.json").read_text())
+    assert registry["rgb"]["file"] == "rgb.msgpack" and len(registry["rgb"]["sha256"]) == 64
+    assert load_model("rgb", weights_folder=weights).name == "tiny-rgb"
+    monkeypatch.setenv("CHANGEDET_WEIGHTS_DIR", str(weights))
+    assert load_model("rgb").band_ids == BANDS
+    with pytest.raises(ModelFileError, match="no packaged model named 'sentinel2'.*rgb"):
+        load_model("sentinel2")
+    # A file that no longer matches its registered hash is refused.
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ModelFileError, match="corrupt \\(sha256"):
+        load_model("rgb")
+
+
+def test_model_validation(model):
+    with pytest.raises(ModelFileError, match="3 bands"):
+        ChangeModel(config=model.config, state=model.state, band_ids=("B04",),
+                    norm_mean=(0.0,), norm_std=(1.0,))
+    with pytest.raises(ModelFileError, match="norm_std"):
+        ChangeModel(config=model.config, state=model.state, band_ids=BANDS,
+                    norm_mean=(0.0,) * 3, norm_std=(1.0, 0.0, 1.0))
