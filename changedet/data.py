@@ -169,12 +169,9 @@ def normalize_scene(scene: Scene, mean: np.ndarray, std: np.ndarray) -> Scene:
     Invalid pixels are set to 0 after scaling (finite, and the band mean), so NaN nodata never
     reaches the model; they stay ``valid=False``.
     """
-    m = np.asarray(mean, np.float64)[:, None, None]
-    sd = np.asarray(std, np.float64)[:, None, None]
 
     def scale(x: np.ndarray) -> np.ndarray:
-        y = ((x - m) / sd).astype(np.float32)
-        return np.where(scene.valid[None], y, np.float32(0.0))
+        return np.where(scene.valid[None], normalize(x, mean, std), np.float32(0.0))
 
     return scene._replace(before=scale(scene.before), after=scale(scene.after))
 
@@ -326,8 +323,8 @@ class PatchSampler:
         """A :class:`Batch` of ``batch_size`` patches, NHWC float32 / int32 / bool."""
         num_changed = int(round(self.changed_fraction * batch_size))
         patches = [self.patch(rng, changed=i < num_changed) for i in range(batch_size)]
-        before = np.stack([np.moveaxis(p[0], 0, -1) for p in patches]).astype(np.float32)
-        after = np.stack([np.moveaxis(p[1], 0, -1) for p in patches]).astype(np.float32)
+        before = to_nhwc(np.stack([p[0] for p in patches]).astype(np.float32))
+        after = to_nhwc(np.stack([p[1] for p in patches]).astype(np.float32))
         label = np.stack([p[2] for p in patches]).astype(np.int32)
         valid = np.stack([p[3] for p in patches]).astype(bool)
         return Batch(before, after, label, valid)

@@ -44,7 +44,14 @@ from changedet.config import (
     check_compatible,
     to_dict,
 )
-from changedet.data import Batch, PatchSampler, Scene, band_statistics, normalize_scene
+from changedet.data import (
+    Batch,
+    PatchSampler,
+    Scene,
+    band_statistics,
+    normalize_scene,
+    to_nhwc,
+)
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, ModelFileError
 from changedet.models.siamese import SiameseNet
 
@@ -218,8 +225,7 @@ def score_scene(graphdef: nnx.GraphDef, params: nnx.State, scene: Scene, align: 
     pad = ((0, 0), (0, ph), (0, pw))
     before = np.pad(scene.before, pad, mode=mode)
     after = np.pad(scene.after, pad, mode=mode)
-    score = _score_jit(graphdef, params, np.moveaxis(before, 0, -1)[None],
-                       np.moveaxis(after, 0, -1)[None])
+    score = _score_jit(graphdef, params, to_nhwc(before), to_nhwc(after))
     return np.asarray(score[0, :h, :w], dtype=np.float32)
 
 
