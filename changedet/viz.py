@@ -1,8 +1,8 @@
 """Pictures of scenes, change maps and training runs (matplotlib, imported lazily).
 
 Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``: no GUI
-backend or display is ever needed (PNG files are rendered by the Agg canvas), figures do not
-pile up in pyplot's registry, and Jupyter shows a returned figure once. Call ``fig.savefig(path)``
+backend or display is ever needed (PNG files are rendered by the Agg canvas, headless), figures
+do not pile up in pyplot's registry, and Jupyter shows a returned figure once, as a PNG. Call ``fig.savefig(path)``
 to keep one. :func:`write_quicklook` is the one function doing I/O: it reads a pair and a written
 mask through :mod:`changedet.io`, at reduced resolution for large scenes, and writes a PNG
 atomically.
@@ -12,6 +12,8 @@ No other changedet module imports this one; it must not import jax.
 
 from __future__ import annotations
 
+import functools
+import io as io_bytes
 import json
 import logging
 import math
@@ -67,11 +69,25 @@ SceneLike = Any  # xr.DataArray (band, y, x) or np.ndarray (band, h, w)
 # --------------------------------------------------------------------------------- helpers
 
 
-def _figure(width_in: float, height_in: float) -> Figure:
-    """A pyplot-free figure (renders with Agg on ``savefig``; shown inline by Jupyter)."""
+@functools.cache
+def _figure_class() -> type:
+    """A :class:`~matplotlib.figure.Figure` that Jupyter displays as a PNG without pyplot."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width_in, height_in), layout="constrained")
+    class ChangedetFigure(Figure):
+        """A matplotlib Figure with a PNG rich display (IPython/Jupyter)."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io_bytes.BytesIO()
+            self.savefig(buffer, format="png", bbox_inches="tight")
+            return buffer.getvalue()
+
+    return ChangedetFigure
+
+
+def _figure(width_in: float, height_in: float) -> Figure:
+    """A pyplot-free figure (renders with Agg on ``savefig``; shown once, inline, by Jupyter)."""
+    return _figure_class()(figsize=(width_in, height_in), layout="constrained")
 
 
 def _band_ids_of(scene: SceneLike) -> tuple[str, ...] | None:
@@ -411,7 +427,8 @@ def quicklook(
     handles = [Patch(facecolor=colour, label="change")]
     if (~valid).any():
         handles.append(Patch(facecolor=NODATA_COLOUR, hatch="////", label="nodata"))
-    ax.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.8)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=len(handles),
+              fontsize="small", frameon=False)  # below the image: hides no pixel
     if title:
         fig.suptitle(title)
     return fig
