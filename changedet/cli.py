@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a scene's grid, CRS, bands, dtype and nodata")
     info.add_argument("scene", nargs="+", help="raster file or band folder")
     _add_common(info)
+    _add_training_commands(sub)
     return parser
 
 
