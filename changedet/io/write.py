@@ -151,6 +151,49 @@ def _block_windows(chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> Iterator[
             yield (i, j), Window(col_starts[j], row_starts[i], width, height)
 
 
+class _TileRowStrips:
+    """Reassembles computed score blocks into full-width strips of whole GeoTIFF tile rows.
+
+    GDAL lays out a tiled GeoTIFF differently when a tile is filled by several partial writes
+    than by one write covering it (the pixels are the same, the bytes are not). Writing every
+    tile row in one call, top to bottom, makes the output file byte-identical whatever the dask
+    block size. Memory: the blocks of one compute batch plus under one tile row of full width.
+    """
+
+    def __init__(self, chunks: tuple[tuple[int, ...], tuple[int, ...]], width: int) -> None:
+        self._row_heights = chunks[0]
+        self._num_cols = len(chunks[1])
+        self._height = sum(chunks[0])
+        self._width = width
+        self._done: dict[tuple[int, int], np.ndarray] = {}
+        self._next_block_row = 0
+        self._rows: list[np.ndarray] = []  # assembled block rows not yet written
+        self._row0 = 0  # global row of the first row in self._rows
+
+    def add(self, key: tuple[int, int], block: np.ndarray) -> None:
+        """Stores the computed block ``key = (block_row, block_col)``."""
+        self._done[key] = block
+
+    def ready(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields ``(first_row, strip)`` for each run of complete tile rows now available."""
+        cols = range(self._num_cols)
+        while self._next_block_row < len(self._row_heights) and all(
+            (self._next_block_row, j) in self._done for j in cols
+        ):
+            parts = [self._done.pop((self._next_block_row, j)) for j in cols]
+            self._rows.append(np.concatenate(parts, axis=1))
+            self._next_block_row += 1
+        available = self._row0 + sum(r.shape[0] for r in self._rows)
+        end = available if available == self._height else available - available % _TILE_PX
+        if end <= self._row0:
+            return
+        rows = np.concatenate(self._rows, axis=0) if len(self._rows) > 1 else self._rows[0]
+        strip, rest = rows[: end - self._row0], rows[end - self._row0 :]
+        self._rows = [rest] if rest.shape[0] else []
+        row0, self._row0 = self._row0, end
+        yield row0, strip
+
+
 def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -171,7 +214,9 @@ def write_outputs(
     """Streams a lazy score map to a change-mask GeoTIFF (and optionally the score), atomically.
 
     Each score block is computed once (by the active dask scheduler, a few blocks per worker at
-    a time) and written into both outputs; memory holds a batch of blocks, never the scene.
+    a time) and written into both outputs as whole tile rows, top to bottom, so the files are
+    byte-identical for any block size; memory holds a batch of blocks and less than one
+    256-pixel tile row of the full width, never the scene.
 
     Args:
       score: ``(y, x)`` float32 dask array of change scores on ``grid``, NaN where invalid.
@@ -229,13 +274,16 @@ def write_outputs(
             bar = stack.enter_context(
                 tqdm(total=len(windows), desc="writing", unit="block", disable=not progress)
             )
+            strips = _TileRowStrips(score.chunks, grid.width)
             for group in _batched(windows, batch):
                 values = dask.compute(*[blocks[i, j] for (i, j), _ in group])
-                for ((_, window), block) in zip(group, values, strict=True):
-                    block = np.asarray(block, dtype=np.float32)
-                    mask_ds.write(mask_from_score(block, threshold), 1, window=window)
+                for ((key, _), block) in zip(group, values, strict=True):
+                    strips.add(key, np.asarray(block, dtype=np.float32))
+                for row0, strip in strips.ready():
+                    window = Window(0, row0, grid.width, strip.shape[0])
+                    mask_ds.write(mask_from_score(strip, threshold), 1, window=window)
                     if score_ds is not None:
-                        score_ds.write(block, 1, window=window)
+                        score_ds.write(strip, 1, window=window)
                 bar.update(len(group))
             for ds in (mask_ds, score_ds):
                 if ds is not None:
