@@ -373,6 +373,7 @@ def quicklook(
     bands: Sequence[Any] | None = None,
     threshold: float | None = None,
     colour: Any = CHANGE_COLOUR,
+    panel_in: float = 4.0,
 ) -> Figure:
     """Before, after, score and change overlay side by side.
 
@@ -387,6 +388,7 @@ def quicklook(
       bands: Display bands (see :func:`true_colour`).
       threshold: Decision threshold, marked on the score colour bar.
       colour: Colour of changed pixels.
+      panel_in: Width of the longer side of a panel, in inches.
 
     Returns:
       Figure with one image axes per panel (4, or 3 without ``score``) plus a colour-bar axes
@@ -402,8 +404,10 @@ def quicklook(
         )
     num_panels = 3 if score is None else 4
     height, width = mask.shape
-    panel_in = 4.0
-    fig = _figure(panel_in * num_panels + (0.6 if score is not None else 0), panel_in * height / width + 0.8)
+    panel_w, panel_h = (panel_in, panel_in * height / width) if width >= height else (
+        panel_in * width / height, panel_in)
+    colour_bar_in = 0.9 if score is not None else 0.0
+    fig = _figure(panel_w * num_panels + colour_bar_in + 0.1 * num_panels, panel_h + 0.9)
     axes = fig.subplots(1, num_panels)
     _image_axes(axes[0], before_rgb, "before")
     _image_axes(axes[1], after_rgb, "after")
@@ -538,14 +542,16 @@ def write_quicklook(
     overwrite: bool = False,
     max_px: int = 2048,
     score_path: str | Path | None = None,
+    panel_px: int = 512,
     dpi: int = 100,
 ) -> Path:
     """Writes a PNG quicklook of a run: before, after, (score,) change overlay; area in the title.
 
-    Scenes larger than ``max_px`` on a side are read decimated (every ``k``-th pixel, ``k`` the
-    smallest integer bringing both sides to ``<= max_px``), chunk by chunk, so memory stays small
-    even on a 10980² Sentinel-2 tile; the displayed mask marks a cell changed if any of its
-    pixels changed. The changed area is counted on the full-resolution mask: hectares from the
+    Each panel shows the scene at ``min(panel_px, max_px)`` pixels on its longer side, pixel for
+    pixel: larger scenes are read decimated (every ``k``-th pixel, ``k`` the smallest integer that
+    fits), chunk by chunk, so memory stays small even on a 10980² Sentinel-2 tile, and the
+    displayed mask marks a cell changed if any of its pixels changed (small changes stay
+    visible). The changed area is counted on the full-resolution mask: hectares from the
     pixel area (geodesic on the WGS84 ellipsoid for geographic CRSes), or pixels without a CRS.
 
     Args:
@@ -556,9 +562,10 @@ def write_quicklook(
       bands: Bands given to ``run``; the display uses B04/B03/B02 when the scene has them, else
         the first three of ``bands``, else the scene's first three.
       overwrite: Replace an existing PNG.
-      max_px: Largest displayed side in pixels.
+      max_px: Cap on the read (and displayed) side of a panel, in pixels.
       score_path: Optional score GeoTIFF from ``run``; adds the score panel.
-      dpi: PNG resolution (a panel is 4 inches wide).
+      panel_px: Longer side of a panel in the PNG, in pixels (raise it for more detail).
+      dpi: PNG resolution (only changes the size of the text relative to the panels).
 
     Returns:
       The PNG path.
@@ -572,8 +579,8 @@ def write_quicklook(
     from changedet.io.write import temporary_path
 
     out = io.check_output_path(path, inputs=(before, after, mask_path), overwrite=overwrite)
-    if max_px < 16:
-        raise ConfigError(f"max_px must be >= 16; got {max_px}.")
+    if min(max_px, panel_px) < 16:
+        raise ConfigError(f"max_px and panel_px must be >= 16; got {max_px} and {panel_px}.")
     pair = io.open_pair(before, after, align=align)
     with warnings.catch_warnings():  # an ungeoreferenced pair has an ungeoreferenced mask
         warnings.simplefilter("ignore", io.UngeoreferencedWarning)
@@ -591,7 +598,8 @@ def write_quicklook(
     valid_px = int((mask.isel(band=0) != _MASK_NODATA).sum().values)
 
     height, width = pair.grid.shape
-    factor = max(1, math.ceil(max(height, width) / max_px))
+    display_px = min(max_px, panel_px)
+    factor = max(1, math.ceil(max(height, width) / display_px))
     step = slice(None, None, factor)
     display = _display_bands(pair.band_ids, len(pair.band_ids), _s2_or(bands, pair.band_ids))
     before_small = pair.before.isel(band=display, y=step, x=step)  # 3 bands, decimated
@@ -609,6 +617,10 @@ def write_quicklook(
     fig = quicklook(
         before_small, after_small, score_small, mask_small, title=title, bands=(1, 2, 3),
         threshold=threshold,
+        # 5 % spare room: the image is drawn a little enlarged, never shrunk, so nearest
+        # resampling keeps every displayed pixel (a one-cell change never disappears); small
+        # scenes are enlarged to at least 3 inches so titles fit
+        panel_in=max(3.0, 1.05 * max(mask_small.shape) / dpi),
     )
     temp = temporary_path(out)
     try:
