@@ -2,10 +2,10 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``: no GUI
 backend or display is ever needed (PNG files are rendered by the Agg canvas, headless), figures
-do not pile up in pyplot's registry, and Jupyter shows a returned figure once, as a PNG. Call ``fig.savefig(path)``
-to keep one. :func:`write_quicklook` is the one function doing I/O: it reads a pair and a written
-mask through :mod:`changedet.io`, at reduced resolution for large scenes, and writes a PNG
-atomically.
+do not pile up in pyplot's registry, and Jupyter shows a returned figure once, as a PNG. Call
+``fig.savefig(path)`` to keep one. :func:`write_quicklook` is the one function doing I/O: it
+reads a pair and a written mask through :mod:`changedet.io`, at reduced resolution for large
+scenes, and writes a PNG atomically.
 
 No other changedet module imports this one; it must not import jax.
 """
@@ -106,7 +106,9 @@ def _num_bands(scene: SceneLike) -> int:
     return int(shape[0])
 
 
-def _display_bands(band_ids: Sequence[str] | None, num_bands: int, bands: Sequence[Any] | None) -> list[int]:
+def _display_bands(
+    band_ids: Sequence[str] | None, num_bands: int, bands: Sequence[Any] | None
+) -> list[int]:
     """0-based indices of the (up to) three bands shown as red, green, blue.
 
     Explicit ``bands`` (ids or 1-based indices) win; else Sentinel-2 B04/B03/B02, else bands
@@ -187,7 +189,9 @@ def _stretch(data: np.ndarray, ok: np.ndarray, limits: np.ndarray) -> np.ndarray
     """``(3, h, w)`` values -> ``(h, w, 3)`` float32 in ``[0, 1]``; invalid pixels black."""
     limits = np.asarray(limits, dtype=np.float64)
     if limits.shape != (3, 2):
-        raise ConfigError(f"limits must have shape (3, 2) ([low, high] per band); got {limits.shape}.")
+        raise ConfigError(
+            f"limits must have shape (3, 2) ([low, high] per band); got {limits.shape}."
+        )
     low = limits[:, 0].astype(np.float32)[:, None, None]
     span = np.maximum(limits[:, 1] - limits[:, 0], 1e-12).astype(np.float32)[:, None, None]
     rgb = np.clip((data - low) / span, 0.0, 1.0)
@@ -195,7 +199,9 @@ def _stretch(data: np.ndarray, ok: np.ndarray, limits: np.ndarray) -> np.ndarray
     return np.ascontiguousarray(np.moveaxis(rgb, 0, -1), dtype=np.float32)
 
 
-def _valid_bands(scene: SceneLike, bands: Sequence[Any] | None, valid: Any) -> tuple[np.ndarray, np.ndarray]:
+def _valid_bands(
+    scene: SceneLike, bands: Sequence[Any] | None, valid: Any
+) -> tuple[np.ndarray, np.ndarray]:
     data, ok = _rgb_bands(scene, bands)
     if valid is not None:
         ok &= _as_bool_mask(valid, ok.shape)
@@ -320,7 +326,8 @@ def overlay(
     mask = np.asarray(mask)
     if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
         raise ConfigError(
-            f"overlay needs an (h, w, 3) image and an (h, w) mask; got {image.shape} and {mask.shape}."
+            f"overlay needs an (h, w, 3) image and an (h, w) mask; got {image.shape} and "
+            f"{mask.shape}."
         )
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1]; got {alpha}.")
@@ -723,7 +730,9 @@ def plot_loss_curve(metrics: str | Path | Sequence[Mapping[str, Any]]) -> Figure
         ("train_f1", "^:", "tab:green", "train F1"),
         ("val_f1", "s--", "tab:orange", "validation F1"),
     ):
-        points = [(e, r[key]) for e, r in zip(epochs, records, strict=True) if r.get(key) is not None]
+        points = [
+            (e, r[key]) for e, r in zip(epochs, records, strict=True) if r.get(key) is not None
+        ]
         if points:
             (line,) = ax_f1.plot(*zip(*points, strict=True), style, color=colour, label=label)
             handles.append(line)
@@ -774,7 +783,8 @@ def plot_pr_curve(
             prec = level * grid / (2 * grid - level)
         keep = (prec > 0) & (prec <= 1)
         ax_pr.plot(grid[keep], prec[keep], color="0.8", linewidth=0.8)
-        ax_pr.annotate(f"F1={level}", (grid[keep][-1], prec[keep][-1]), fontsize="x-small", color="0.5")
+        ax_pr.annotate(f"F1={level}", (grid[keep][-1], prec[keep][-1]), fontsize="x-small",
+                       color="0.5")
     ax_pr.plot(r, p, color="tab:blue")
     ax_pr.plot(r[k], p[k], "o", color="tab:red",
                label=f"threshold {t[k]:.3g}: P {p[k]:.2f}, R {r[k]:.2f}, F1 {f1[k]:.2f}")
@@ -821,7 +831,9 @@ def pair_grid(
       Figure with ``len(rows) x 5`` axes.
     """
     if not rows:
-        raise ConfigError("pair_grid needs at least one (before, after, target, predicted, score) row.")
+        raise ConfigError(
+            "pair_grid needs at least one (before, after, target, predicted, score) row."
+        )
     if names is not None and len(names) != len(rows):
         raise ConfigError(f"pair_grid: {len(names)} names for {len(rows)} rows.")
     import matplotlib
@@ -890,7 +902,9 @@ def distance_histograms(
     changed, unchanged = [], []
     for d, lab, ok in zip(ds, labels, valids, strict=True):
         if not d.shape == lab.shape == ok.shape:
-            raise ConfigError(f"score {d.shape}, label {lab.shape} and valid {ok.shape} differ in shape.")
+            raise ConfigError(
+                f"score {d.shape}, label {lab.shape} and valid {ok.shape} differ in shape."
+            )
         d = d.astype(np.float64)
         keep = ok.astype(bool) & np.isfinite(d)
         changed.append(d[keep & (lab == 1)])

@@ -27,7 +27,10 @@ def test_notebook_is_stored_without_outputs(path: Path):
     nbformat = pytest.importorskip("nbformat")
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    dirty = [
+        i for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.outputs or c.execution_count)
+    ]
     assert not dirty, f"{path.name}: cells {dirty} hold outputs; clear them before committing"
 
 

@@ -186,7 +186,8 @@ def test_pair_grid_shape():
     rows = [(before, before + 10, target, target, score), (before, before, None, target, score)]
     fig = viz.pair_grid(rows, names=["a", "b"])
     assert len(fig.axes) == 10
-    assert [ax.get_title() for ax in fig.axes[:5]] == ["before", "after", "target", "predicted", "score"]
+    titles = [ax.get_title() for ax in fig.axes[:5]]
+    assert titles == ["before", "after", "target", "predicted", "score"]
     assert fig.axes[5].get_ylabel() == "b" and fig.axes[7].texts[0].get_text() == "no label"
     with pytest.raises(ConfigError):
         viz.pair_grid([])
@@ -331,7 +332,8 @@ def test_import_is_light_and_headless(tmp_path: Path):
         "import changedet.viz as viz\n"
         "assert 'matplotlib' not in sys.modules, 'viz must import matplotlib lazily'\n"
         "import numpy as np\n"
-        "fig = viz.quicklook(np.ones((3, 8, 8)), np.ones((3, 8, 8)), None, np.zeros((8, 8), np.uint8))\n"
+        "ones = np.ones((3, 8, 8))\n"
+        "fig = viz.quicklook(ones, ones, None, np.zeros((8, 8), np.uint8))\n"
         f"fig.savefig({str(tmp_path / 'x.png')!r})\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
