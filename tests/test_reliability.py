@@ -296,6 +296,13 @@ def test_unknown_vector_format_leaves_no_mask(capsys, pair, tmp_path):
                     "unknown vector format", ".gpkg")
 
 
+def test_unwritable_quicklook_path_leaves_no_mask(capsys, pair, tmp_path):
+    out = tmp_path / "change.tif"
+    _expect_refused(capsys, ["run", pair.before_path, pair.after_path, "-o", out, "--quicklook",
+                             tmp_path / "missing_dir" / "q.png", "--method", "cva", "-q"], out,
+                    "missing_dir", "does not exist")
+
+
 @pytest.mark.parametrize("kind", ["truncated", "garbled", "newer", "not_a_model"])
 def test_bad_model_files(capsys, rgb_pair, tmp_path, model_path, kind):
     from flax import serialization
