@@ -100,12 +100,14 @@ class CVADetector:
         logger.debug("cva stats over %d px: before %s, after %s", n, before_stats, after_stats)
         return dataclasses.replace(self, before_stats=before_stats, after_stats=after_stats)
 
-    def score_block(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    def score_block(self, before: np.ndarray, after: np.ndarray, *,
+                    context_px: int = 0) -> np.ndarray:
         """Euclidean norm of the difference of the standardised bands.
 
         Args:
           before: ``(band, h, w)`` float32 raw values of the first date.
           after: ``(band, h, w)`` float32 raw values of the second date.
+          context_px: Context on every side to drop from the result (CVA needs none).
 
         Returns:
           ``(h, w)`` float32 change magnitude, in units of standard deviations.
@@ -115,6 +117,9 @@ class CVADetector:
         """
         if self.before_stats is None or self.after_stats is None:
             raise RuntimeError("CVADetector.score_block called before prepare(pair)")
+        if context_px:
+            core = (slice(None), slice(context_px, -context_px), slice(context_px, -context_px))
+            before, after = before[core], after[core]
         z_before = _standardise(before, self.before_stats)
         z_after = _standardise(after, self.after_stats)
         diff = z_after - z_before

@@ -162,16 +162,21 @@ class BlockPredictor:
         """Core edge used for a block of ``shape``: ``tile_px``, or less for a smaller block."""
         return min(self.tile_px, tiling.round_up(max(shape), self.align_px))
 
-    def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """Change score of every block pixel.
+    def predict(self, before: np.ndarray, after: np.ndarray, *,
+                context_px: int = 0) -> np.ndarray:
+        """Change score of every block pixel, or of the block's core when it carries context.
 
         Args:
-          before: ``(band, h, w)`` raw values (any real dtype), including the caller's halo
-            context; non-finite values are treated as the band mean.
+          before: ``(band, h, w)`` raw values (any real dtype); non-finite values are treated
+            as the band mean.
           after: Same shape as ``before``.
+          context_px: Pixels of real context the caller included on every side (e.g. dask's
+            overlap). When ``>= halo_px`` the tiles take their halo from that context instead
+            of mirroring, so no compute is spent on a second halo ring, and only the core
+            ``(h - 2*context_px, w - 2*context_px)`` is returned.
 
         Returns:
-          ``(h, w)`` float32 score (distance, or change probability).
+          ``(h, w)`` float32 score (distance, or change probability), or the core's score.
 
         Raises:
           BandMismatchError: If the blocks do not have the model's band count.
@@ -182,13 +187,27 @@ class BlockPredictor:
         if before.shape[0] != self.num_bands:
             raise BandMismatchError(f"the model takes {self.num_bands} bands but the block has "
                                     f"{before.shape[0]}; pass the model's bands (--bands).")
-        shape = before.shape[1:]
+        if context_px and context_px < self.halo_px:
+            raise ConfigError(f"context_px ({context_px}) must be 0 or >= the model's halo "
+                              f"({self.halo_px}).")
+        height, width = before.shape[1:]
+        shape = (height - 2 * context_px, width - 2 * context_px)
+        if min(shape) < 1:
+            raise ConfigError(f"a {height}x{width} block has no core inside {context_px} px of "
+                              "context on each side.")
         core = self.core_px(shape)
         tiles = tiling.plan_tiles(shape, core)
         dates = []
         for block in (before, after):
-            padded = tiling.pad_block(normalize(block, self.norm_mean, self.norm_std), core,
-                                      self.halo_px)
+            block = normalize(block, self.norm_mean, self.norm_std)
+            if context_px:  # the halo is already there: keep halo_px of it, pad bottom/right
+                start = context_px - self.halo_px
+                block = block[:, start:height - start, start:width - start]
+                out_h, out_w = tiling.padded_shape(shape, core, self.halo_px)
+                pads = [(0, 0), (0, out_h - block.shape[1]), (0, out_w - block.shape[2])]
+                padded = np.pad(block, pads, mode=tiling.PAD_MODE)
+            else:
+                padded = tiling.pad_block(block, core, self.halo_px)
             dates.append(to_nhwc(tiling.extract_tiles(padded, tiles, core, self.halo_px)))
         num_tiles = len(tiles)
         num_batches = -(-num_tiles // self.batch_size)

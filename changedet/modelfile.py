@@ -130,7 +130,7 @@ class ChangeModel:
         check_bands(self, tuple(pair.band_ids))
         return self
 
-    def predictor(self, *, tile_px: int = 256, batch_size: int | None = None) -> BlockPredictor:
+    def predictor(self, *, tile_px: int = 512, batch_size: int | None = None) -> BlockPredictor:
         """The cached :class:`~changedet.inference.BlockPredictor` for these settings."""
         key = (tile_px, batch_size)
         with self._lock:
@@ -141,9 +141,14 @@ class ChangeModel:
                                                        batch_size=batch_size)
             return self._predictors[key]
 
-    def score_block(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """``(h, w)`` float32 change score of raw ``(band, h, w)`` blocks. Thread-safe."""
-        return self.predictor().predict(before, after)
+    def score_block(self, before: np.ndarray, after: np.ndarray, *,
+                    context_px: int = 0) -> np.ndarray:
+        """``(h, w)`` float32 change score of raw ``(band, h, w)`` blocks. Thread-safe.
+
+        With ``context_px`` (>= ``halo_px``) the blocks carry that much real context on every
+        side and the score of the core ``(h - 2*context_px, w - 2*context_px)`` is returned.
+        """
+        return self.predictor().predict(before, after, context_px=context_px)
 
 
 def _check_shapes(state: Any, pure: dict[str, Any]) -> None:

@@ -46,7 +46,9 @@ class Detector(Protocol):
 
     def prepare(self, pair: io.RasterPair) -> Detector: ...
 
-    def score_block(self, before: np.ndarray, after: np.ndarray) -> np.ndarray: ...
+    def score_block(
+        self, before: np.ndarray, after: np.ndarray, *, context_px: int = 0
+    ) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,16 +152,14 @@ def _block_chunks(size: int, block_px: int, halo_px: int) -> tuple[int, ...]:
 
 
 def _score_fn(detector: Detector, halo_px: int, pad_self: bool):
-    """The per-block function: detector scores on the halo-extended block, cropped to the core."""
+    """The per-block function: the detector scores the core of a halo-extended block."""
 
     def score(before: np.ndarray, after: np.ndarray) -> np.ndarray:
         if pad_self and halo_px:
             pads = ((0, 0), (halo_px, halo_px), (halo_px, halo_px))
             before = np.pad(before, pads, mode="symmetric")
             after = np.pad(after, pads, mode="symmetric")
-        result = detector.score_block(before, after)
-        if halo_px:
-            result = result[halo_px:-halo_px, halo_px:-halo_px]
+        result = detector.score_block(before, after, context_px=halo_px)
         return np.asarray(result, dtype=np.float32)
 
     return score

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import rasterio
@@ -136,3 +138,45 @@ def test_cva_on_real_sentinel2_pair_beats_chance(sample_data, tmp_path):
     counts = metrics.confusion_counts_np(mask == 1, label, mask != 255)
     f1 = metrics.scores_from_counts(*counts).f1
     assert f1 > label.mean()  # better than a random guess at the change rate
+
+
+def _whole_image_score(model, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Reference: one forward pass over the whole scene, mirrored by the halo at the edges."""
+    import jax.numpy as jnp
+
+    from changedet import tiling
+    from changedet.data import normalize, to_nhwc
+
+    halo, align = model.halo_px, model.align_px
+    height, width = before.shape[1:]
+    dates = []
+    for x in (before, after):
+        x = normalize(x, np.asarray(model.norm_mean), np.asarray(model.norm_std))
+        pad_h = tiling.round_up(height + 2 * halo, align) - height - halo
+        pad_w = tiling.round_up(width + 2 * halo, align) - width - halo
+        x = np.pad(x, ((0, 0), (halo, pad_h), (halo, pad_w)), mode="symmetric")
+        dates.append(jnp.asarray(to_nhwc(x[None])))
+    score = np.asarray(model.module().change_score(*dates))[0]
+    return score[halo:halo + height, halo:halo + width]
+
+
+@pytest.mark.parametrize("block_px", [48, 64, 400])
+def test_tiled_model_output_equals_whole_image(sample_data, block_px):
+    """Seam-free: the dask-tiled score equals one whole-scene pass, whatever the block size."""
+    from changedet.config import ModelConfig
+    from changedet.modelfile import random_init_model
+
+    city = sample_data / "oscd_paris"
+    pair = changedet.open_pair(city / "imgs_1", city / "imgs_2")
+    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), embed_dim=8, head="diff")
+    model = random_init_model(cfg, pair.band_ids, seed=3)
+    # normalise like a trained model would (raw DNs are ~1e3)
+    model = dataclasses.replace(model, norm_mean=(1000.0,) * 13, norm_std=(500.0,) * 13)
+    ds = changedet.detect(city / "imgs_1", city / "imgs_2", model=model, block_px=block_px)
+    tiled = ds.score.values
+    before = pair.before.values.astype(np.float32)
+    after = pair.after.values.astype(np.float32)
+    reference = _whole_image_score(model, before, after)
+    assert tiled.shape == (408, 390)  # blocks of 48/64 px do not divide 408 x 390
+    assert np.std(reference) > 1e-3  # a non-trivial score map, so equality means something
+    np.testing.assert_allclose(tiled, reference, atol=2e-5)
