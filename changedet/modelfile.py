@@ -76,6 +76,20 @@ class ChangeModel:
         default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
                                               repr=False)
+    #: ``(absolute path, sha256)`` of the file this model was loaded from, else None.
+    _source: tuple[str, str] | None = dataclasses.field(default=None, init=False, repr=False)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickles for dask workers without the lock and the compiled, device-bound predictors.
+
+        A model loaded from a file travels as its path and sha256 (the worker reads the file
+        once); any other model as its fields. Either way each process rebuilds it once and
+        reuses it (and its compiled predictors) for every task: see :func:`_shared_model`.
+        """
+        if self._source is not None:
+            return _shared_model, (self._source, None)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return _shared_model, (None, fields)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "band_ids", tuple(str(b) for b in self.band_ids))
@@ -149,6 +163,50 @@ class ChangeModel:
         side and the score of the core ``(h - 2*context_px, w - 2*context_px)`` is returned.
         """
         return self.predictor().predict(before, after, context_px=context_px)
+
+
+#: Models rebuilt from pickles in this process, keyed by file+sha256 or content (a few at most).
+_SHARED: dict[str, ChangeModel] = {}
+_SHARED_LOCK = threading.Lock()
+_SHARED_MAX = 4
+
+
+def _content_key(fields: dict[str, Any]) -> str:
+    import jax
+
+    digest = hashlib.sha256(json.dumps(
+        {k: v for k, v in fields.items() if k != "state"} | {"config": to_dict(fields["config"])},
+        sort_keys=True, default=str).encode())
+    for path, leaf in jax.tree_util.tree_flatten_with_path(fields["state"])[0]:
+        arr = np.ascontiguousarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}{arr.dtype}{arr.shape}".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _shared_model(source: tuple[str, str] | None, fields: dict[str, Any] | None) -> ChangeModel:
+    """Unpickles a :class:`ChangeModel`: one instance per process for the same model, so dask
+    tasks share its compiled predictors instead of compiling per task.
+
+    Raises:
+      ModelFileError: If the model file changed since the model was pickled.
+    """
+    key = f"file:{source[0]}:{source[1]}" if source is not None else _content_key(fields or {})
+    with _SHARED_LOCK:
+        model = _SHARED.get(key)
+        if model is None:
+            if source is not None:
+                model = load_model(source[0])
+                if model._source is None or model._source[1] != source[1]:
+                    raise ModelFileError(
+                        f"model file {source[0]} changed while in use (sha256 differs from the "
+                        "one loaded); do not overwrite a model file during a run.")
+            else:
+                model = ChangeModel(**(fields or {}))
+            if len(_SHARED) >= _SHARED_MAX:
+                _SHARED.pop(next(iter(_SHARED)))
+            _SHARED[key] = model
+    return model
 
 
 def _check_shapes(state: Any, pure: dict[str, Any]) -> None:
@@ -394,6 +452,7 @@ def load_model(path_or_name: str | os.PathLike[str], *,
         model.module()  # validates the parameters against the config now, not at first use
     except ModelFileError as err:
         raise ModelFileError(f"model file {path}: {err}") from err
+    object.__setattr__(model, "_source", (str(path.resolve()), hashlib.sha256(data).hexdigest()))
     log.info("loaded model %r (%s head, bands %s) from %s", model.name, model.config.head,
              ",".join(model.band_ids), path)
     return model
