@@ -125,22 +125,9 @@ def _client(args: argparse.Namespace):
     return Client(cluster)
 
 
-def _check_extra_outputs(args: argparse.Namespace) -> None:
-    """Fails before any computation when the vector or quicklook output cannot be written, so a
-    bad extra path never leaves a finished mask behind."""
-    from changedet import io
-
-    inputs = (args.before, args.after)
-    if args.vector:
-        io.check_vector_path(args.vector, inputs=inputs, overwrite=args.overwrite)
-    if args.quicklook:
-        io.check_output_path(args.quicklook, inputs=inputs, overwrite=args.overwrite)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from changedet import pipeline
 
-    _check_extra_outputs(args)
     client = _client(args)
     try:
         result = pipeline.run(
@@ -149,6 +136,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.output,
             score_path=args.score,
             vector_path=args.vector,
+            quicklook_path=args.quicklook,
             method=args.method,
             model=args.model,
             bands=args.bands,
@@ -161,14 +149,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         if client is not None:
+            cluster = client.cluster
             client.close()
-    if args.quicklook:
-        from changedet import viz
-
-        viz.write_quicklook(
-            args.quicklook, args.before, args.after, result.outputs[0],
-            align=args.align, bands=args.bands, overwrite=args.overwrite,
-        )
+            if cluster is not None and args.workers:
+                cluster.close()
     log.info(
         "%s: threshold %.4g, %d x %d px in %.1f s (%.2f Mpix/s)",
         result.method, result.threshold, result.grid.width, result.grid.height,

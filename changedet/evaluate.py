@@ -145,6 +145,12 @@ def _result(scene: Scene, method: str, score: np.ndarray, threshold: float | Non
     return SceneResult(scene.name, method, thr, counts, metrics.scores_from_counts(*counts))
 
 
+def _bands_fit(wanted: tuple[str, ...], found: tuple[str, ...]) -> bool:
+    from changedet.modelfile import is_positional  # positional models take any n bands
+
+    return found == wanted or (is_positional(wanted) and len(found) == len(wanted))
+
+
 def evaluate(
     detector: ScoringDetector,
     scenes: Sequence[Scene],
@@ -176,7 +182,7 @@ def evaluate(
     methods = [detector.name] + (["cva"] if baseline else [])
     results = []
     for scene in scenes:
-        if wanted is not None and tuple(wanted) != tuple(scene.band_ids):
+        if wanted is not None and not _bands_fit(tuple(wanted), tuple(scene.band_ids)):
             raise BandMismatchError(
                 f"scene {scene.name!r} has bands {scene.band_ids} but {detector.name} expects "
                 f"{tuple(wanted)}; load the scene with bands={tuple(wanted)}."

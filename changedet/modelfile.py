@@ -223,9 +223,22 @@ def _check_shapes(state: Any, pure: dict[str, Any]) -> None:
                              f"expected {tuple(b.shape)}")
 
 
+def is_positional(band_ids: tuple[str, ...] | list[str]) -> bool:
+    """True for generic ids ``"1".."n"``: bands known by position only (e.g. red, green, blue
+    of a photo), not by sensor band name."""
+    return tuple(band_ids) == tuple(str(i) for i in range(1, len(band_ids) + 1))
+
+
 def check_bands(model: ChangeModel, band_ids: tuple[str, ...] | list[str]) -> None:
-    """Raises :class:`BandMismatchError` unless ``band_ids`` equals the model's, in order."""
+    """Raises :class:`BandMismatchError` unless ``band_ids`` fit the model.
+
+    A model trained on named bands (``B01``…) needs exactly those ids, in order. A model
+    trained on positional bands (``"1".."n"``, e.g. ``rgb``: red, green, blue) takes any
+    ``n`` bands in that order, so ``--bands B04,B03,B02`` feeds it a Sentinel-2 scene.
+    """
     found = tuple(str(b) for b in band_ids)
+    if is_positional(model.band_ids) and len(found) == len(model.band_ids):
+        return
     if found != model.band_ids:
         raise BandMismatchError(
             f"model {model.name!r} expects bands {','.join(model.band_ids)} but the input has "

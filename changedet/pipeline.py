@@ -56,7 +56,7 @@ class RunResult:
     """What ``run`` wrote and how.
 
     Attributes:
-      outputs: Paths written (mask first, then score and vector if asked).
+      outputs: Paths written (mask first, then score, vector and quicklook if asked).
       threshold: Decision threshold applied to the score.
       method: Detector name (``"cva"`` or ``"siamese:<model>"``).
       grid: The output grid (identical to the input ``before`` grid).
@@ -323,6 +323,7 @@ def run(
     *,
     score_path: str | Path | None = None,
     vector_path: str | Path | None = None,
+    quicklook_path: str | Path | None = None,
     method: Method = "auto",
     model: Any = None,
     bands: Sequence[str] | None = None,
@@ -343,6 +344,7 @@ def run(
       out: Mask GeoTIFF path (uint8, 0/1, nodata 255).
       score_path: Optional float32 score GeoTIFF path (nodata NaN).
       vector_path: Optional ``.gpkg``/``.geojson`` of changed regions.
+      quicklook_path: Optional PNG overlay (before, after, score, mask) to glance at.
       overwrite: Replace existing outputs.
       progress: Show a progress bar.
       client: A ``dask.distributed.Client`` to run on (default: the active one, else threads).
@@ -355,11 +357,15 @@ def run(
     """
     start = time.perf_counter()
     inputs = (Path(before), Path(after))
-    outputs = [Path(out)] + [Path(p) for p in (score_path, vector_path) if p is not None]
+    extras = [Path(p) for p in (score_path, vector_path, quicklook_path) if p is not None]
+    outputs = [Path(out), *extras]
     for path in outputs:  # fail before any computation
-        io.check_output_path(path, inputs=inputs, overwrite=overwrite)
-    if len(set(map(str, outputs))) != len(outputs):
-        raise ConfigError("the mask, score and vector outputs must be different files.")
+        if vector_path is not None and path == Path(vector_path):
+            io.check_vector_path(path, inputs=inputs, overwrite=overwrite)
+        else:
+            io.check_output_path(path, inputs=inputs, overwrite=overwrite)
+    if len({p.resolve() for p in outputs}) != len(outputs):
+        raise ConfigError("the mask, score, vector and quicklook outputs must be different files.")
 
     pair = select_bands(io.open_pair(before, after, align=align), bands)
     detector = resolve_detector(pair, method=method, model=model).prepare(pair)
@@ -383,12 +389,26 @@ def run(
             progress=progress,
         )
     written = list(written)
-    if vector_path is not None:
-        written.append(
-            io.write_vector_from_rasters(
-                vector_path, mask_path=outputs[0], score_path=score_path, overwrite=overwrite
+    try:  # products derived from the written rasters; on failure, remove this run's outputs
+        if vector_path is not None:
+            written.append(
+                io.write_vector_from_rasters(
+                    vector_path, mask_path=outputs[0], score_path=score_path, overwrite=overwrite
+                )
             )
-        )
+        if quicklook_path is not None:
+            from changedet import viz
+
+            written.append(
+                viz.write_quicklook(
+                    quicklook_path, before, after, outputs[0], align=align, bands=bands,
+                    overwrite=overwrite, score_path=score_path,
+                )
+            )
+    except BaseException:
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        raise
     seconds = time.perf_counter() - start
     mpix = pair.grid.height * pair.grid.width / 1e6
     log.info("wrote %s in %.1f s (%.2f Mpix/s)", ", ".join(map(str, written)), seconds, mpix / seconds)

@@ -126,3 +126,17 @@ def test_model_validation(model):
     with pytest.raises(ModelFileError, match="norm_std"):
         ChangeModel(config=model.config, state=model.state, band_ids=BANDS,
                     norm_mean=(0.0,) * 3, norm_std=(1.0, 0.0, 1.0))
+
+
+def test_positional_models_take_any_bands_of_the_right_count():
+    from changedet.config import ModelConfig
+    from changedet.errors import BandMismatchError
+    from changedet.modelfile import check_bands, random_init_model
+
+    rgb = random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("1", "2", "3"))
+    check_bands(rgb, ("B04", "B03", "B02"))  # Sentinel-2 true colour feeds an RGB model
+    with pytest.raises(BandMismatchError, match="--bands"):
+        check_bands(rgb, ("B04", "B03"))
+    named = random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("B04", "B03", "B02"))
+    with pytest.raises(BandMismatchError, match="expects bands B04,B03,B02"):
+        check_bands(named, ("1", "2", "3"))

@@ -212,7 +212,11 @@ def test_different_band_ids(capsys, pair, tmp_path):
                     out, "missing in before: B02, B03, B04, B08", "same bands")
 
 
-def test_bands_the_model_was_not_trained_on(capsys, tmp_path, model_path):
+def test_bands_the_model_was_not_trained_on(capsys, tmp_path):
+    from changedet.modelfile import random_init_model, save_model
+
+    model_path = save_model(tmp_path / "s2rgb.msgpack",
+                            random_init_model(TINY, ("B04", "B03", "B02"), seed=0))
     rng = np.random.default_rng(0)
     data = rng.integers(1, 3000, (3, 20, 24), dtype=np.uint16)
     ids = ["B02", "B03", "B04"]
@@ -220,7 +224,11 @@ def test_bands_the_model_was_not_trained_on(capsys, tmp_path, model_path):
     after = _write(tmp_path / "a.tif", data + 7, descriptions=ids)
     out = tmp_path / "change.tif"
     _expect_refused(capsys, ["run", before, after, "-o", out, "--model", model_path, "-q"], out,
-                    "expects bands 1,2,3", "B02,B03,B04", "--bands")
+                    "expects bands B04,B03,B02", "B02,B03,B04", "--bands")
+    # a positional (e.g. RGB) model takes any 3 bands, in the order given
+    positional = save_model(tmp_path / "rgb.msgpack", random_init_model(TINY, ("1", "2", "3")))
+    assert main(["run", str(before), str(after), "-o", str(out), "--model", str(positional),
+                 "-q"]) == 0
 
 
 def test_scene_entirely_nodata(capsys, tmp_path):
