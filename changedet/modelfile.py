@@ -79,6 +79,11 @@ class ChangeModel:
     #: ``(absolute path, sha256)`` of the file this model was loaded from, else None.
     _source: tuple[str, str] | None = dataclasses.field(default=None, init=False, repr=False)
 
+    @property
+    def source_sha256(self) -> str | None:
+        """sha256 of the file this model was loaded from (None if built in memory)."""
+        return None if self._source is None else self._source[1]
+
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickles for dask workers without the lock and the compiled, device-bound predictors.
 

@@ -250,6 +250,20 @@ def _check_not_empty(pair: io.RasterPair) -> None:
         )
 
 
+def open_for_detection(
+    before: str | Path,
+    after: str | Path,
+    *,
+    method: Method = "auto",
+    model: Any = None,
+    bands: Sequence[str] | None = None,
+    align: bool = False,
+) -> tuple[io.RasterPair, Detector]:
+    """Opens the pair lazily, keeps the requested bands and returns the prepared detector."""
+    pair = select_bands(io.open_pair(before, after, align=align), bands)
+    return pair, resolve_detector(pair, method=method, model=model).prepare(pair)
+
+
 def detect(
     before: str | Path,
     after: str | Path,
@@ -283,8 +297,9 @@ def detect(
       >>> ds = changedet.detect("data/oscd_paris/imgs_1", "data/oscd_paris/imgs_2")
       >>> ds.mask.sum().compute()
     """
-    pair = select_bands(io.open_pair(before, after, align=align), bands)
-    detector = resolve_detector(pair, method=method, model=model).prepare(pair)
+    pair, detector = open_for_detection(
+        before, after, method=method, model=model, bands=bands, align=align
+    )
     score = score_graph(pair, detector, block_px=block_px)
     thr = _threshold_for(score, detector, threshold)
     mask = da.where(da.isnan(score), np.uint8(255), (score > thr).astype(np.uint8))
@@ -310,9 +325,14 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
         "after": str(pair.after_path),
         "bands": ",".join(pair.band_ids),
     }
-    sha = getattr(detector, "sha256", None)  # set on models loaded from a file
-    if sha:
-        tags["model_sha256"] = str(sha)
+    from changedet.modelfile import ChangeModel
+
+    if isinstance(detector, ChangeModel):
+        tags["method"] = "siamese"
+        tags["model"] = detector.name
+        tags["model_head"] = detector.config.head
+        if detector.source_sha256:
+            tags["model_sha256"] = detector.source_sha256
     return tags
 
 
@@ -367,8 +387,9 @@ def run(
     if len({p.resolve() for p in outputs}) != len(outputs):
         raise ConfigError("the mask, score, vector and quicklook outputs must be different files.")
 
-    pair = select_bands(io.open_pair(before, after, align=align), bands)
-    detector = resolve_detector(pair, method=method, model=model).prepare(pair)
+    pair, detector = open_for_detection(
+        before, after, method=method, model=model, bands=bands, align=align
+    )
     log.info(
         "%s: %d x %d px, %d bands, grid %s",
         detector.name, pair.grid.height, pair.grid.width, len(pair.band_ids), pair.grid.crs,
