@@ -54,10 +54,9 @@ def _quiet_ungeoreferenced() -> None:
 
 def _read_label(path: Path) -> np.ndarray:
     """First band of a label raster as a numpy array (pixels read now)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the pixels are read (and GDAL warns) inside
         _quiet_ungeoreferenced()
-        arr = io.open_scene(path)
-    return np.asarray(arr.isel(band=0).values)
+        return np.asarray(io.open_scene(path).isel(band=0).values)
 
 
 def _load_scene(
