@@ -216,7 +216,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=not args.restart,
     )
     modelfile.save_model(out, model)
-    summary = model.training.get("validation", {})
+    summary = model.training.get("val") or {}
     log.info("validation: %s", json.dumps(summary))
     print(out)
     return 0
