@@ -151,14 +151,24 @@ def _block_chunks(size: int, block_px: int, halo_px: int) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def _score_fn(detector: Detector, halo_px: int, pad_self: bool):
-    """The per-block function: the detector scores the core of a halo-extended block."""
+def _score_fn(detector: Detector, halo_px: int, pad_self: bool, fill: np.ndarray):
+    """The per-block function: invalid pixels take ``fill`` (per band), then the detector
+    scores the core of the halo-extended block.
 
-    def score(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    The blocks arrive in their file dtype with their validity mask, and become float32 here,
+    inside the task: the overlapped neighbours dask holds while a block waits for its halo stay
+    small (uint16, not float32), which keeps memory flat as scenes grow.
+    """
+    fill_values = fill[:, None, None]
+
+    def score(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if pad_self and halo_px:
             pads = ((0, 0), (halo_px, halo_px), (halo_px, halo_px))
             before = np.pad(before, pads, mode="symmetric")
             after = np.pad(after, pads, mode="symmetric")
+            valid = np.pad(valid, pads[1:], mode="symmetric")
+        before = np.where(valid[None], before.astype(np.float32), fill_values)
+        after = np.where(valid[None], after.astype(np.float32), fill_values)
         result = detector.score_block(before, after, context_px=halo_px)
         return np.asarray(result, dtype=np.float32)
 
@@ -193,15 +203,12 @@ def score_graph(
     height, width = pair.grid.shape
     fill = _fill_values(detector, len(pair.band_ids))
     valid = pair.valid.data
-    dates = []
-    for scene in (pair.before, pair.after):
-        data = scene.data.astype(np.float32)
-        data = da.where(valid[None], data, fill[:, None, None])
-        dates.append(data)
+    dates = [pair.before.data, pair.after.data]  # file dtype; float32 inside the tasks
 
     small = halo and (height <= halo or width <= halo)
     if small:  # one block, mirrored by numpy (dask cannot mirror wider than the array)
         before, after = (d.rechunk((-1, -1, -1)) for d in dates)
+        valid_in = valid.rechunk((-1, -1))
         out_chunks = ((height,), (width,))
     else:
         chunks = (
@@ -210,16 +217,20 @@ def score_graph(
             _block_chunks(width, block_px, halo),
         )
         before, after = (d.rechunk(chunks) for d in dates)
+        valid_in = valid.rechunk(chunks[1:])
         out_chunks = chunks[1:]
         if halo:
             depth = {0: 0, 1: halo, 2: halo}
             boundary = {0: "none", 1: "reflect", 2: "reflect"}
             before = da.overlap.overlap(before, depth, boundary, allow_rechunk=False)
             after = da.overlap.overlap(after, depth, boundary, allow_rechunk=False)
+            valid_in = da.overlap.overlap(valid_in, {0: halo, 1: halo},
+                                          {0: "reflect", 1: "reflect"}, allow_rechunk=False)
     score = da.map_blocks(
-        _score_fn(detector, halo, pad_self=bool(small)),
+        _score_fn(detector, halo, pad_self=bool(small), fill=fill),
         before,
         after,
+        valid_in,
         drop_axis=0,
         chunks=out_chunks,
         dtype=np.float32,
