@@ -23,7 +23,8 @@ RUN_EXAMPLES = """examples:
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif
   python -m changedet run before.tif after.tif -o change.tif --score score.tif --vector change.gpkg
   python -m changedet run a.tif b.tif -o change.tif --align --method cva
-  python -m changedet run s2_a/ s2_b/ -o change.tif --bands B04,B03,B02 --model rgb
+  python -m changedet run photo_2009.png photo_2019.png -o change.tif   # 3-band RGB: rgb model
+  python -m changedet run a.tif b.tif -o change.tif --bands 3,2,1 --model my_model.msgpack
 """
 
 

@@ -68,6 +68,10 @@ class PredictStep:
         self._graphdef = graphdef
         self._lock = threading.Lock()
         self._shapes: set[tuple[int, ...]] = set()
+        #: Held while a batch runs: XLA already spreads one batch over every core (or runs it on
+        #: the accelerators), so concurrent dask tasks queue here instead of each holding a
+        #: batch's activations at once; memory stays one batch deep whatever the thread count.
+        self.run_lock = threading.Lock()
 
         def step(state: nnx.State, before: jax.Array, after: jax.Array) -> jax.Array:
             self.num_traces += 1  # Python side effect: runs at trace time only
@@ -197,7 +201,7 @@ class BlockPredictor:
                               "context on each side.")
         core = self.core_px(shape)
         tiles = tiling.plan_tiles(shape, core)
-        dates = []
+        padded_dates = []
         for block in (before, after):
             block = normalize(block, self.norm_mean, self.norm_std)
             if context_px:  # the halo is already there: keep halo_px of it, pad bottom/right
@@ -205,21 +209,23 @@ class BlockPredictor:
                 block = block[:, start:height - start, start:width - start]
                 out_h, out_w = tiling.padded_shape(shape, core, self.halo_px)
                 pads = [(0, 0), (0, out_h - block.shape[1]), (0, out_w - block.shape[2])]
-                padded = np.pad(block, pads, mode=tiling.PAD_MODE)
+                padded_dates.append(np.pad(block, pads, mode=tiling.PAD_MODE))
             else:
-                padded = tiling.pad_block(block, core, self.halo_px)
-            dates.append(to_nhwc(tiling.extract_tiles(padded, tiles, core, self.halo_px)))
-        num_tiles = len(tiles)
-        num_batches = -(-num_tiles // self.batch_size)
-        total = num_batches * self.batch_size
-        if total > num_tiles:  # pad the last batch; the padding's scores are discarded
-            pad = [(0, total - num_tiles), (0, 0), (0, 0), (0, 0)]
-            dates = [np.pad(d, pad) for d in dates]
-        outputs = []
-        for i in range(num_batches):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            outputs.append(self.step(self.state, dates[0][sl], dates[1][sl]))
-        scores = np.concatenate([np.asarray(o) for o in outputs])[:num_tiles]
-        return tiling.stitch(scores, tiles, shape, self.halo_px)
+                padded_dates.append(tiling.pad_block(block, core, self.halo_px))
+        result = np.empty(shape, dtype=np.float32)
+        # Tiles are cut, scored and stitched one batch at a time: memory holds one batch of
+        # tiles, not the whole block twice over.
+        for first in range(0, len(tiles), self.batch_size):
+            batch_tiles = tiles[first:first + self.batch_size]
+            dates = [to_nhwc(tiling.extract_tiles(p, batch_tiles, core, self.halo_px))
+                     for p in padded_dates]
+            missing = self.batch_size - len(batch_tiles)
+            if missing:  # pad the last batch to the compiled shape; its scores are discarded
+                pad = [(0, missing), (0, 0), (0, 0), (0, 0)]
+                dates = [np.pad(d, pad) for d in dates]
+            with self.step.run_lock:
+                scores = np.asarray(self.step(self.state, dates[0], dates[1]))
+            tiling.stitch(scores, batch_tiles, shape, self.halo_px, out=result)
+        return result
 
     __call__ = predict

@@ -119,7 +119,7 @@ def extract_tiles(padded: np.ndarray, tiles: list[Tile], core_px: int,
 
 
 def stitch(outputs: np.ndarray, tiles: list[Tile], shape: tuple[int, int], halo_px: int,
-           dtype: np.dtype | type = np.float32) -> np.ndarray:
+           dtype: np.dtype | type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
     """Reassembles per-tile outputs into a block, keeping each tile's core.
 
     Args:
@@ -129,11 +129,13 @@ def stitch(outputs: np.ndarray, tiles: list[Tile], shape: tuple[int, int], halo_
       shape: Block ``(height, width)``.
       halo_px: Halo in pixels.
       dtype: Output dtype.
+      out: Write into this ``(height, width)`` array instead of a new one (to stitch batch by
+        batch); pixels of tiles not given are left as they are.
 
     Returns:
       ``(height, width)`` array; each pixel from exactly one tile's core.
     """
-    result = np.empty(shape, dtype=dtype)
+    result = np.empty(shape, dtype=dtype) if out is None else out
     for out, t in zip(outputs, tiles, strict=False):
         result[t.row:t.row + t.height, t.col:t.col + t.width] = out[
             halo_px:halo_px + t.height, halo_px:halo_px + t.width
