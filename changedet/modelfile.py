@@ -286,6 +286,12 @@ def _metadata(model: ChangeModel) -> str:
     })
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_model(path: str | os.PathLike[str], model: ChangeModel) -> Path:
     """Writes ``model`` to one msgpack file, atomically (temp file in the folder, then rename).
 
@@ -315,6 +321,7 @@ def save_model(path: str | os.PathLike[str], model: ChangeModel) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; model files are for sharing
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)

@@ -140,3 +140,19 @@ def test_positional_models_take_any_bands_of_the_right_count():
     named = random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("B04", "B03", "B02"))
     with pytest.raises(BandMismatchError, match="expects bands B04,B03,B02"):
         check_bands(named, ("1", "2", "3"))
+
+
+def test_saved_model_file_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from changedet.config import ModelConfig
+    from changedet.modelfile import random_init_model, save_model
+
+    old = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "m.msgpack",
+                          random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("1", "2", "3")))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
