@@ -347,6 +347,26 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
     return tags
 
 
+def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
+    """Dask settings for a run: the given client, else dask's threads.
+
+    A learned model on the CPU gets one dask thread unless the user configured
+    ``num_workers``: XLA already spreads each block over every core, so a second concurrent
+    block adds memory, not speed (measured on 4096² x 13 bands: peak RSS 2.60 -> 1.96 GB, wall
+    time 88 -> 68 s on 2 cores). On accelerators, threads keep reading while the device works.
+    """
+    if client is not None:
+        return {"scheduler": client}
+    from changedet.modelfile import ChangeModel
+
+    if isinstance(detector, ChangeModel) and dask.config.get("num_workers", None) is None:
+        import jax
+
+        if jax.default_backend() == "cpu":
+            return {"num_workers": 1}
+    return {}
+
+
 def run(
     before: str | Path,
     after: str | Path,
@@ -405,8 +425,7 @@ def run(
         "%s: %d x %d px, %d bands, grid %s",
         detector.name, pair.grid.height, pair.grid.width, len(pair.band_ids), pair.grid.crs,
     )
-    scheduler = {} if client is None else {"scheduler": client}
-    with dask.config.set(**scheduler):
+    with dask.config.set(**_scheduler_settings(detector, client)):
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
         thr = _threshold_for(score, detector, threshold)
