@@ -450,8 +450,9 @@ def load_model(path_or_name: str | os.PathLike[str], *,
         raise ModelFileError(f"{path} is not a changedet model file (no format "
                              f"{FORMAT!r}); pass a file written by changedet.save_model.")
     version = payload.get("format_version")
-    if not isinstance(version, int):
-        raise ModelFileError(f"model file {path} has no integer format_version; it is corrupt.")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"model file {path} has no valid format_version (an integer >= 1; "
+                             f"found {version!r}); it is corrupt: re-save or re-download it.")
     if version > FORMAT_VERSION:
         raise ModelFileError(f"model file {path} has format_version {version} (this changedet "
                              f"reads <= {FORMAT_VERSION}): made by a newer changedet; upgrade.")

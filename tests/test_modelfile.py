@@ -156,3 +156,20 @@ def test_saved_model_file_is_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("version", [True, 0, -1, "1"])
+def test_invalid_format_versions_are_refused(tmp_path, version):
+    from flax import serialization
+
+    from changedet.config import ModelConfig
+    from changedet.errors import ModelFileError
+    from changedet.modelfile import load_model, random_init_model, save_model
+
+    path = save_model(tmp_path / "m.msgpack",
+                      random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("1", "2", "3")))
+    payload = serialization.msgpack_restore(path.read_bytes())
+    payload["format_version"] = version
+    path.write_bytes(serialization.msgpack_serialize(payload))
+    with pytest.raises(ModelFileError, match="format_version"):
+        load_model(path)
