@@ -234,7 +234,7 @@ def score_graph(
         drop_axis=0,
         chunks=out_chunks,
         dtype=np.float32,
-        name=f"changedet-score-{detector.name}",
+        token=f"changedet-score-{detector.name}",  # a prefix; dask hashes the inputs
     )
     return da.where(valid.rechunk(score.chunks), score, np.float32(np.nan))
 

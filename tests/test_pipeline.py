@@ -180,3 +180,18 @@ def test_tiled_model_output_equals_whole_image(sample_data, block_px):
     assert tiled.shape == (408, 390)  # blocks of 48/64 px do not divide 408 x 390
     assert np.std(reference) > 1e-3  # a non-trivial score map, so equality means something
     np.testing.assert_allclose(tiled, reference, atol=2e-5)
+
+
+def test_two_scenes_in_one_dask_compute_keep_their_own_scores(tmp_path):
+    import dask
+
+    pairs = []
+    for seed in (0, 5):
+        folder = tmp_path / str(seed)
+        folder.mkdir()
+        pairs.append(write_synthetic_pair(folder, seed=seed))
+    graphs = [changedet.detect(p.before_path, p.after_path, method="cva", threshold=1.0).score
+              for p in pairs]
+    together = dask.compute(*(g.data for g in graphs))
+    for graph, value in zip(graphs, together, strict=True):
+        np.testing.assert_array_equal(value, graph.values)  # no key collision between graphs
