@@ -195,3 +195,18 @@ def test_two_scenes_in_one_dask_compute_keep_their_own_scores(tmp_path):
     together = dask.compute(*(g.data for g in graphs))
     for graph, value in zip(graphs, together, strict=True):
         np.testing.assert_array_equal(value, graph.values)  # no key collision between graphs
+
+
+def test_interrupt_while_polygonising_removes_the_run_outputs(synthetic_pair, tmp_path, monkeypatch):
+    from changedet import io
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "write_vector_from_rasters", interrupted)
+    out, score = tmp_path / "change.tif", tmp_path / "score.tif"
+    with pytest.raises(KeyboardInterrupt):
+        changedet.run(synthetic_pair.before_path, synthetic_pair.after_path, out,
+                      score_path=score, vector_path=tmp_path / "change.gpkg", method="cva",
+                      progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.tif", "before.tif"]
