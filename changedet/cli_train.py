@@ -119,19 +119,13 @@ def load_dataset(spec: Sequence[str], *, bands: Sequence[str] | None = None,
 
 
 def _select_bands(scenes: list, bands: Sequence[str] | None) -> list:
+    from changedet.data import band_positions
+
     if not bands:
         return scenes
     out = []
     for scene in scenes:
-        index = []
-        for band in bands:
-            if band in scene.band_ids:
-                index.append(scene.band_ids.index(band))
-            elif band.isdigit() and 1 <= int(band) <= len(scene.band_ids):
-                index.append(int(band) - 1)
-            else:
-                raise DatasetError(f"band {band!r} is not in scene {scene.name} "
-                                   f"({', '.join(scene.band_ids)}).")
+        index = band_positions(scene.band_ids, bands, where=f"scene {scene.name}")
         out.append(scene._replace(before=scene.before[index], after=scene.after[index],
                                   band_ids=tuple(scene.band_ids[i] for i in index)))
     return out

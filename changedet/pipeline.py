@@ -22,6 +22,7 @@ import xarray as xr
 
 from changedet import __version__, io
 from changedet.cva import CVADetector, otsu_threshold_dask
+from changedet.data import band_positions
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
 from changedet.types import Grid
 
@@ -83,19 +84,8 @@ def select_bands(pair: io.RasterPair, bands: Sequence[str] | None) -> io.RasterP
     """
     if not bands:
         return pair
-    ids = list(pair.band_ids)
-    chosen: list[str] = []
-    for band in bands:
-        band = str(band).strip()
-        if band in ids:
-            chosen.append(band)
-        elif band.isdigit() and 1 <= int(band) <= len(ids):
-            chosen.append(ids[int(band) - 1])
-        else:
-            raise BandMismatchError(
-                f"band {band!r} is not in {pair.before_path}; its bands are {', '.join(ids)}. "
-                "Pass --bands with ids or 1-based indices from that list."
-            )
+    positions = band_positions(pair.band_ids, bands, where=str(pair.before_path))
+    chosen = [pair.band_ids[i] for i in positions]
     before = pair.before.sel(band=chosen)
     after = pair.after.sel(band=chosen)
     return dataclasses.replace(pair, before=before, after=after, band_ids=tuple(chosen))
