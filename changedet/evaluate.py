@@ -21,6 +21,7 @@ import numpy as np
 from changedet import metrics
 from changedet.data import Scene
 from changedet.errors import BandMismatchError, EmptySceneError
+from changedet.tiling import PAD_MODE
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ class ScoringDetector(Protocol):
     halo_px: int
     threshold: float | None
 
-    def score_block(self, before: np.ndarray, after: np.ndarray) -> np.ndarray: ...
+    def score_block(
+        self, before: np.ndarray, after: np.ndarray, *, context_px: int = 0
+    ) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,16 +104,16 @@ class EvalReport:
 def score_scene(detector: ScoringDetector, scene: Scene) -> np.ndarray:
     """Change score ``(h, w)`` float32 of a whole in-memory scene.
 
-    The scene is reflect-padded by ``detector.halo_px`` on each side (as the pipeline pads its
-    blocks), scored with ``score_block`` and cropped back.
+    The scene is mirrored by ``detector.halo_px`` on each side exactly as the pipeline mirrors
+    its edge blocks (``tiling.PAD_MODE``, dask's ``reflect``) and scored with that context, so
+    evaluation sees the same scores as ``changedet.run`` on the same pixels.
     """
     halo = int(detector.halo_px)
     pad = ((0, 0), (halo, halo), (halo, halo))
-    before = np.pad(scene.before, pad, mode="reflect") if halo else scene.before
-    after = np.pad(scene.after, pad, mode="reflect") if halo else scene.after
-    score = np.asarray(detector.score_block(before.astype(np.float32), after.astype(np.float32)))
-    h, w = scene.valid.shape
-    return score[halo:halo + h, halo:halo + w].astype(np.float32)
+    before, after = (np.pad(x.astype(np.float32), pad, mode=PAD_MODE)
+                     for x in (scene.before, scene.after))
+    score = detector.score_block(before, after, context_px=halo)
+    return np.asarray(score, dtype=np.float32)
 
 
 def cva_for_scene(scene: Scene):

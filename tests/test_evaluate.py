@@ -22,8 +22,11 @@ class OracleDetector:
     threshold: float | None = 25.0
     band_ids: tuple[str, ...] | None = None
 
-    def score_block(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        return np.abs(after[0] - before[0]).astype(np.float32)
+    def score_block(self, before: np.ndarray, after: np.ndarray, *,
+                    context_px: int = 0) -> np.ndarray:
+        score = np.abs(after[0] - before[0]).astype(np.float32)
+        h, w = score.shape
+        return score[context_px:h - context_px, context_px:w - context_px]
 
 
 def _scene(name: str, seed: int) -> Scene:
