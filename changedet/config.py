@@ -99,6 +99,8 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 Loss = Literal["bce", "contrastive", "triplet"]
 Mining = Literal["batch_hard", "semi_hard", "all"]
 Schedule = Literal["cosine", "constant"]
+Normalization = Literal["global", "per_image"]
+NORMALIZATIONS: tuple[str, ...] = ("global", "per_image")
 LOSSES: tuple[str, ...] = ("bce", "contrastive", "triplet")
 MININGS: tuple[str, ...] = ("batch_hard", "semi_hard", "all")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
@@ -123,10 +125,20 @@ class TrainConfig:
       loss: ``"bce"`` (logit heads ``diff``/``conc``) or ``"contrastive"`` / ``"triplet"``
         (``distance`` head).
       margin: Distance margin of the contrastive / triplet losses (embedding units).
-      pos_weight: Weight of changed pixels in BCE (changed pixels are rare).
+      pos_weight: Weight of changed pixels in BCE (changed pixels are rare); 0 = the training
+        pixels' unchanged/changed ratio raised to ``pos_weight_power`` (inverse class frequency
+        at power 1, as FC-Siam-diff weights its NLL).
+      pos_weight_power: Exponent of the automatic ``pos_weight`` (0.5 = square root).
       mining: Triplet mining: ``"batch_hard"``, ``"semi_hard"`` or ``"all"``.
       changed_fraction: Share of patches centred on a changed pixel (class balancing).
       augment: Random flips / 90° rotations / date swaps of the patches.
+      normalization: ``"global"`` (per-band mean/std of all training pixels, stored in the
+        model) or ``"per_image"`` (each date standardised by its own statistics, in training
+        and at inference: units, gains and offsets of the input cancel out).
+      radiometric: Strength of the per-date radiometric jitter (gain, offset, haze ramp in
+        normalised units; 0 = off), so that illumination differences are not change.
+      band_drop: Probability that a training patch keeps only one of the model's accepted band
+        sets (``changedet.bands.BAND_SETS``; Sentinel-2 models), the rest set to their mean.
       seed: Seeds the parameter init, the patch sampler and the dropout-free step keys.
       patience: Stop after this many epochs without a better validation F1 (0 = never stop).
       log_every_steps: Fetch and log training metrics every this many steps.
@@ -149,6 +161,10 @@ class TrainConfig:
     mining: Mining = "batch_hard"
     changed_fraction: float = 0.5
     augment: bool = True
+    normalization: Normalization = "global"
+    radiometric: float = 0.0
+    band_drop: float = 0.0
+    pos_weight_power: float = 1.0
     seed: int = 0
     patience: int = 8
     log_every_steps: int = 20
@@ -172,8 +188,16 @@ class TrainConfig:
             )
         if not self.margin > 0:
             raise ConfigError(f"train.margin must be > 0; got {self.margin}.")
-        if not self.pos_weight > 0:
-            raise ConfigError(f"train.pos_weight must be > 0; got {self.pos_weight}.")
+        if not self.pos_weight >= 0:
+            raise ConfigError(f"train.pos_weight must be >= 0 (0 = automatic); got "
+                              f"{self.pos_weight}.")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"train.normalization must be one of {NORMALIZATIONS}; got "
+                              f"{self.normalization!r}.")
+        if not self.radiometric >= 0:
+            raise ConfigError(f"train.radiometric must be >= 0; got {self.radiometric}.")
+        if not 0.0 <= self.band_drop <= 1.0:
+            raise ConfigError(f"train.band_drop must be in [0, 1]; got {self.band_drop}.")
         if self.num_thresholds < 2:
             raise ConfigError(f"train.num_thresholds must be >= 2; got {self.num_thresholds}.")
         if self.loss not in LOSSES:

@@ -119,6 +119,9 @@ class Scene(NamedTuple):
       label: uint8 ``(height, width)``, 1 = change, 0 = no change (meaningless where invalid).
       valid: bool ``(height, width)``; False on nodata of either date and unlabelled pixels.
       band_ids: Band ids of the band axis, e.g. ``("B04", "B03", "B02")`` or ``("1", "2", "3")``.
+      image_valid: bool ``(height, width)`` where the imagery of both dates is valid, labelled
+        or not (sparse labels); None: same as ``valid``. Per-image statistics use it, as
+        ``run`` does.
     """
 
     name: str
@@ -127,6 +130,12 @@ class Scene(NamedTuple):
     label: np.ndarray
     valid: np.ndarray
     band_ids: tuple[str, ...]
+    image_valid: np.ndarray | None = None
+
+    @property
+    def pixels_valid(self) -> np.ndarray:
+        """Where the imagery is valid (``image_valid``, else ``valid``)."""
+        return self.valid if self.image_valid is None else self.image_valid
 
 
 class Batch(NamedTuple):
@@ -198,6 +207,55 @@ def band_statistics(scenes: Sequence[Scene]) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+#: Standard deviations at or below this are treated as a constant band (std = 1).
+MIN_STD = 1e-6
+
+
+def stats_from_sums(total: np.ndarray, total_sq: np.ndarray, count: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band ``(mean, std)`` from sums of values and of squares over ``count`` pixels.
+
+    The one formula behind :func:`image_statistics` and the pipeline's dask reduction, so
+    evaluation and ``run`` standardise with the same numbers. A constant band gets std 1.
+    """
+    if count <= 0:
+        raise EmptySceneError("no valid pixel to compute band statistics on.")
+    mean = np.asarray(total, np.float64) / count
+    var = np.maximum(np.asarray(total_sq, np.float64) / count - mean * mean, 0.0)
+    std = np.sqrt(var)
+    return mean, np.where(std > MIN_STD * np.maximum(1.0, np.abs(mean)), std, 1.0)
+
+
+def image_statistics(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of one date over its ``valid`` pixels (float64).
+
+    This is the per-image standardisation the ``per_image`` models use (as FC-Siam-diff does):
+    each date is scaled by its own statistics, so gains, offsets and units (DN, reflectance
+    x 10000, 8 bit, the +1000 offset of processing baseline 04.00) cancel out. A constant band
+    gets ``std = 1``. ``changedet.pipeline`` computes the same figures with dask, in one pass.
+
+    Example:
+      >>> m, s = image_statistics(np.array([[[1.0, 3.0]]]), np.ones((1, 2), bool))
+      >>> m.tolist(), s.tolist()
+      ([2.0], [1.0])
+    """
+    values = image[:, valid].astype(np.float64)
+    return stats_from_sums(values.sum(axis=1), (values * values).sum(axis=1), int(valid.sum()))
+
+
+def normalize_per_image(scene: Scene) -> Scene:
+    """The scene with each date standardised by its own per-band statistics (see
+    :func:`image_statistics`); invalid pixels are 0."""
+
+    ok = scene.pixels_valid
+
+    def scale(x: np.ndarray) -> np.ndarray:
+        mean, std = image_statistics(x, ok)
+        return np.where(ok[None], normalize(x, mean, std), np.float32(0.0))
+
+    return scene._replace(before=scale(scene.before), after=scale(scene.after))
+
+
 def normalize_scene(scene: Scene, mean: np.ndarray, std: np.ndarray) -> Scene:
     """The scene with both dates scaled to ``(x - mean) / std`` per band, float32.
 
@@ -247,6 +305,25 @@ def augment(
     return before, after, label, valid
 
 
+def radiometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: float
+                       ) -> np.ndarray:
+    """A random per-band gain, offset and smooth haze on one *normalised* date.
+
+    Gain ``exp(U(-s, s))``, offset ``U(-s, s)`` and a linear ramp (haze/illumination gradient)
+    of amplitude ``U(0, s)`` across the patch, drawn per band: the illumination and season
+    differences between two dates that are not change. Always draws the same numbers.
+    """
+    num_bands, height, width = image.shape
+    gain = np.exp(rng.uniform(-strength, strength, num_bands)).astype(np.float32)
+    offset = rng.uniform(-strength, strength, num_bands).astype(np.float32)
+    ramp_amp = rng.uniform(0.0, strength, num_bands).astype(np.float32)
+    angle = rng.uniform(0.0, 2 * np.pi)
+    rows = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
+    cols = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
+    ramp = np.float32(np.cos(angle)) * rows + np.float32(np.sin(angle)) * cols
+    return image * gain[:, None, None] + offset[:, None, None] + ramp_amp[:, None, None] * ramp
+
+
 def _crop_padded(
     arr: np.ndarray, row0: int, col0: int, size: int, fill: float | bool = 0
 ) -> np.ndarray:
@@ -284,6 +361,9 @@ class PatchSampler:
         changed_fraction: float = 0.5,
         augment: bool = True,
         swap_dates: bool = True,
+        radiometric: float = 0.0,
+        band_drop: float = 0.0,
+        band_sets: Sequence[Sequence[bool]] = (),
     ) -> None:
         """Indexes the scenes' valid and changed pixels.
 
@@ -293,6 +373,12 @@ class PatchSampler:
           changed_fraction: Share of patches centred on changed pixels, in [0, 1].
           augment: Apply :func:`augment` to each patch.
           swap_dates: Allow random before/after swaps when augmenting.
+          radiometric: Strength of :func:`radiometric_jitter`, applied to each date on its own
+            (0 = off).
+          band_drop: Probability that a patch keeps only the bands of one of ``band_sets``
+            (drawn uniformly); the others are set to 0, the band mean after normalisation, in
+            both dates — how a model learns to work on any of those band sets.
+          band_sets: Masks (one bool per band) of the band sets to train for.
 
         Raises:
           ConfigError: On a bad ``patch_px`` or ``changed_fraction``.
@@ -307,6 +393,11 @@ class PatchSampler:
         self.changed_fraction = float(changed_fraction)
         self.augment = augment
         self.swap_dates = swap_dates
+        self.radiometric = float(radiometric)
+        self.band_drop = float(band_drop)
+        self.band_sets = [np.asarray(m, bool) for m in band_sets]
+        if self.band_drop and not self.band_sets:
+            raise ConfigError("band_drop > 0 needs at least one band set to drop to.")
         self._valid_idx = [np.flatnonzero(s.valid) for s in self.scenes]
         self._changed_idx = [np.flatnonzero(s.valid & (s.label > 0)) for s in self.scenes]
         self._valid_cum = np.cumsum([len(i) for i in self._valid_idx])
@@ -352,6 +443,19 @@ class PatchSampler:
             before, after, label, valid = augment(
                 before, after, label, valid, rng, swap_dates=self.swap_dates
             )
+        if self.radiometric:
+            before = radiometric_jitter(before, rng, self.radiometric)
+            after = radiometric_jitter(after, rng, self.radiometric)
+        if self.band_drop:
+            drop = rng.random() < self.band_drop
+            keep = self.band_sets[int(rng.integers(len(self.band_sets)))]
+            if drop:
+                zero = ~keep[:, None, None]
+                before = np.where(zero, np.float32(0), before)
+                after = np.where(zero, np.float32(0), after)
+        if self.radiometric or self.band_drop:
+            before = np.where(valid[None], before, np.float32(0)).astype(np.float32)
+            after = np.where(valid[None], after, np.float32(0)).astype(np.float32)
         return before, after, label, valid
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:

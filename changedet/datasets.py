@@ -187,7 +187,8 @@ def load_sparse(
             f"{changed_path} and {unchanged_path}: {int(both.sum())} pixels are marked both "
             f"changed and unchanged; fix the masks so they are disjoint."
         )
-    return Scene(name, b, a, changed.astype(np.uint8), valid & (changed | unchanged), band_ids)
+    return Scene(name, b, a, changed.astype(np.uint8), valid & (changed | unchanged), band_ids,
+                 image_valid=valid)
 
 
 def oscd_cities(root: str | Path) -> list[str]:

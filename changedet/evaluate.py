@@ -110,8 +110,13 @@ def score_scene(detector: ScoringDetector, scene: Scene) -> np.ndarray:
     """
     halo = int(detector.halo_px)
     pad = ((0, 0), (halo, halo), (halo, halo))
-    before, after = (np.pad(x.astype(np.float32), pad, mode=PAD_MODE)
-                     for x in (scene.before, scene.after))
+    ok = scene.pixels_valid[None]
+    fill = getattr(detector, "fill_values", None)  # as the pipeline fills invalid pixels
+    fills = fill() if fill is not None else (np.float32(0), np.float32(0))
+    before, after = (
+        np.pad(np.where(ok, x.astype(np.float32), np.reshape(f, (-1, 1, 1))), pad, mode=PAD_MODE)
+        for x, f in zip((scene.before, scene.after), fills)
+    )
     score = detector.score_block(before, after, context_px=halo)
     return np.asarray(score, dtype=np.float32)
 
@@ -148,10 +153,17 @@ def _result(scene: Scene, method: str, score: np.ndarray, threshold: float | Non
     return SceneResult(scene.name, method, thr, counts, metrics.scores_from_counts(*counts))
 
 
-def _bands_fit(wanted: tuple[str, ...], found: tuple[str, ...]) -> bool:
-    from changedet.modelfile import is_positional  # positional models take any n bands
+def _bands_fit(detector: ScoringDetector, found: tuple[str, ...]) -> bool:
+    from changedet.detector import match_bands
 
-    return found == wanted or (is_positional(wanted) and len(found) == len(wanted))
+    if not hasattr(detector, "prepare_scene"):
+        wanted = tuple(getattr(detector, "band_ids", None) or found)
+        return wanted == found
+    try:
+        match_bands(detector, found)  # type: ignore[arg-type]
+    except BandMismatchError:
+        return False
+    return True
 
 
 def evaluate(
@@ -185,14 +197,15 @@ def evaluate(
     methods = [detector.name] + (["cva"] if baseline else [])
     results = []
     for scene in scenes:
-        if wanted is not None and not _bands_fit(tuple(wanted), tuple(scene.band_ids)):
+        if wanted is not None and not _bands_fit(detector, tuple(scene.band_ids)):
             raise BandMismatchError(
                 f"scene {scene.name!r} has bands {scene.band_ids} but {detector.name} expects "
                 f"{tuple(wanted)}; load the scene with bands={tuple(wanted)}."
             )
         if not scene.valid.any():
             raise EmptySceneError(f"scene {scene.name!r} has no valid labelled pixel.")
-        results.append(_result(scene, detector.name, score_scene(detector, scene), thr))
+        bound = detector.prepare_scene(scene) if hasattr(detector, "prepare_scene") else detector
+        results.append(_result(scene, detector.name, score_scene(bound, scene), thr))
         if baseline:
             cva = cva_for_scene(scene)
             results.append(_result(scene, "cva", score_scene(cva, scene), None))

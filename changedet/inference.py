@@ -167,7 +167,7 @@ class BlockPredictor:
         return min(self.tile_px, tiling.round_up(max(shape), self.align_px))
 
     def predict(self, before: np.ndarray, after: np.ndarray, *,
-                context_px: int = 0) -> np.ndarray:
+                context_px: int = 0, normalized: bool = False) -> np.ndarray:
         """Change score of every block pixel, or of the block's core when it carries context.
 
         Args:
@@ -178,6 +178,8 @@ class BlockPredictor:
             overlap). When ``>= halo_px`` the tiles take their halo from that context instead
             of mirroring, so no compute is spent on a second halo ring, and only the core
             ``(h - 2*context_px, w - 2*context_px)`` is returned.
+          normalized: The blocks are already standardised (``PreparedModel`` does it with
+            per-image statistics); skip the model's stored normalisation.
 
         Returns:
           ``(h, w)`` float32 score (distance, or change probability), or the core's score.
@@ -203,7 +205,8 @@ class BlockPredictor:
         tiles = tiling.plan_tiles(shape, core)
         padded_dates = []
         for block in (before, after):
-            block = normalize(block, self.norm_mean, self.norm_std)
+            if not normalized:
+                block = normalize(block, self.norm_mean, self.norm_std)
             if context_px:  # the halo is already there: keep halo_px of it, pad bottom/right
                 start = context_px - self.halo_px
                 block = block[:, start:height - start, start:width - start]

@@ -30,6 +30,7 @@ from changedet.config import ModelConfig, model_config_from_dict, to_dict
 from changedet.errors import BandMismatchError, ModelFileError
 
 if TYPE_CHECKING:
+    from changedet.detector import PreparedModel
     from changedet.inference import BlockPredictor
     from changedet.models.siamese import SiameseNet
 
@@ -58,6 +59,12 @@ class ChangeModel:
       margin: Contrastive/triplet margin the distance head was trained with (None otherwise).
       name: The model's name (e.g. ``"sentinel2"``); also its detector ``name``.
       training: JSON-friendly training summary (data, epochs, seed, validation figures).
+      normalization: ``"global"`` (``norm_mean``/``norm_std`` of the training data) or
+        ``"per_image"`` (each date standardised by its own per-band statistics at run time;
+        ``norm_mean``/``norm_std`` are then 0/1 and unused).
+      required_bands: Bands an input must have when the model accepts subsets of ``band_ids``
+        (trained with band dropout; missing bands are filled with their mean). None: every
+        band in ``band_ids`` is required.
 
     Detector protocol: ``name``, ``halo_px``, ``threshold``, ``band_ids``, ``align_px``,
     ``norm_mean``, ``prepare(pair)``, ``score_block(before, after)``.
@@ -72,6 +79,8 @@ class ChangeModel:
     margin: float | None = None
     name: str = "siamese"
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    normalization: str = "global"
+    required_bands: tuple[str, ...] | None = None
     _predictors: dict[tuple[int, int | None], BlockPredictor] = dataclasses.field(
         default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
@@ -106,6 +115,15 @@ class ChangeModel:
                 f"model {self.name!r}: config has {n} bands but band_ids/norm_mean/norm_std "
                 f"have {len(self.band_ids)}/{len(self.norm_mean)}/{len(self.norm_std)}; "
                 "rebuild it with one entry per band.")
+        if self.normalization not in ("global", "per_image"):
+            raise ModelFileError(f"model {self.name!r}: normalization must be 'global' or "
+                                 f"'per_image'; got {self.normalization!r}.")
+        if self.required_bands is not None:
+            object.__setattr__(self, "required_bands", tuple(str(b) for b in self.required_bands))
+            extra = set(self.required_bands) - set(self.band_ids)
+            if extra:
+                raise ModelFileError(f"model {self.name!r}: required bands {sorted(extra)} are "
+                                     "not among its band_ids.")
         if any(not np.isfinite(s) or s <= 0 for s in self.norm_std):
             raise ModelFileError(f"model {self.name!r}: norm_std must be finite and > 0; got "
                                  f"{self.norm_std}.")
@@ -144,10 +162,22 @@ class ChangeModel:
         return 2**self.config.num_downsamplings
 
     # ------------------------------------------------------------------ detector protocol
-    def prepare(self, pair: Any) -> ChangeModel:
-        """Checks the pair's bands against the model's; returns ``self`` (nothing to fit)."""
-        check_bands(self, tuple(pair.band_ids))
-        return self
+    def prepare(self, pair: Any) -> PreparedModel:
+        """The detector for ``pair``: its bands matched to the model's, and (``per_image``
+        models) each date's per-band statistics computed in one dask pass.
+
+        Raises:
+          BandMismatchError: The pair's bands do not fit the model (one line, with the fix).
+        """
+        from changedet import detector
+
+        return detector.prepare(self, pair)
+
+    def prepare_scene(self, scene: Any) -> PreparedModel:
+        """:meth:`prepare` for an in-memory :class:`~changedet.data.Scene` (evaluation)."""
+        from changedet import detector
+
+        return detector.prepare_scene(self, scene)
 
     def predictor(self, *, tile_px: int = 512, batch_size: int | None = None) -> BlockPredictor:
         """The cached :class:`~changedet.inference.BlockPredictor` for these settings."""
@@ -237,18 +267,14 @@ def is_positional(band_ids: tuple[str, ...] | list[str]) -> bool:
 def check_bands(model: ChangeModel, band_ids: tuple[str, ...] | list[str]) -> None:
     """Raises :class:`BandMismatchError` unless ``band_ids`` fit the model.
 
-    A model trained on named bands (``B01``…) needs exactly those ids, in order. A model
-    trained on positional bands (``"1".."n"``, e.g. ``rgb``: red, green, blue) takes any
-    ``n`` bands in that order, so ``--bands B04,B03,B02`` feeds it a Sentinel-2 scene.
+    Bands are matched by canonical id (:mod:`changedet.bands`: ``B2``, ``blue``, ``B02`` are one
+    band). A model trained with band dropout takes any subset of its bands that holds its
+    ``required_bands``; other named models need all their bands. A positional model
+    (``"1".."n"``, e.g. ``rgb``: red, green, blue) takes any ``n`` bands in that order.
     """
-    found = tuple(str(b) for b in band_ids)
-    if is_positional(model.band_ids) and len(found) == len(model.band_ids):
-        return
-    if found != model.band_ids:
-        raise BandMismatchError(
-            f"model {model.name!r} expects bands {','.join(model.band_ids)} but the input has "
-            f"{','.join(found) or 'none'}; choose the bands with --bands or another model with "
-            "--model.")
+    from changedet.detector import match_bands
+
+    match_bands(model, band_ids)
 
 
 def random_init_model(cfg: ModelConfig, band_ids: tuple[str, ...] | list[str], seed: int = 0,
@@ -283,6 +309,8 @@ def _metadata(model: ChangeModel) -> str:
         "margin": model.margin,
         "name": model.name,
         "training": model.training,
+        "normalization": model.normalization,
+        "required_bands": None if model.required_bands is None else list(model.required_bands),
     })
 
 
@@ -468,6 +496,8 @@ def load_model(path_or_name: str | os.PathLike[str], *,
             margin=meta.get("margin"),
             name=meta.get("name", path.stem),
             training=meta.get("training", {}),
+            normalization=meta.get("normalization", "global"),
+            required_bands=meta.get("required_bands"),
         )
     except ModelFileError as err:
         raise ModelFileError(f"model file {path}: {err}") from err

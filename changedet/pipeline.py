@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from changedet import __version__, io
+from changedet import __version__, bands, io
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
@@ -29,9 +29,7 @@ from changedet.types import Grid
 log = logging.getLogger(__name__)
 
 #: Sentinel-2 MSI band ids in canonical order (as ``io.open_scene`` orders a band folder).
-SENTINEL2_BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
-)  # fmt: skip
+SENTINEL2_BANDS: tuple[str, ...] = bands.SENTINEL2_BANDS
 
 Method = Literal["auto", "siamese", "cva"]
 DEFAULT_BLOCK_PX = 1024
@@ -91,6 +89,28 @@ def select_bands(pair: io.RasterPair, bands: Sequence[str] | None) -> io.RasterP
     return dataclasses.replace(pair, before=before, after=after, band_ids=tuple(chosen))
 
 
+def default_model_name(band_ids: Sequence[str]) -> str:
+    """The packaged model for these bands: ``sentinel2`` for named Sentinel-2 / Landsat bands
+    holding blue, green and red (any subset of the 13: L1C, L2A, 4-band exports, Landsat via
+    common names), ``rgb`` for 3 unnamed bands (photos, 8-bit or not).
+
+    Raises:
+      BandMismatchError: Neither fits; the message says how to name or pick bands.
+    """
+    ids = bands.canonical_bands(band_ids)
+    if ids is not None and set(bands.REQUIRED_BANDS) <= set(ids):
+        return "sentinel2"
+    if len(band_ids) == 3:
+        return "rgb"
+    raise BandMismatchError(
+        f"no packaged model fits the input's {len(band_ids)} bands ({', '.join(band_ids)}): "
+        "'sentinel2' takes named bands holding blue, green and red (Sentinel-2 ids, Earth "
+        "Engine ids or common names), 'rgb' takes 3 bands in red, green, blue order. Name the "
+        "bands with --band-names (e.g. blue,green,red,nir,swir16,swir22 for Landsat TM), pick "
+        "3 with --bands, pass --model PATH, or use --method cva."
+    )
+
+
 def resolve_detector(
     pair: io.RasterPair, *, method: Method = "auto", model: Any = None
 ) -> Detector:
@@ -107,17 +127,7 @@ def resolve_detector(
     from changedet import modelfile
 
     if model is None:
-        if tuple(pair.band_ids) == SENTINEL2_BANDS:
-            model = "sentinel2"
-        elif len(pair.band_ids) == 3:
-            model = "rgb"
-        else:
-            raise BandMismatchError(
-                f"no packaged model takes {len(pair.band_ids)} bands ({', '.join(pair.band_ids)}): "
-                "'sentinel2' needs the 13 Sentinel-2 bands, 'rgb' needs 3 bands in red, green, "
-                "blue order. Pass --bands to pick 3 bands (e.g. --bands B04,B03,B02), "
-                "--model PATH for a model trained on these bands, or --method cva."
-            )
+        model = default_model_name(pair.band_ids)
     if not isinstance(model, modelfile.ChangeModel):
         model = modelfile.load_model(model)
     modelfile.check_bands(model, pair.band_ids)
@@ -141,7 +151,8 @@ def _block_chunks(size: int, block_px: int, halo_px: int) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def _score_fn(detector: Detector, halo_px: int, pad_self: bool, fill: np.ndarray):
+def _score_fn(detector: Detector, halo_px: int, pad_self: bool,
+              fill: tuple[np.ndarray, np.ndarray]):
     """The per-block function: invalid pixels take ``fill`` (per band), then the detector
     scores the core of the halo-extended block.
 
@@ -149,7 +160,7 @@ def _score_fn(detector: Detector, halo_px: int, pad_self: bool, fill: np.ndarray
     inside the task: the overlapped neighbours dask holds while a block waits for its halo stay
     small (uint16, not float32), which keeps memory flat as scenes grow.
     """
-    fill_values = fill[:, None, None]
+    fill_before, fill_after = (f[:, None, None] for f in fill)
 
     def score(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if pad_self and halo_px:
@@ -157,21 +168,25 @@ def _score_fn(detector: Detector, halo_px: int, pad_self: bool, fill: np.ndarray
             before = np.pad(before, pads, mode="symmetric")
             after = np.pad(after, pads, mode="symmetric")
             valid = np.pad(valid, pads[1:], mode="symmetric")
-        before = np.where(valid[None], before.astype(np.float32), fill_values)
-        after = np.where(valid[None], after.astype(np.float32), fill_values)
+        before = np.where(valid[None], before.astype(np.float32), fill_before)
+        after = np.where(valid[None], after.astype(np.float32), fill_after)
         result = detector.score_block(before, after, context_px=halo_px)
         return np.asarray(result, dtype=np.float32)
 
     return score
 
 
-def _fill_values(detector: Detector, num_bands: int) -> np.ndarray:
-    """Values invalid pixels take before scoring: the model's band means (zero after
-    normalisation), so nodata never leaks into the scores of valid neighbours."""
-    mean = getattr(detector, "norm_mean", None)  # only learned models normalise
-    if mean is None:
-        return np.zeros(num_bands, dtype=np.float32)
-    return np.asarray(mean, dtype=np.float32).reshape(num_bands)
+def _fill_values(detector: Detector, num_bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw values invalid pixels take in each date before scoring: the band means a learned
+    model standardises with (zero after normalisation), so nodata never leaks into the scores
+    of valid neighbours; zeros for CVA (which ignores them)."""
+    fill = getattr(detector, "fill_values", None)
+    if fill is not None:
+        before, after = fill()
+        return (np.asarray(before, np.float32).reshape(num_bands),
+                np.asarray(after, np.float32).reshape(num_bands))
+    zeros = np.zeros(num_bands, dtype=np.float32)
+    return zeros, zeros
 
 
 def score_graph(
@@ -326,14 +341,17 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
         "after": str(pair.after_path),
         "bands": ",".join(pair.band_ids),
     }
-    from changedet.modelfile import ChangeModel
+    from changedet.detector import PreparedModel
 
-    if isinstance(detector, ChangeModel):
+    if isinstance(detector, PreparedModel):
+        model = detector.model
         tags["method"] = "siamese"
-        tags["model"] = detector.name
-        tags["model_head"] = detector.config.head
-        if detector.source_sha256:
-            tags["model_sha256"] = detector.source_sha256
+        tags["model"] = model.name
+        tags["model_head"] = model.config.head
+        tags["model_bands"] = ",".join(detector.model_bands)
+        tags["normalization"] = model.normalization
+        if model.source_sha256:
+            tags["model_sha256"] = model.source_sha256
     return tags
 
 
@@ -347,9 +365,9 @@ def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
     """
     if client is not None:
         return {"scheduler": client}
-    from changedet.modelfile import ChangeModel
+    from changedet.detector import PreparedModel
 
-    if isinstance(detector, ChangeModel) and dask.config.get("num_workers", None) is None:
+    if isinstance(detector, PreparedModel) and dask.config.get("num_workers", None) is None:
         import jax
 
         if jax.default_backend() == "cpu":

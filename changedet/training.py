@@ -36,7 +36,7 @@ from flax import nnx, serialization
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from changedet import losses, metrics
+from changedet import bands, losses, metrics
 from changedet.config import (
     ModelConfig,
     TrainConfig,
@@ -48,6 +48,7 @@ from changedet.data import (
     PatchSampler,
     Scene,
     band_statistics,
+    normalize_per_image,
     normalize_scene,
     to_nhwc,
 )
@@ -317,6 +318,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ fit
 
 
+def band_set_masks(band_ids: Sequence[str]) -> list[np.ndarray]:
+    """Masks over ``band_ids`` of every accepted band set (``bands.BAND_SETS``) they contain."""
+    ids = list(band_ids)
+    masks = []
+    for members in bands.BAND_SETS.values():
+        if set(members) <= set(ids) and len(members) < len(ids):
+            masks.append(np.array([b in members for b in ids], bool))
+    return masks
+
+
 def _check_scenes(scenes: Sequence[Scene], band_ids: tuple[str, ...], what: str) -> None:
     for s in scenes:
         if tuple(s.band_ids) != band_ids:
@@ -471,13 +482,33 @@ def fit_model(
     signature = _run_signature(model_cfg, train_cfg, band_ids, [s.name for s in train_scenes])
     (workdir / "config.json").write_text(json.dumps(signature, indent=2))
 
-    mean, std = band_statistics(train_scenes)
-    train_n = [normalize_scene(s, mean, std) for s in train_scenes]
-    val_n = [normalize_scene(s, mean, std) for s in val_scenes]
+    if train_cfg.normalization == "per_image":
+        mean, std = np.zeros(len(band_ids)), np.ones(len(band_ids))
+        train_n = [normalize_per_image(s) for s in train_scenes]
+        val_n = [normalize_per_image(s) for s in val_scenes]
+    else:
+        mean, std = band_statistics(train_scenes)
+        train_n = [normalize_scene(s, mean, std) for s in train_scenes]
+        val_n = [normalize_scene(s, mean, std) for s in val_scenes]
+    sets = band_set_masks(band_ids) if train_cfg.band_drop else []
+    if train_cfg.band_drop and not sets:
+        raise ConfigError(
+            f"train.band_drop needs Sentinel-2 band ids holding one of the accepted band sets; "
+            f"the scenes have {band_ids}. Set train.band_drop=0."
+        )
     sampler = PatchSampler(train_n, train_cfg.patch_px, changed_fraction=train_cfg.changed_fraction,
-                           augment=train_cfg.augment)
+                           augment=train_cfg.augment, radiometric=train_cfg.radiometric,
+                           band_drop=train_cfg.band_drop, band_sets=sets)
     if sampler.num_changed_pixels == 0:
         log.warning("no changed pixel in the training scenes: the model cannot learn change")
+    step_cfg = train_cfg
+    if train_cfg.loss == "bce" and train_cfg.pos_weight == 0:
+        num_valid = int(sampler._valid_cum[-1])
+        num_changed = max(sampler.num_changed_pixels, 1)
+        ratio = (num_valid - num_changed) / num_changed
+        step_cfg = dataclasses.replace(train_cfg, pos_weight=float(ratio**train_cfg.pos_weight_power))
+        log.info("automatic pos_weight %.3g (unchanged/changed %.3g ^ %g)", step_cfg.pos_weight,
+                 ratio, train_cfg.pos_weight_power)
 
     net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     optimizer = nnx.Optimizer(net, make_optimizer(train_cfg), wrt=nnx.Param)
@@ -502,7 +533,7 @@ def fit_model(
     mesh = data_mesh(train_cfg.batch_size)
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(state, replicated)
-    step_fn = make_train_step(train_cfg, mesh)
+    step_fn = make_train_step(step_cfg, mesh)
     base_key = jax.random.key(train_cfg.seed)
     align = 2**model_cfg.num_downsamplings
     spe = train_cfg.steps_per_epoch
@@ -650,6 +681,9 @@ def to_change_model(trained: TrainedModel, name: str, training: dict[str, Any] |
         margin=trained.margin,
         name=name,
         training=training or {},
+        normalization=trained.train_cfg.normalization,
+        required_bands=(tuple(b for b in bands.REQUIRED_BANDS if b in trained.band_ids)
+                        if trained.train_cfg.band_drop else None),
     )
 
 

@@ -40,7 +40,7 @@ def test_round_trip_keeps_everything_and_scores(tmp_path, model):
     assert [p.name for p in tmp_path.iterdir()] == ["m.msgpack"]  # no temp file left behind
     loaded = load_model(path)
     for field in ("config", "band_ids", "norm_mean", "norm_std", "threshold", "margin", "name",
-                  "training"):
+                  "training", "normalization", "required_bands"):
         assert getattr(loaded, field) == getattr(model, field), field
     jax.tree.map(np.testing.assert_array_equal, loaded.state, model.state)
     rng = np.random.default_rng(0)
@@ -50,7 +50,10 @@ def test_round_trip_keeps_everything_and_scores(tmp_path, model):
                                   model.score_block(before, after))
     # The detector protocol.
     assert loaded.halo_px > 0 and loaded.align_px == 2
-    assert loaded.prepare(SimpleNamespace(band_ids=BANDS)) is loaded
+    prepared = loaded.prepare(SimpleNamespace(band_ids=BANDS))  # a global-statistics model
+    assert prepared.model is loaded and prepared.halo_px == loaded.halo_px
+    np.testing.assert_allclose(prepared.score_block(before, after),
+                               loaded.score_block(before, after), atol=1e-6)
     assert loaded.predictor() is loaded.predictor()  # cached
 
 
@@ -94,11 +97,22 @@ def test_load_errors_are_one_line_model_file_errors(tmp_path, model):
 
 def test_check_bands_names_expected_and_found(model):
     check_bands(model, list(BANDS))
+    check_bands(model, ("B02", "B03", "B04"))  # matched by id, whatever the order
+    check_bands(model, ("blue", "green", "red"))  # common names are the same bands
     with pytest.raises(BandMismatchError) as info:
-        check_bands(model, ("B02", "B03", "B04"))
+        check_bands(model, ("B02", "B03", "B08"))
     text = str(info.value)
-    assert "B04,B03,B02" in text and "B02,B03,B04" in text
+    assert "B04,B03,B02" in text and "B02,B03,B08" in text and "missing B04" in text
     assert "--bands" in text and "--model" in text
+
+
+def test_bands_in_another_order_or_names_score_the_same(model):
+    rng = np.random.default_rng(1)
+    before = rng.normal(20, 5, size=(3, 24, 20)).astype(np.float32)
+    after = rng.normal(20, 5, size=(3, 24, 20)).astype(np.float32)
+    reference = model.prepare(SimpleNamespace(band_ids=BANDS)).score_block(before, after)
+    flipped = model.prepare(SimpleNamespace(band_ids=("blue", "green", "red")))
+    np.testing.assert_array_equal(flipped.score_block(before[::-1], after[::-1]), reference)
 
 
 def test_packaged_models_resolve_by_name_and_check_the_hash(tmp_path, monkeypatch, model):

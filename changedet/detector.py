@@ -1,0 +1,207 @@
+"""A learned model bound to one scene pair: bands matched to its inputs, statistics computed.
+
+``ChangeModel.prepare(pair)`` (``run``) and ``ChangeModel.prepare_scene(scene)`` (evaluation,
+cross-validation) both return a :class:`PreparedModel`, the detector that scores blocks:
+
+* **bands** — each input band is matched to one of the model's band slots by its canonical id
+  (:mod:`changedet.bands`: ``B2``, ``blue`` and ``B02`` are one band), or by position for
+  positional models (``rgb``). A model trained with band dropout accepts any subset of its
+  bands holding its ``required_bands``; the missing ones are fed at their mean (0 after
+  standardisation), exactly as in training;
+* **statistics** — ``per_image`` models standardise each date by its own per-band mean and
+  std over the pixels valid in both dates (one reduction over the whole scene before the main
+  pass, so tiled output still equals whole-image output); ``global`` models use the training
+  statistics stored in the model file.
+
+NumPy only here; the dask reduction for a lazy pair is in :func:`pair_statistics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from changedet import bands
+from changedet.data import image_statistics, normalize, stats_from_sums
+from changedet.errors import BandMismatchError, EmptySceneError
+
+if TYPE_CHECKING:
+    from changedet.data import Scene
+    from changedet.modelfile import ChangeModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PreparedModel", "match_bands", "pair_statistics", "prepare"]
+
+
+def _is_positional(band_ids: Sequence[str]) -> bool:
+    return tuple(band_ids) == tuple(str(i) for i in range(1, len(band_ids) + 1))
+
+
+def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ...]:
+    """The model slot of each input band, in input order.
+
+    Raises:
+      BandMismatchError: A band the model does not know, a required band missing, or (for a
+        model that needs all its bands) any band missing — with what to do.
+    """
+    found = tuple(str(b) for b in input_bands)
+    wanted = model.band_ids
+    if _is_positional(wanted):
+        if len(found) != len(wanted):
+            raise BandMismatchError(
+                f"model {model.name!r} takes {len(wanted)} bands (red, green, blue for 'rgb') but "
+                f"the input has {len(found)} ({','.join(found) or 'none'}); pick {len(wanted)} "
+                "with --bands, or another model with --model.")
+        return tuple(range(len(wanted)))
+    ids = bands.canonical_bands(found) if any(b not in wanted for b in found) else found
+    if ids is None:
+        unknown = [b for b in found if bands.canonical_band(b) is None and b not in wanted]
+        raise BandMismatchError(
+            f"model {model.name!r} expects bands {','.join(wanted)} but the input has "
+            f"{','.join(found)} ({','.join(unknown) or 'a repeated band'}: not a known band "
+            "name); name the file's bands with --band-names (e.g. blue,green,red,nir), or "
+            "choose bands with --bands.")
+    extra = [b for b in ids if b not in wanted]
+    required = model.required_bands if model.required_bands is not None else wanted
+    missing = [b for b in required if b not in ids]
+    if extra or missing:
+        what = "needs at least" if model.required_bands is not None else "expects"
+        problems = "; ".join(p for p in (
+            f"missing {','.join(missing)}" if missing else "",
+            f"it does not take {','.join(extra)}" if extra else "") if p)
+        raise BandMismatchError(
+            f"model {model.name!r} {what} bands {','.join(required)} but the input has "
+            f"{','.join(found) or 'none'} ({problems}); choose the bands with --bands, name them "
+            "with --band-names, or pick another model with --model.")
+    return tuple(wanted.index(b) for b in ids)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedModel:
+    """A :class:`~changedet.modelfile.ChangeModel` bound to one pair's bands and statistics.
+
+    Attributes:
+      model: The model.
+      band_ids: The input bands, in input order.
+      slots: Model band slot of each input band.
+      before_mean, before_std, after_mean, after_std: Per input band, raw units: what each
+        date is standardised with.
+    """
+
+    model: ChangeModel
+    band_ids: tuple[str, ...]
+    slots: tuple[int, ...]
+    before_mean: np.ndarray
+    before_std: np.ndarray
+    after_mean: np.ndarray
+    after_std: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def halo_px(self) -> int:
+        return self.model.halo_px
+
+    @property
+    def align_px(self) -> int:
+        return self.model.align_px
+
+    @property
+    def threshold(self) -> float | None:
+        return self.model.threshold
+
+    @property
+    def model_bands(self) -> tuple[str, ...]:
+        """The model's slots that this input fills, in model order."""
+        return tuple(self.model.band_ids[i] for i in sorted(self.slots))
+
+    def fill_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values invalid pixels take in each date: the band means (0 once standardised)."""
+        return (self.before_mean.astype(np.float32), self.after_mean.astype(np.float32))
+
+    def _expand(self, block: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        z = normalize(block, mean, std)
+        n = self.model.config.num_bands
+        if len(self.slots) == n and self.slots == tuple(range(n)):
+            return z
+        full = np.zeros((n,) + z.shape[1:], np.float32)
+        full[list(self.slots)] = z
+        return full
+
+    def score_block(self, before: np.ndarray, after: np.ndarray, *,
+                    context_px: int = 0) -> np.ndarray:
+        """``(h, w)`` float32 change score of raw ``(band, h, w)`` blocks (see
+        ``ChangeModel.score_block``)."""
+        b = self._expand(before, self.before_mean, self.before_std)
+        a = self._expand(after, self.after_mean, self.after_std)
+        return self.model.predictor().predict(b, a, context_px=context_px, normalized=True)
+
+
+def _bind(model: ChangeModel, input_bands: Sequence[str], stats: Any) -> PreparedModel:
+    slots = match_bands(model, input_bands)
+    if model.normalization == "per_image":
+        (bm, bs), (am, as_) = stats()
+    else:
+        mean = np.asarray(model.norm_mean, np.float64)[list(slots)]
+        std = np.asarray(model.norm_std, np.float64)[list(slots)]
+        bm, bs, am, as_ = mean, std, mean, std
+    prepared = PreparedModel(model, tuple(str(b) for b in input_bands), slots,
+                             *(np.asarray(x, np.float64) for x in (bm, bs, am, as_)))
+    return prepared
+
+
+def prepare(model: ChangeModel, pair: Any) -> PreparedModel:
+    """Binds ``model`` to a lazy :class:`~changedet.io.RasterPair` (one dask reduction for
+    ``per_image`` models)."""
+    prepared = _bind(model, pair.band_ids, lambda: pair_statistics(pair))
+    if len(prepared.slots) < model.config.num_bands:
+        log.info("model %r uses the input's %d bands %s (%s); the other %d are filled at their "
+                 "mean", model.name, len(prepared.slots), ",".join(prepared.model_bands),
+                 bands.describe_band_set(prepared.model_bands),
+                 model.config.num_bands - len(prepared.slots))
+    return prepared
+
+
+def prepare_scene(model: ChangeModel, scene: Scene) -> PreparedModel:
+    """Binds ``model`` to an in-memory scene (the statistics :func:`pair_statistics` would give
+    for the same pixels)."""
+
+    def stats():
+        ok = scene.pixels_valid
+        if not ok.any():
+            raise EmptySceneError(f"scene {scene.name!r} has no valid pixel.")
+        return image_statistics(scene.before, ok), image_statistics(scene.after, ok)
+
+    return _bind(model, scene.band_ids, stats)
+
+
+def pair_statistics(pair: Any) -> tuple[tuple[np.ndarray, np.ndarray],
+                                        tuple[np.ndarray, np.ndarray]]:
+    """``((mean, std) before, (mean, std) after)`` per band over the pixels valid in both dates,
+    in one dask pass over the lazy pair.
+
+    Raises:
+      EmptySceneError: No pixel is valid in both dates.
+    """
+    import dask
+    import dask.array as da
+
+    valid = pair.valid.data
+    sums = []
+    for arr in (pair.before.data, pair.after.data):
+        values = da.where(valid[None], arr.astype(np.float64), 0.0)
+        sums.append((values.sum(axis=(1, 2)), (values * values).sum(axis=(1, 2))))
+    (b1, b2), (a1, a2), count = dask.compute(*sums, valid.sum())
+    if int(count) == 0:
+        raise EmptySceneError(
+            f"{pair.before_path} and {pair.after_path} have no pixel that is valid in both "
+            "dates (all nodata, NaN, or outside the other date's footprint). Check the inputs' "
+            "nodata values and extents.")
+    return stats_from_sums(b1, b2, int(count)), stats_from_sums(a1, a2, int(count))
