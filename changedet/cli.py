@@ -25,6 +25,12 @@ RUN_EXAMPLES = """examples:
   python -m changedet run a.tif b.tif -o change.tif --align --method cva
   python -m changedet run photo_2009.png photo_2019.png -o change.tif   # 3-band RGB: rgb model
   python -m changedet run a.tif b.tif -o change.tif --bands 3,2,1 --model my_model.msgpack
+  python -m changedet run tm_2000.tif tm_2003.tif -o change.tif \
+      --band-names blue,green,red,nir,swir16,swir22        # Landsat TM bands 1-5, 7
+
+Bands are known by Sentinel-2 id (B02), Earth Engine id (B2) or STAC common name (blue, nir,
+swir16, ...): the sentinel2 model takes any subset holding blue, green and red (L1C, L2A,
+4-band exports, Landsat), and says which bands it used.
 """
 
 
@@ -71,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--bands", type=_bands,
         help="comma-separated band ids or 1-based indices to use, in the model's order",
+    )
+    run.add_argument(
+        "--band-names", metavar="NAME,...",
+        help="the files' bands in order, for files without band descriptions (e.g. Landsat: "
+        "blue,green,red,nir,swir16,swir22); ids or common names, see docs/inputs.md",
+    )
+    run.add_argument(
+        "--cloud-mask", default="auto", metavar="auto|none|BEFORE_MASK,AFTER_MASK",
+        help="auto (default): mask clouds and shadows of Sentinel-2 L1C input with s2cloudless "
+        "(needs the clouds extra); none; or one mask raster per date (L2A SCL, Landsat "
+        "QA_PIXEL, or 0/1). Masked pixels are nodata in the outputs",
+    )
+    run.add_argument(
+        "--offset", type=float, default=0.0,
+        help="digital-number offset of the input, removed before cloud detection (1000 for "
+        "Sentinel-2 processing baseline 04.00+, i.e. since 25 Jan 2022)",
     )
     run.add_argument("--threshold", type=float, help="decision threshold on the score")
     run.add_argument(
@@ -147,6 +169,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
             client=client,
+            band_names=args.band_names,
+            cloud_mask=args.cloud_mask,
+            offset=args.offset,
         )
     finally:
         if client is not None:

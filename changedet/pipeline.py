@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from changedet import __version__, bands, io
+from changedet import __version__, bands, clouds, io
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
@@ -274,10 +274,23 @@ def open_for_detection(
     model: Any = None,
     bands: Sequence[str] | None = None,
     align: bool = False,
-) -> tuple[io.RasterPair, Detector]:
-    """Opens the pair lazily, keeps the requested bands and returns the prepared detector."""
-    pair = select_bands(io.open_pair(before, after, align=align), bands)
-    return pair, resolve_detector(pair, method=method, model=model).prepare(pair)
+    band_names: Sequence[str] | str | None = None,
+    cloud_mask: str | Sequence[str] | None = "auto",
+    offset: float = 0.0,
+) -> tuple[io.RasterPair, Detector, clouds.CloudMasks]:
+    """Opens the pair lazily, masks clouds, keeps the requested bands and returns the prepared
+    detector and what was masked. The pair's ``valid`` excludes each date's clouds and shadows
+    (see :mod:`changedet.clouds`)."""
+    pair = io.open_pair(before, after, align=align, band_names=band_names)
+    masks = clouds.cloud_masks(pair, cloud_mask, offset=offset)
+    if masks.before is not None:
+        coords = {"y": pair.valid.y, "x": pair.valid.x}
+        clear = xr.DataArray(~(masks.before | masks.after), dims=("y", "x"), coords=coords)
+        pair = dataclasses.replace(pair, valid=(pair.valid & clear).rename("valid"))
+        log.info("clouds and shadows (%s): %.1f %% of before, %.1f %% of after masked as nodata",
+                 masks.source, 100 * masks.before_fraction, 100 * masks.after_fraction)
+    pair = select_bands(pair, bands)
+    return pair, resolve_detector(pair, method=method, model=model).prepare(pair), masks
 
 
 def detect(
@@ -290,6 +303,9 @@ def detect(
     threshold: float | None = None,
     align: bool = False,
     block_px: int = DEFAULT_BLOCK_PX,
+    band_names: Sequence[str] | str | None = None,
+    cloud_mask: str | Sequence[str] | None = "auto",
+    offset: float = 0.0,
 ) -> xr.Dataset:
     """Detects change between two co-registered scenes, lazily.
 
@@ -303,6 +319,15 @@ def detect(
         Otsu's for CVA (which computes the score once to find it).
       align: Resample ``after`` onto the grid of ``before`` if the grids differ.
       block_px: Dask block edge in pixels; does not change the result.
+      band_names: The files' bands in order (ids or common names, e.g.
+        ``"blue,green,red,nir,swir16,swir22"`` for Landsat TM bands 1-5 and 7), for files
+        without band descriptions; see :mod:`changedet.bands`.
+      cloud_mask: ``"auto"`` (s2cloudless on Sentinel-2 L1C input when the ``clouds`` extra is
+        installed; otherwise nothing, logged), ``"none"``, or two mask rasters (before, after:
+        SCL, QA_PIXEL or 0/1). Masked pixels are nodata. See :mod:`changedet.clouds`.
+      offset: Digital-number offset of the input (1000 for Sentinel-2 processing baseline
+        04.00+, acquisitions since 25 January 2022), removed before cloud detection; the
+        learned models standardise each date and do not need it.
 
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
@@ -313,8 +338,9 @@ def detect(
       >>> ds = changedet.detect("data/oscd_paris/imgs_1", "data/oscd_paris/imgs_2")
       >>> ds.mask.sum().compute()
     """
-    pair, detector = open_for_detection(
-        before, after, method=method, model=model, bands=bands, align=align
+    pair, detector, _ = open_for_detection(
+        before, after, method=method, model=model, bands=bands, align=align,
+        band_names=band_names, cloud_mask=cloud_mask, offset=offset,
     )
     score = score_graph(pair, detector, block_px=block_px)
     thr = _threshold_for(score, detector, threshold)
@@ -355,6 +381,13 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
     return tags
 
 
+def cloud_tags(masks: clouds.CloudMasks) -> dict[str, str]:
+    """GeoTIFF tags recording the cloud masking of a run."""
+    return {"cloud_mask": masks.source,
+            "cloud_fraction_before": f"{masks.before_fraction:.4f}",
+            "cloud_fraction_after": f"{masks.after_fraction:.4f}"}
+
+
 def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
     """Dask settings for a run: the given client, else dask's threads.
 
@@ -392,6 +425,9 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     client: Any = None,
+    band_names: Sequence[str] | str | None = None,
+    cloud_mask: str | Sequence[str] | None = "auto",
+    offset: float = 0.0,
 ) -> RunResult:
     """Detects change and writes the georeferenced mask (and optional score and vectors).
 
@@ -399,7 +435,8 @@ def run(
     then renamed: a failed or interrupted run leaves no output file.
 
     Args:
-      before, after, method, model, bands, threshold, align, block_px: As for :func:`detect`.
+      before, after, method, model, bands, threshold, align, block_px, band_names, cloud_mask,
+        offset: As for :func:`detect`.
       out: Mask GeoTIFF path (uint8, 0/1, nodata 255).
       score_path: Optional float32 score GeoTIFF path (nodata NaN).
       vector_path: Optional ``.gpkg``/``.geojson`` of changed regions.
@@ -426,8 +463,9 @@ def run(
     if len({p.resolve() for p in outputs}) != len(outputs):
         raise ConfigError("the mask, score, vector and quicklook outputs must be different files.")
 
-    pair, detector = open_for_detection(
-        before, after, method=method, model=model, bands=bands, align=align
+    pair, detector, masks = open_for_detection(
+        before, after, method=method, model=model, bands=bands, align=align,
+        band_names=band_names, cloud_mask=cloud_mask, offset=offset,
     )
     log.info(
         "%s: %d x %d px, %d bands, grid %s",
@@ -443,7 +481,7 @@ def run(
             mask_path=outputs[0],
             score_path=score_path,
             threshold=thr,
-            tags=provenance(detector, thr, pair),
+            tags=provenance(detector, thr, pair) | cloud_tags(masks),
             overwrite=overwrite,
             progress=progress,
         )

@@ -32,6 +32,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
+from changedet.bands import canonical_bands, parse_band_names
 from changedet.errors import (
     BandMismatchError,
     GridMismatchError,
@@ -528,8 +529,52 @@ def _valid_mask(arr: xr.DataArray) -> xr.DataArray:
     return ~bad
 
 
+def _pair_band_ids(b_info: _SceneInfo, a_info: _SceneInfo,
+                   band_names: Sequence[str] | str | None) -> tuple[str, ...]:
+    """The band ids both dates share: ``band_names`` when given, else the files' own ids
+    matched through the band vocabulary (``B2`` and ``B02`` are one band; a file without band
+    descriptions takes the other date's names when the counts agree)."""
+    if band_names is not None:
+        ids = parse_band_names(band_names, len(b_info.band_ids), where=str(b_info.path))
+        parse_band_names(band_names, len(a_info.band_ids), where=str(a_info.path))
+        return ids
+    b_ids, a_ids = b_info.band_ids, a_info.band_ids
+    b_can, a_can = canonical_bands(b_ids), canonical_bands(a_ids)
+    if b_can is not None and b_can == a_can:
+        return b_can
+    if b_ids == a_ids:
+        return b_ids
+    positional = [_is_positional(b_ids), _is_positional(a_ids)]
+    if positional.count(True) == 1 and len(b_ids) == len(a_ids):
+        named, plain = (a_info, b_info) if positional[0] else (b_info, a_info)
+        warnings.warn(
+            f"{plain.path} has no band descriptions; using those of {named.path} "
+            f"({','.join(named.band_ids)}) in file order. Pass --band-names to state them.",
+            stacklevel=3,
+        )
+        return b_can or a_can or named.band_ids
+    missing_after = [b for b in b_ids if b not in a_ids]
+    missing_before = [b for b in a_ids if b not in b_ids]
+    if not missing_after and not missing_before:
+        detail = f"same bands in a different order: {b_ids} vs {a_ids}"
+    else:
+        detail = (
+            f"missing in after: {', '.join(missing_after) or 'none'}; "
+            f"missing in before: {', '.join(missing_before) or 'none'}"
+        )
+    raise BandMismatchError(
+        f"{b_info.path} ({len(b_ids)} bands) vs {a_info.path} ({len(a_ids)} bands): {detail}; "
+        "give both dates the same bands, or name them with --band-names."
+    )
+
+
+def _is_positional(ids: Sequence[str]) -> bool:
+    return tuple(ids) == tuple(str(i) for i in range(1, len(ids) + 1))
+
+
 def open_pair(
-    before: str | Path, after: str | Path, *, align: bool = False, chunks_px: int = 1024
+    before: str | Path, after: str | Path, *, align: bool = False, chunks_px: int = 1024,
+    band_names: Sequence[str] | str | None = None,
 ) -> RasterPair:
     """Opens two scenes of the same place and checks (or makes) them share one pixel grid.
 
@@ -540,6 +585,10 @@ def open_pair(
       after: Scene of the second date.
       align: Resample ``after`` lazily (bilinear) onto ``before``'s grid when the grids differ.
       chunks_px: Dask chunk edge along ``y``/``x`` in pixels.
+      band_names: The bands of both files, in file order (Sentinel-2 ids, Earth Engine ids or
+        common names, see :mod:`changedet.bands`), for files without band descriptions
+        (Landsat exports, ENVI, plain GeoTIFFs). Default: the files' own band ids, known
+        names made canonical (``B2`` -> ``B02``).
 
     Returns:
       A :class:`RasterPair` on ``before``'s grid.
@@ -554,20 +603,7 @@ def open_pair(
     b_info = _scene_info(before_path)
     a_info = _scene_info(after_path)
 
-    if b_info.band_ids != a_info.band_ids:
-        missing_after = [b for b in b_info.band_ids if b not in a_info.band_ids]
-        missing_before = [b for b in a_info.band_ids if b not in b_info.band_ids]
-        if not missing_after and not missing_before:
-            detail = f"same bands in a different order: {b_info.band_ids} vs {a_info.band_ids}"
-        else:
-            detail = (
-                f"missing in after: {', '.join(missing_after) or 'none'}; "
-                f"missing in before: {', '.join(missing_before) or 'none'}"
-            )
-        raise BandMismatchError(
-            f"{before_path} ({len(b_info.band_ids)} bands) vs {after_path} "
-            f"({len(a_info.band_ids)} bands): {detail}; give both dates the same bands."
-        )
+    band_ids = _pair_band_ids(b_info, a_info, band_names)
 
     georeferenced = (b_info.crs is not None, a_info.crs is not None)
     if georeferenced == (False, False):
@@ -621,6 +657,8 @@ def open_pair(
         # same grid within tolerance: share before's exact coordinates
         after_arr = after_arr.assign_coords(x=before_arr.x, y=before_arr.y)
 
+    before_arr = before_arr.assign_coords(band=list(band_ids))
+    after_arr = after_arr.assign_coords(band=list(band_ids))
     valid = _valid_mask(before_arr) & _valid_mask(after_arr)
     if footprint is not None:
         valid = valid & xr.DataArray(footprint, dims=("y", "x"), coords={"y": valid.y, "x": valid.x})
@@ -632,7 +670,7 @@ def open_pair(
         after=after_arr,
         valid=valid,
         grid=b_info.grid,
-        band_ids=b_info.band_ids,
+        band_ids=band_ids,
         before_path=before_path,
         after_path=after_path,
         is_aligned=is_aligned,
