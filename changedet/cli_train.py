@@ -48,6 +48,12 @@ def add_commands(sub: argparse._SubParsersAction, add_common: Callable) -> None:
     )
     _add_dataset_args(train)
     train.add_argument("--val", help="comma-separated scene names kept for validation")
+    train.add_argument(
+        "--cv", type=int, metavar="K",
+        help="leave-scenes-out cross-validation over K folds of scenes: one model per fold "
+        "predicts its held-out scenes (run's scoring path); the pooled out-of-fold F1 picks the "
+        "threshold; then the final model trains on all scenes (K+1 trainings; excludes --val)",
+    )
     train.add_argument("-o", "--output", required=True, help="model file to write (.msgpack)")
     train.add_argument("--workdir", help="checkpoints and logs (default: OUTPUT without suffix + '.run')")
     train.add_argument("--preset", choices=("default", "tiny"), default="default")
@@ -193,11 +199,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     scenes = load_dataset(args.dataset, bands=_split(args.bands), align=args.align,
                           change_values=[int(v) for v in _split(args.change_values)])
     band_ids = scenes[0].band_ids
-    preset = config.tiny if args.preset == "tiny" else config.default
-    model_cfg, train_cfg = preset() if args.preset == "default" else preset(len(band_ids))
+    if args.preset == "tiny":
+        model_cfg, train_cfg = config.tiny(len(band_ids))
+    else:
+        model_cfg, train_cfg = config.default(band_ids)
     model_cfg = dataclasses.replace(model_cfg, num_bands=len(band_ids))
     model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, args.set)
     val_names = _split(args.val)
+    if args.cv:
+        if val_names:
+            raise ConfigError("--cv chooses the threshold on out-of-fold predictions; drop --val.")
+        from changedet import crossval
+
+        workdir = Path(args.workdir) if args.workdir else out.with_suffix(".run")
+        model, result = crossval.train_with_cv(
+            scenes, args.cv, model_cfg, train_cfg, workdir, name=args.name or out.stem,
+            progress=not args.quiet)
+        modelfile.save_model(out, model)
+        log.info("cross-validation (%d folds): pooled out-of-fold P %.3f R %.3f F1 %.3f, AP "
+                 "%.3f; fold F1 %s; threshold %.4g", len(result.folds), result.pooled.precision,
+                 result.pooled.recall, result.pooled.f1, result.average_precision,
+                 ", ".join(f"{f:.3f}" for f in result.per_fold), result.threshold)
+        print(out)
+        return 0
     train_scenes, val_scenes = datasets.split_by_scene(scenes, val_names)
     if not train_scenes:
         raise DatasetError("every scene is in --val; keep at least one for training.")

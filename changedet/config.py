@@ -242,9 +242,33 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**data)
 
 
-def default() -> tuple[ModelConfig, TrainConfig]:
-    """The preset used for the packaged models: FC-Siam-diff style, BCE, 128 px patches."""
-    return ModelConfig(), TrainConfig()
+#: Optimiser steps of the packaged recipe (96 px patches, batch 8).
+DEFAULT_STEPS = 600
+
+
+def default(band_ids: tuple[str, ...] | list[str] | None = None
+            ) -> tuple[ModelConfig, TrainConfig]:
+    """The recipe of the packaged models, chosen by leave-scenes-out cross-validation
+    (``docs/models.md``): FC-Siam-diff-style diff head on the 16/32/64 U-Net, each date
+    standardised by its own statistics, uniform 96 px patches (the true class prior) with a
+    square-root inverse-frequency change weight, flips/rotations/date swaps, per-date
+    radiometric jitter, and band dropout over the accepted band sets when the bands are
+    Sentinel-2's.
+
+    Args:
+      band_ids: The training bands (default: the 13 Sentinel-2 bands).
+    """
+    from changedet import bands
+
+    ids = tuple(band_ids) if band_ids is not None else bands.SENTINEL2_BANDS
+    drop = any(set(m) <= set(ids) and len(m) < len(ids) for m in bands.BAND_SETS.values())
+    model = ModelConfig(num_bands=len(ids))
+    train = TrainConfig(patch_px=96, batch_size=8, steps_per_epoch=100,
+                        num_epochs=DEFAULT_STEPS // 100, warmup_steps=50, patience=0,
+                        log_every_steps=25, normalization="per_image", changed_fraction=0.0,
+                        pos_weight=0.0, pos_weight_power=0.5, radiometric=0.1,
+                        band_drop=0.5 if drop else 0.0)
+    return model, train
 
 
 def tiny(num_bands: int = 3) -> tuple[ModelConfig, TrainConfig]:

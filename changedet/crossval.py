@@ -200,3 +200,42 @@ def cross_validate(
              workdir.name, pooled.precision, pooled.recall, pooled.f1, ap, thr,
              ", ".join(f"{f:.3f}" for f in per_fold))
     return result
+
+
+def train_with_cv(
+    scenes: Sequence[Scene],
+    k: int,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    workdir: str | Path,
+    *,
+    name: str = "model",
+    progress: bool = True,
+    folds: Sequence[Sequence[str]] | None = None,
+):
+    """Cross-validates the setting, then trains the final model on **all** scenes with the
+    same setting and gives it the pooled-OOF threshold (never chosen on a scene it scored
+    after training on). The CV figures go into the model's ``training["cv"]``.
+
+    Returns:
+      ``(ChangeModel, CVResult)``; the fold runs are in ``workdir/cv``, the final run in
+      ``workdir/final``.
+    """
+    workdir = Path(workdir)
+    result = cross_validate(scenes, k, model_cfg, train_cfg, workdir / "cv", name=name,
+                            progress=progress, folds=folds)
+    cfg = dataclasses.replace(train_cfg, patience=0)
+    model = training.fit(scenes, [], model_cfg, cfg, workdir / "final", name=name,
+                         progress=progress)
+    summary = dict(model.training)
+    summary["threshold_source"] = "cv_oof_f1"
+    cv = result.to_dict()
+    summary["cv"] = {key: cv[key] for key in ("threshold", "pooled", "average_precision",
+                                              "per_scene", "per_fold_f1", "fold_f1_mean",
+                                              "fold_f1_std", "folds", "cva")}
+    summary["val_scenes"] = []
+    model = dataclasses.replace(model, threshold=result.threshold, training=summary)
+    return model, result
+
+
+__all__ += ["train_with_cv"]
