@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(HERE.parent / "shared" / "data"))
     p.add_argument("--workdir", default=str(HERE / "runs" / "cv"))
     p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--only-folds", help="comma-separated fold indices to run (screening)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cache: dict[str, list] = {}
@@ -93,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             cache[kind] = load(kind, Path(args.data))
         scenes = cache[kind]
         folds = rgb_folds(scenes, args.folds) if kind == "rgb" else None
+        only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
         result = crossval.cross_validate(scenes, args.folds, model_cfg, train_cfg,
-                                         Path(args.workdir) / name, name=name, folds=folds)
+                                         Path(args.workdir) / name, name=name, folds=folds,
+                                         only_folds=only)
         d = result.to_dict()
         print(json.dumps({"setting": name, "pooled": d["pooled"], "ap": d["average_precision"],
                           "threshold": d["threshold"], "folds": d["per_fold_f1"],

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from changedet import __version__, config, crossval, datasets, evaluate, modelfile
+from changedet import __version__, bands, config, crossval, datasets, evaluate, modelfile
 
 log = logging.getLogger("train_default_models")
 
@@ -85,7 +85,7 @@ def seconds_per_megapixel(model, scenes) -> float:
 
 
 def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256: str,
-               s_per_mpix: float) -> str:
+               s_per_mpix: float, band_sets: dict | None) -> str:
     t = model.training
     tc = t["train_config"]
     cv = t["cv"]
@@ -101,9 +101,7 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
 - file: `{name}.msgpack`, sha256 `{sha256}`
 - band slots (in order): {", ".join(model.band_ids)}; required:
   {", ".join(model.required_bands) if model.required_bands else "all"}
-- input: each date standardised by its own per-band mean and std over the pixels valid in
-  both dates (`normalization: {model.normalization}`): any units (DN, reflectance x 10000,
-  8 bit, the +1000 offset of processing baseline 04.00) give the same result
+- input: {_input_note(model)}
 - architecture: {json.dumps(config.to_dict(model.config))}
 - training: {tc["num_epochs"] * tc["steps_per_epoch"]} AdamW steps (lr {tc["learning_rate"]},
   warmup + cosine), batch {tc["batch_size"]} x {tc["patch_px"]} px uniform patches, BCE with an
@@ -132,11 +130,36 @@ scenes through `changedet run`'s scoring path. Pooled over all scenes (valid lab
 F1 per fold: {", ".join(f"{f:.3f}" for f in result.per_fold)} (mean {cv["fold_f1_mean"]:.3f},
 std {cv["fold_f1_std"]:.3f}). Folds: {"; ".join(", ".join(f) for f in result.folds)}.
 
-Per scene, out-of-fold, at the shipped threshold:
+{_band_set_table(band_sets)}Per scene, out-of-fold, at the shipped threshold:
 
 | scene | precision | recall | F1 |
 |---|---|---|---|
 {rows}
+"""
+
+
+def _input_note(model) -> str:
+    if model.normalization == "per_image":
+        return ("each date standardised by its own per-band mean and std over the pixels valid "
+                "in\n  both dates (`normalization: per_image`): any units (DN, reflectance x "
+                "10000,\n  8 bit, the +1000 offset of processing baseline 04.00) give the same "
+                "result")
+    return ("standardised with the training statistics stored in the file (`normalization: "
+            "global`):\n  input must be in the training units")
+
+
+def _band_set_table(band_sets: dict | None) -> str:
+    if not band_sets:
+        return ""
+    rows = "\n".join(
+        f"| {label} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+        f"{r['best_f1']:.3f} | {r['average_precision']:.3f} |" for label, r in band_sets.items())
+    return f"""Per band set (the same fold models, each held-out city reduced to the set's bands):
+
+| band set | precision | recall | F1 | F1 at its best threshold | average precision |
+|---|---|---|---|---|---|
+{rows}
+
 """
 
 
@@ -159,9 +182,14 @@ def train_one(name: str, args: argparse.Namespace) -> None:
     path = modelfile.save_model(out / f"{name}.msgpack", model)
     modelfile.register_model(path, name, folder=out)
     cost = seconds_per_megapixel(model, scenes)
-    card = model_card(name, model, scenes, result, args, modelfile.sha256_file(path), cost)
+    sets = None
+    if model.required_bands is not None:
+        sets = crossval.band_set_report(result.model_paths, scenes, result.folds,
+                                        bands.BAND_SETS, result.threshold)
+    card = model_card(name, model, scenes, result, args, modelfile.sha256_file(path), cost, sets)
     (out / f"{name}.md").write_text(card)
-    (out / f"{name}.eval.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out / f"{name}.eval.json").write_text(
+        json.dumps(result.to_dict() | {"band_sets": sets, "seconds_per_mpix": cost}, indent=2))
     print(f"{name}: wrote {path} (out-of-fold F1 {result.pooled.f1:.3f}, AP "
           f"{result.average_precision:.3f}, CVA {result.cva.f1:.3f}; "
           f"{cost:.2f} s/Mpix)", flush=True)

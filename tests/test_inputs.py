@@ -113,15 +113,19 @@ def test_l2a_band_set_without_b10_runs_by_default(sample_data, tmp_path):
     assert 0.001 < (mask == 1).mean() < 0.3
 
 
-def _four_band_export(folder, path, descriptions):
-    """B02, B03, B04, B08 of a band folder in one GeoTIFF, band descriptions as given."""
+def _four_band_export(folder, path, descriptions, gain=1.0, offset=0.0):
+    """B02, B03, B04, B08 of a band folder in one GeoTIFF, band descriptions as given, values
+    ``gain * DN + offset`` (float32 when rescaled)."""
     files = {b: next(folder.glob(f"*_{b}.tif")) for b in ("B02", "B03", "B04", "B08")}
     with rasterio.open(files["B02"]) as ref:
         profile = ref.profile | {"count": 4, "driver": "GTiff"}
+    if gain != 1.0 or offset:
+        profile |= {"dtype": "float32", "nodata": None}
     with rasterio.open(path, "w", **profile) as dst:
         for i, band in enumerate(("B02", "B03", "B04", "B08"), start=1):
             with rasterio.open(files[band]) as src:
-                dst.write(src.read(1), i)
+                values = src.read(1)
+                dst.write((values * gain + offset).astype(profile["dtype"]), i)
             if descriptions:
                 dst.set_band_description(i, descriptions[i - 1])
     return path
@@ -141,6 +145,14 @@ def test_four_band_earth_engine_export_runs_by_default(sample_data, tmp_path):
     # One date without descriptions: it takes the other date's names (with a warning).
     plain = _four_band_export(after, tmp_path / "plain.tif", None)
     assert main(["run", str(a), str(plain), "-o", str(tmp_path / "c2.tif"), "-q"]) == 0
+    with rasterio.open(tmp_path / "c2.tif") as src:
+        np.testing.assert_array_equal(src.read(1), mask)
+    # Other units for one date (reflectance scale and the baseline-04.00 +1000 offset): the
+    # same map, because each date is standardised by its own statistics.
+    scaled = _four_band_export(after, tmp_path / "scaled.tif", ee, gain=1e-4, offset=0.1)
+    assert main(["run", str(a), str(scaled), "-o", str(tmp_path / "c3.tif"), "-q"]) == 0
+    with rasterio.open(tmp_path / "c3.tif") as src:
+        assert (src.read(1) != mask).mean() < 1e-3
 
 
 def test_sentinel2_digital_numbers_into_the_rgb_model_are_not_a_silent_full_mask(

@@ -172,7 +172,8 @@ def test_tiled_model_output_equals_whole_image(sample_data, block_px):
     model = random_init_model(cfg, pair.band_ids, seed=3)
     # normalise like a trained model would (raw DNs are ~1e3)
     model = dataclasses.replace(model, norm_mean=(1000.0,) * 13, norm_std=(500.0,) * 13)
-    ds = changedet.detect(city / "imgs_1", city / "imgs_2", model=model, block_px=block_px)
+    ds = changedet.detect(city / "imgs_1", city / "imgs_2", model=model, block_px=block_px,
+                          cloud_mask="none")
     tiled = ds.score.values
     before = pair.before.values.astype(np.float32)
     after = pair.after.values.astype(np.float32)
@@ -180,6 +181,32 @@ def test_tiled_model_output_equals_whole_image(sample_data, block_px):
     assert tiled.shape == (408, 390)  # blocks of 48/64 px do not divide 408 x 390
     assert np.std(reference) > 1e-3  # a non-trivial score map, so equality means something
     np.testing.assert_allclose(tiled, reference, atol=2e-5)
+
+
+@pytest.mark.parametrize("block_px", [48, 1024])
+def test_per_image_model_tiled_equals_whole_image_with_whole_scene_statistics(
+        sample_data, block_px):
+    """Per-image standardisation uses statistics of the whole scene (one reduction first), so
+    tiles stay seam-free and equal one whole-scene pass standardised by those statistics."""
+    from changedet.config import ModelConfig
+    from changedet.data import image_statistics
+    from changedet.modelfile import random_init_model
+
+    city = sample_data / "oscd_paris"
+    pair = changedet.open_pair(city / "imgs_1", city / "imgs_2")
+    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), embed_dim=8, head="diff")
+    model = dataclasses.replace(random_init_model(cfg, pair.band_ids, seed=3),
+                                normalization="per_image")
+    ds = changedet.detect(city / "imgs_1", city / "imgs_2", model=model, block_px=block_px,
+                          cloud_mask="none")
+    before = pair.before.values.astype(np.float32)
+    after = pair.after.values.astype(np.float32)
+    valid = np.ones(before.shape[1:], bool)
+    (bm, bs), (am, as_) = image_statistics(before, valid), image_statistics(after, valid)
+    reference = _whole_image_score(model, (before - bm[:, None, None]) / bs[:, None, None],
+                                   (after - am[:, None, None]) / as_[:, None, None])
+    assert np.std(reference) > 1e-3
+    np.testing.assert_allclose(ds.score.values, reference, atol=3e-5)
 
 
 def test_two_scenes_in_one_dask_compute_keep_their_own_scores(tmp_path):
