@@ -27,7 +27,7 @@ import numpy as np
 
 from changedet import bands
 from changedet.data import image_statistics, normalize, stats_from_sums
-from changedet.errors import BandMismatchError, EmptySceneError
+from changedet.errors import BandMismatchError, EmptySceneError, InputRangeError
 
 if TYPE_CHECKING:
     from changedet.data import Scene
@@ -144,11 +144,37 @@ class PreparedModel:
         return self.model.predictor().predict(b, a, context_px=context_px, normalized=True)
 
 
+#: A global-statistics model refuses input whose band mean lies this many training standard
+#: deviations from the training mean (other units: uint16 DN into an 8-bit model).
+MAX_RANGE_Z = 8.0
+
+
+def check_range(model: ChangeModel, input_bands: Sequence[str], slots: Sequence[int],
+                means: Sequence[np.ndarray]) -> None:
+    """Raises :class:`InputRangeError` when a ``global`` model gets values in other units."""
+    train_mean = np.asarray(model.norm_mean, np.float64)[list(slots)]
+    train_std = np.asarray(model.norm_std, np.float64)[list(slots)]
+    if not train_mean.any() and (train_std == 1).all():
+        return  # identity statistics (an untrained smoke-test model): no range to check
+    for mean in means:
+        z = np.abs(np.asarray(mean, np.float64) - train_mean) / train_std
+        worst = int(np.argmax(z))
+        if z[worst] > MAX_RANGE_Z:
+            raise InputRangeError(
+                f"band {input_bands[worst]} of the input averages {mean[worst]:.4g} but model "
+                f"{model.name!r} was trained on values averaging {train_mean[worst]:.4g} (std "
+                f"{train_std[worst]:.3g}): the input is in other units (e.g. 16-bit Sentinel-2 "
+                "values into an 8-bit model); rescale it to the model's units, or use a model "
+                "that standardises each image (the packaged sentinel2 and rgb do).")
+
+
 def _bind(model: ChangeModel, input_bands: Sequence[str], stats: Any) -> PreparedModel:
     slots = match_bands(model, input_bands)
     if model.normalization == "per_image":
         (bm, bs), (am, as_) = stats()
     else:
+        (in_b, _), (in_a, _) = stats()
+        check_range(model, input_bands, slots, (in_b, in_a))
         mean = np.asarray(model.norm_mean, np.float64)[list(slots)]
         std = np.asarray(model.norm_std, np.float64)[list(slots)]
         bm, bs, am, as_ = mean, std, mean, std

@@ -46,3 +46,7 @@ class ConfigError(ChangedetError, ValueError):
 
 class DatasetError(ChangedetError, ValueError):
     """A training/evaluation dataset folder does not have the expected layout."""
+
+
+class InputRangeError(ChangedetError, ValueError):
+    """Input values are far outside the range a model was trained on (other units)."""

@@ -208,8 +208,19 @@ def test_different_band_ids(capsys, pair, tmp_path):
     named = write_variant(pair.after_path, tmp_path / "named.tif",
                           band_descriptions=["B02", "B03", "B04", "B08"])
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, named, "-o", out, "--method", "cva", "-q"],
-                    out, "missing in before: B02, B03, B04, B08", "same bands")
+    # One date described, the other not, same count: the names apply to both (with a warning).
+    assert main(["run", str(pair.before_path), str(named), "-o", str(out), "--method", "cva",
+                 "-q"]) == 0
+    import rasterio
+
+    with rasterio.open(out) as src:
+        assert src.tags()["bands"] == "B02,B03,B04,B08"
+    other = write_variant(pair.before_path, tmp_path / "other.tif",
+                          band_descriptions=["B02", "B03", "B04", "B11"])
+    out.unlink()
+    capsys.readouterr()
+    _expect_refused(capsys, ["run", other, named, "-o", out, "--method", "cva", "-q"],
+                    out, "missing in after: B11", "--band-names")
 
 
 def test_bands_the_model_was_not_trained_on(capsys, tmp_path):
@@ -223,8 +234,16 @@ def test_bands_the_model_was_not_trained_on(capsys, tmp_path):
     before = _write(tmp_path / "b.tif", data, descriptions=ids)
     after = _write(tmp_path / "a.tif", data + 7, descriptions=ids)
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", before, after, "-o", out, "--model", model_path, "-q"], out,
-                    "expects bands B04,B03,B02", "B02,B03,B04", "--bands")
+    # bands are matched by id: the same bands in another order are reordered, not refused
+    assert main(["run", str(before), str(after), "-o", str(out), "--model", str(model_path),
+                 "-q"]) == 0
+    out.unlink()
+    capsys.readouterr()
+    wrong = ["B02", "B03", "B08"]
+    before_w = _write(tmp_path / "bw.tif", data, descriptions=wrong)
+    after_w = _write(tmp_path / "aw.tif", data + 7, descriptions=wrong)
+    _expect_refused(capsys, ["run", before_w, after_w, "-o", out, "--model", model_path, "-q"],
+                    out, "expects bands B04,B03,B02", "B02,B03,B08", "missing B04", "--bands")
     # a positional (e.g. RGB) model takes any 3 bands, in the order given
     positional = save_model(tmp_path / "rgb.msgpack", random_init_model(TINY, ("1", "2", "3")))
     assert main(["run", str(before), str(after), "-o", str(out), "--model", str(positional),
