@@ -108,6 +108,8 @@ def score_scene(detector: ScoringDetector, scene: Scene) -> np.ndarray:
     its edge blocks (``tiling.PAD_MODE``, dask's ``reflect``) and scored with that context, so
     evaluation sees the same scores as ``changedet.run`` on the same pixels.
     """
+    if hasattr(detector, "prepare_scene"):  # a ChangeModel: bind it to this scene first
+        detector = detector.prepare_scene(scene)
     halo = int(detector.halo_px)
     pad = ((0, 0), (halo, halo), (halo, halo))
     ok = scene.pixels_valid[None]
@@ -204,8 +206,7 @@ def evaluate(
             )
         if not scene.valid.any():
             raise EmptySceneError(f"scene {scene.name!r} has no valid labelled pixel.")
-        bound = detector.prepare_scene(scene) if hasattr(detector, "prepare_scene") else detector
-        results.append(_result(scene, detector.name, score_scene(bound, scene), thr))
+        results.append(_result(scene, detector.name, score_scene(detector, scene), thr))
         if baseline:
             cva = cva_for_scene(scene)
             results.append(_result(scene, "cva", score_scene(cva, scene), None))

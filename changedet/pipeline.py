@@ -342,6 +342,7 @@ def detect(
         before, after, method=method, model=model, bands=bands, align=align,
         band_names=band_names, cloud_mask=cloud_mask, offset=offset,
     )
+    check_threshold(threshold, detector)
     score = score_graph(pair, detector, block_px=block_px)
     thr = _threshold_for(score, detector, threshold)
     mask = da.where(da.isnan(score), np.uint8(255), (score > thr).astype(np.uint8))
@@ -379,6 +380,46 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
         if model.source_sha256:
             tags["model_sha256"] = model.source_sha256
     return tags
+
+
+def _check_extras(*, vector: bool, quicklook: bool) -> None:
+    """Fails before any computation when an asked-for output needs a missing optional package."""
+    import importlib.util
+
+    needs = []
+    if vector:
+        needs += [("shapely", "vector"), ("pyogrio", "vector")]
+    if quicklook:
+        needs += [("matplotlib", "viz")]
+    for module, extra in needs:
+        if importlib.util.find_spec(module) is None:
+            what = "--vector" if extra == "vector" else "--quicklook"
+            raise ConfigError(
+                f"{what} needs {module}, which is not installed: pip install "
+                f"'changedet[{extra}]' (or drop {what}).")
+
+
+def check_threshold(threshold: float | None, detector: Detector) -> None:
+    """Refuses a threshold outside the score's range: (0, 1) for a probability, > 0 for a
+    distance or CVA magnitude; NaN never.
+
+    Raises:
+      ConfigError: With the valid range.
+    """
+    if threshold is None:
+        return
+    value = float(threshold)
+    from changedet.detector import PreparedModel
+
+    probability = isinstance(detector, PreparedModel) and detector.model.config.head != "distance"
+    if not math.isfinite(value):
+        raise ConfigError(f"--threshold must be a finite number; got {threshold!r}.")
+    if probability and not 0.0 < value < 1.0:
+        raise ConfigError(
+            f"--threshold {value:g} is outside (0, 1): model {detector.name!r} scores a change "
+            f"probability; its calibrated threshold is {detector.threshold:.3g}.")
+    if not probability and value <= 0:
+        raise ConfigError(f"--threshold {value:g} must be > 0 for a distance score.")
 
 
 def cloud_tags(masks: clouds.CloudMasks) -> dict[str, str]:
@@ -462,6 +503,7 @@ def run(
             io.check_output_path(path, inputs=inputs, overwrite=overwrite)
     if len({p.resolve() for p in outputs}) != len(outputs):
         raise ConfigError("the mask, score, vector and quicklook outputs must be different files.")
+    _check_extras(vector=vector_path is not None, quicklook=quicklook_path is not None)
 
     pair, detector, masks = open_for_detection(
         before, after, method=method, model=model, bands=bands, align=align,
@@ -471,6 +513,7 @@ def run(
         "%s: %d x %d px, %d bands, grid %s",
         detector.name, pair.grid.height, pair.grid.width, len(pair.band_ids), pair.grid.crs,
     )
+    check_threshold(threshold, detector)
     with dask.config.set(**_scheduler_settings(detector, client)):
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
