@@ -30,7 +30,9 @@ TRAIN_EXAMPLES = """examples:
   python -m changedet train --dataset oscd ../shared/data/oscd --val paris,rennes -o my_s2.msgpack
   python -m changedet train --dataset levir LEVIR/ --val val_27_0000_0256 -o rgb.msgpack \\
       --set train.num_epochs=10 --set model.features=16,32,64,128
-  python -m changedet train --dataset oscd data/ --preset tiny -o tiny.msgpack   # seconds
+  python -m changedet train --dataset oscd ../shared/data/oscd --cv 4 -o my_s2.msgpack
+  python -m changedet train --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \
+      data/oscd_paris/paris-cm.tif --change-values 2 --preset tiny -o tiny.msgpack   # seconds
 """
 EVALUATE_EXAMPLES = """examples:
   python -m changedet evaluate --dataset oscd ../shared/data/oscd --scenes paris,rennes

@@ -218,10 +218,14 @@ def train_with_cv(
     name: str = "model",
     progress: bool = True,
     folds: Sequence[Sequence[str]] | None = None,
+    only_folds: Sequence[int] | None = None,
 ):
     """Cross-validates the setting, then trains the final model on **all** scenes with the
     same setting and gives it the pooled-OOF threshold (never chosen on a scene it scored
     after training on). The CV figures go into the model's ``training["cv"]``.
+
+    ``only_folds`` runs only some folds (a cheaper, partial estimate: the threshold and the
+    figures then come from those folds' held-out scenes alone).
 
     Returns:
       ``(ChangeModel, CVResult)``; the fold runs are in ``workdir/cv``, the final run in
@@ -229,7 +233,7 @@ def train_with_cv(
     """
     workdir = Path(workdir)
     result = cross_validate(scenes, k, model_cfg, train_cfg, workdir / "cv", name=name,
-                            progress=progress, folds=folds)
+                            progress=progress, folds=folds, only_folds=only_folds)
     cfg = dataclasses.replace(train_cfg, patience=0)
     model = training.fit(scenes, [], model_cfg, cfg, workdir / "final", name=name,
                          progress=progress)

@@ -439,7 +439,8 @@ def describe_scene(path: str | Path) -> str:
         units = " degrees" if info.crs.is_geographic else f" {info.crs.linear_units}"
     lines = [
         f"scene:      {info.path}{' (band folder)' if info.is_folder else ''}",
-        f"size:       {g.width} x {g.height} px (width x height), {len(info.band_ids)} bands",
+        f"size:       {g.width} x {g.height} px (width x height), {len(info.band_ids)} "
+        f"band{'s' if len(info.band_ids) != 1 else ''}",
         f"crs:        {info.crs.to_string() if info.crs is not None else 'none (not georeferenced)'}",
         f"pixel size: {size_x:.6g} x {size_y:.6g}{units}",
         f"bounds:     left {left:.6f}, bottom {bottom:.6f}, right {right:.6f}, top {top:.6f}",
