@@ -37,10 +37,12 @@ from changedet.errors import BandMismatchError
 __all__ = [
     "BAND_SETS",
     "COMMON_NAMES",
+    "REQUIRED_BANDS",
     "SENTINEL2_BANDS",
     "canonical_band",
     "canonical_bands",
     "describe_band_set",
+    "parse_band_names",
 ]
 
 #: Sentinel-2 MSI band ids in canonical order (the slots of the Sentinel-2 models).

@@ -572,7 +572,7 @@ def run(
             written.append(
                 viz.write_quicklook(
                     quicklook_path, before, after, outputs[0], align=align, bands=bands,
-                    overwrite=overwrite, score_path=score_path,
+                    overwrite=overwrite, score_path=score_path, band_names=band_names,
                 )
             )
     except BaseException:

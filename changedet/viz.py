@@ -551,6 +551,7 @@ def write_quicklook(
     score_path: str | Path | None = None,
     panel_px: int = 512,
     dpi: int = 100,
+    band_names: Sequence[str] | str | None = None,
 ) -> Path:
     """Writes a PNG quicklook of a run: before, after, (score,) change overlay; area in the title.
 
@@ -573,6 +574,8 @@ def write_quicklook(
       score_path: Optional score GeoTIFF from ``run``; adds the score panel.
       panel_px: Longer side of a panel in the PNG, in pixels (raise it for more detail).
       dpi: PNG resolution (only changes the size of the text relative to the panels).
+      band_names: As given to ``run`` (the files' band ids, e.g. Landsat common names), so
+        the display finds red, green and blue.
 
     Returns:
       The PNG path.
@@ -588,7 +591,7 @@ def write_quicklook(
     out = io.check_output_path(path, inputs=(before, after, mask_path), overwrite=overwrite)
     if min(max_px, panel_px) < 16:
         raise ConfigError(f"max_px and panel_px must be >= 16; got {max_px} and {panel_px}.")
-    pair = io.open_pair(before, after, align=align)
+    pair = io.open_pair(before, after, align=align, band_names=band_names)
     with warnings.catch_warnings():  # an ungeoreferenced pair has an ungeoreferenced mask
         warnings.simplefilter("ignore", io.UngeoreferencedWarning)
         mask = io.open_scene(mask_path)
