@@ -135,7 +135,8 @@ class SiameseNet(nnx.Module):
       * ``"diff"``: FC-Siam-diff style; decoder on ``|f(before) - f(after)|`` -> logit.
       * ``"conc"``: decoder on ``[f(before) + f(after), |f(before) - f(after)|]`` -> logit.
 
-    Swapping ``before`` and ``after`` leaves every head's output bit-identical.
+    Swapping ``before`` and ``after`` leaves every head's output identical up to float
+    rounding (the heads are symmetric; XLA may round a sample by its batch position).
 
     Example:
       >>> cfg = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4)
