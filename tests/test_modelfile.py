@@ -50,7 +50,7 @@ def test_round_trip_keeps_everything_and_scores(tmp_path, model):
                                   model.score_block(before, after))
     # The detector protocol.
     assert loaded.halo_px > 0 and loaded.align_px == 2
-    prepared = loaded.prepare(SimpleNamespace(band_ids=BANDS))  # a global-statistics model
+    prepared = loaded.prepare_scene(_scene(before, after))  # a global-statistics model
     assert prepared.model is loaded and prepared.halo_px == loaded.halo_px
     np.testing.assert_allclose(prepared.score_block(before, after),
                                loaded.score_block(before, after), atol=1e-6)
@@ -95,6 +95,14 @@ def test_load_errors_are_one_line_model_file_errors(tmp_path, model):
         assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
+def _scene(before, after, band_ids=BANDS):
+    from changedet.data import Scene
+
+    shape = before.shape[1:]
+    return Scene("s", before, after, np.zeros(shape, np.uint8), np.ones(shape, bool),
+                 tuple(band_ids))
+
+
 def test_check_bands_names_expected_and_found(model):
     check_bands(model, list(BANDS))
     check_bands(model, ("B02", "B03", "B04"))  # matched by id, whatever the order
@@ -110,8 +118,8 @@ def test_bands_in_another_order_or_names_score_the_same(model):
     rng = np.random.default_rng(1)
     before = rng.normal(20, 5, size=(3, 24, 20)).astype(np.float32)
     after = rng.normal(20, 5, size=(3, 24, 20)).astype(np.float32)
-    reference = model.prepare(SimpleNamespace(band_ids=BANDS)).score_block(before, after)
-    flipped = model.prepare(SimpleNamespace(band_ids=("blue", "green", "red")))
+    reference = model.prepare_scene(_scene(before, after)).score_block(before, after)
+    flipped = model.prepare_scene(_scene(before[::-1], after[::-1], ("blue", "green", "red")))
     np.testing.assert_array_equal(flipped.score_block(before[::-1], after[::-1]), reference)
 
 
