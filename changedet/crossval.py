@@ -169,7 +169,7 @@ def cross_validate(
     paths = []
     models = []
     fold_ids = list(only_folds) if only_folds is not None else list(range(len(folds)))
-    for i, held_out in zip(fold_ids, folds):  # train every fold first (each resumable) ...
+    for i, held_out in zip(fold_ids, folds, strict=True):  # train every fold first ...
         fold_dir = workdir / f"fold_{i}"
         model_path = fold_dir / f"{name}.msgpack"
         train = [s for s in scenes if s.name not in held_out]
@@ -181,7 +181,7 @@ def cross_validate(
             save_model(model_path, model)
         models.append(model_path)
         paths.append(str(model_path))
-    for model_path, held_out in zip(models, folds):  # ... then score the held-out scenes
+    for model_path, held_out in zip(models, folds, strict=True):  # ... then score
         model = load_model(model_path)
         for n in held_out:
             scene = by_name[n]
@@ -274,7 +274,7 @@ def band_set_report(
     report = {}
     for label, members in band_sets.items():
         scores, subset = {}, []
-        for model, held_out in zip(models, folds):
+        for model, held_out in zip(models, folds, strict=True):
             for n in held_out:
                 s = by_name[n]
                 idx = [s.band_ids.index(b) for b in members]

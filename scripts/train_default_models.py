@@ -94,6 +94,7 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
         for n, m in sorted(result.per_scene.items()))
     sources = sorted({s.name.split("/")[0] for s in scenes})
     p, c = result.pooled, result.cva
+    ap = result.average_precision
     return f"""# changedet model `{name}`
 
 - changedet {__version__}, trained {datetime.date.today().isoformat()} with
@@ -124,7 +125,7 @@ scenes through `changedet run`'s scoring path. Pooled over all scenes (valid lab
 
 | method | precision | recall | F1 | average precision |
 |---|---|---|---|---|
-| {name} (out-of-fold) | {p.precision:.3f} | {p.recall:.3f} | {p.f1:.3f} | {result.average_precision:.3f} |
+| {name} (out-of-fold) | {p.precision:.3f} | {p.recall:.3f} | {p.f1:.3f} | {ap:.3f} |
 | CVA + Otsu | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | |
 
 F1 per fold: {", ".join(f"{f:.3f}" for f in result.per_fold)} (mean {cv["fold_f1_mean"]:.3f},
