@@ -41,7 +41,9 @@ __all__ = [
     "SENTINEL2_BANDS",
     "canonical_band",
     "canonical_bands",
+    "band_sets_within",
     "describe_band_set",
+    "is_positional",
     "parse_band_names",
 ]
 
@@ -126,6 +128,24 @@ def parse_band_names(text: str | Iterable[str], num_bands: int, *, where: str) -
     if len(set(ids)) != len(ids):
         raise BandMismatchError(f"--band-names {','.join(names)} names one band twice.")
     return ids  # type: ignore[return-value]
+
+
+def is_positional(band_ids: Sequence[str]) -> bool:
+    """True for generic ids ``"1".."n"``: bands known by position only (e.g. red, green, blue
+    of a photo), not by sensor band name.
+
+    Example:
+      >>> is_positional(["1", "2", "3"]), is_positional(["B02", "B03", "B04"])
+      (True, False)
+    """
+    return tuple(band_ids) == tuple(str(i) for i in range(1, len(band_ids) + 1))
+
+
+def band_sets_within(band_ids: Sequence[str]) -> list[tuple[str, ...]]:
+    """The accepted band sets (:data:`BAND_SETS`) that are proper subsets of ``band_ids``:
+    what band dropout can drop a scene with these bands to."""
+    ids = set(band_ids)
+    return [m for m in BAND_SETS.values() if set(m) <= ids and len(m) < len(ids)]
 
 
 def describe_band_set(ids: Sequence[str]) -> str:

@@ -203,8 +203,9 @@ def mask_from_raster(path: str | Path, pair) -> da.Array:
     from changedet import io
 
     path = Path(path)
-    arr = io.open_scene(path).isel(band=0)
-    grid = io.scene_grid(io.open_scene(path))
+    scene = io.open_scene(path)
+    grid = io.scene_grid(scene)
+    arr = scene.isel(band=0)
     if grid.shape != pair.grid.shape or grid.transform != pair.grid.transform:
         if pair.grid.crs is None or grid.crs is None:
             raise GridMismatchError(

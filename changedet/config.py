@@ -261,7 +261,7 @@ def default(band_ids: tuple[str, ...] | list[str] | None = None
     from changedet import bands
 
     ids = tuple(band_ids) if band_ids is not None else bands.SENTINEL2_BANDS
-    drop = any(set(m) <= set(ids) and len(m) < len(ids) for m in bands.BAND_SETS.values())
+    drop = bool(bands.band_sets_within(ids))
     model = ModelConfig(num_bands=len(ids))
     train = TrainConfig(patch_px=96, batch_size=8, steps_per_epoch=100,
                         num_epochs=DEFAULT_STEPS // 100, warmup_steps=50, patience=0,

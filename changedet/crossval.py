@@ -30,7 +30,8 @@ from changedet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CVResult", "average_precision", "cross_validate", "make_folds", "oof_report"]
+__all__ = ["CVResult", "average_precision", "cross_validate", "folds_by_source", "make_folds",
+           "oof_report"]
 
 
 def make_folds(names: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
@@ -45,6 +46,22 @@ def make_folds(names: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
         raise ConfigError(f"cross-validation needs 2 <= K <= {len(names)} scenes; got K={k}.")
     order = list(names) if seed == 0 else list(np.random.default_rng(seed).permutation(names))
     return [sorted(order[i::k]) for i in range(k)]
+
+
+def folds_by_source(names: Sequence[str], k: int, prefixes: Sequence[str]) -> list[list[str]]:
+    """``k`` folds where each source (scene names starting with one of ``prefixes``) is dealt
+    round-robin over the folds, in sorted order: every fold model sees every kind of imagery
+    and every fold holds out some of each.
+
+    Example:
+      >>> folds_by_source(["a/1", "a/2", "b/1", "b/2"], 2, ["a", "b"])
+      [['a/1', 'b/1'], ['a/2', 'b/2']]
+    """
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for prefix in prefixes:
+        for i, n in enumerate(sorted(n for n in names if n.startswith(prefix))):
+            folds[i % k].append(n)
+    return folds
 
 
 def average_precision(curve: metrics.PRCurve) -> float:

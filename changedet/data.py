@@ -406,6 +406,11 @@ class PatchSampler:
             raise EmptySceneError("PatchSampler: no valid pixel in any training scene.")
 
     @property
+    def num_valid_pixels(self) -> int:
+        """Valid pixels over all scenes."""
+        return int(self._valid_cum[-1])
+
+    @property
     def num_changed_pixels(self) -> int:
         """Changed valid pixels over all scenes."""
         return int(self._changed_cum[-1])

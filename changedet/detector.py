@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 __all__ = ["PreparedModel", "match_bands", "pair_statistics", "prepare"]
 
 
-def _is_positional(band_ids: Sequence[str]) -> bool:
-    return tuple(band_ids) == tuple(str(i) for i in range(1, len(band_ids) + 1))
-
-
 def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ...]:
     """The model slot of each input band, in input order.
 
@@ -51,7 +47,7 @@ def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ..
     """
     found = tuple(str(b) for b in input_bands)
     wanted = model.band_ids
-    if _is_positional(wanted):
+    if bands.is_positional(wanted):
         if len(found) != len(wanted):
             raise BandMismatchError(
                 f"model {model.name!r} takes {len(wanted)} bands (red, green, blue for 'rgb') but "

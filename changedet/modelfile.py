@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from changedet import bands
 from changedet.config import ModelConfig, model_config_from_dict, to_dict
 from changedet.errors import BandMismatchError, ModelFileError
 
@@ -259,9 +260,8 @@ def _check_shapes(state: Any, pure: dict[str, Any]) -> None:
 
 
 def is_positional(band_ids: tuple[str, ...] | list[str]) -> bool:
-    """True for generic ids ``"1".."n"``: bands known by position only (e.g. red, green, blue
-    of a photo), not by sensor band name."""
-    return tuple(band_ids) == tuple(str(i) for i in range(1, len(band_ids) + 1))
+    """True for generic ids ``"1".."n"`` (see :func:`changedet.bands.is_positional`)."""
+    return bands.is_positional(band_ids)
 
 
 def check_bands(model: ChangeModel, band_ids: tuple[str, ...] | list[str]) -> None:

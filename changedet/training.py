@@ -320,12 +320,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def band_set_masks(band_ids: Sequence[str]) -> list[np.ndarray]:
     """Masks over ``band_ids`` of every accepted band set (``bands.BAND_SETS``) they contain."""
-    ids = list(band_ids)
-    masks = []
-    for members in bands.BAND_SETS.values():
-        if set(members) <= set(ids) and len(members) < len(ids):
-            masks.append(np.array([b in members for b in ids], bool))
-    return masks
+    return [np.array([b in members for b in band_ids], bool)
+            for members in bands.band_sets_within(band_ids)]
 
 
 def _check_scenes(scenes: Sequence[Scene], band_ids: tuple[str, ...], what: str) -> None:
@@ -503,7 +499,7 @@ def fit_model(
         log.warning("no changed pixel in the training scenes: the model cannot learn change")
     step_cfg = train_cfg
     if train_cfg.loss == "bce" and train_cfg.pos_weight == 0:
-        num_valid = int(sampler._valid_cum[-1])
+        num_valid = sampler.num_valid_pixels
         num_changed = max(sampler.num_changed_pixels, 1)
         ratio = (num_valid - num_changed) / num_changed
         step_cfg = dataclasses.replace(train_cfg, pos_weight=float(ratio**train_cfg.pos_weight_power))

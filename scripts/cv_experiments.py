@@ -70,17 +70,6 @@ def load(kind: str, data: Path):
     return scenes
 
 
-def rgb_folds(scenes, k: int) -> list[list[str]]:
-    """RGB folds: AirChange pairs dealt over the folds, LEVIR and DSIFN samples too (each
-    source spread over all folds, so every fold model sees every kind of imagery)."""
-    folds: list[list[str]] = [[] for _ in range(k)]
-    for prefix in ("airchange", "samples_LEVIR", "samples_DSIFN"):
-        names = sorted(s.name for s in scenes if s.name.startswith(prefix))
-        for i, n in enumerate(names):
-            folds[i % k].append(n)
-    return folds
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--settings", nargs="+", default=["s2_new"], choices=sorted(settings()))
@@ -96,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         if kind not in cache:
             cache[kind] = load(kind, Path(args.data))
         scenes = cache[kind]
-        folds = rgb_folds(scenes, args.folds) if kind == "rgb" else None
+        folds = (crossval.folds_by_source([s.name for s in scenes], args.folds,
+                                          ("airchange", "samples_LEVIR", "samples_DSIFN"))
+                 if kind == "rgb" else None)
         only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
         result = crossval.cross_validate(scenes, args.folds, model_cfg, train_cfg,
                                          Path(args.workdir) / name, name=name, folds=folds,

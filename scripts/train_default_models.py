@@ -56,22 +56,15 @@ def load_sentinel2(data: Path):
     return datasets.load_oscd(data / "oscd"), None
 
 
-def rgb_folds(scenes, k: int) -> list[list[str]]:
-    """Each source (AirChange, LEVIR, DSIFN) dealt over the folds, so every fold model sees
-    every kind of imagery and every fold holds out some of each."""
-    folds: list[list[str]] = [[] for _ in range(k)]
-    for prefix in ("airchange", "samples_LEVIR", "samples_DSIFN"):
-        names = sorted(s.name for s in scenes if s.name.startswith(prefix))
-        for i, n in enumerate(names):
-            folds[i % k].append(n)
-    return folds
+#: The RGB sources, each dealt over the folds (``crossval.folds_by_source``).
+RGB_SOURCES = ("airchange", "samples_LEVIR", "samples_DSIFN")
 
 
 def load_rgb(data: Path):
     scenes = (datasets.load_airchange(data / "airchange")
               + datasets.load_levir(data / "levir_dsifn_samples/samples_LEVIR")
               + datasets.load_levir(data / "levir_dsifn_samples/samples_DSIFN"))
-    return scenes, rgb_folds(scenes, FOLDS["rgb"])
+    return scenes, crossval.folds_by_source([s.name for s in scenes], FOLDS["rgb"], RGB_SOURCES)
 
 
 def seconds_per_megapixel(model, scenes) -> float:

@@ -32,7 +32,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from changedet.bands import canonical_bands, parse_band_names
+from changedet.bands import SENTINEL2_BANDS, canonical_bands, is_positional, parse_band_names
 from changedet.errors import (
     BandMismatchError,
     GridMismatchError,
@@ -54,9 +54,7 @@ __all__ = [
 ]
 
 #: Sentinel-2 band ids in canonical order (the order of a folder scene's ``band`` coord).
-CANONICAL_S2_BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
-)  # fmt: skip
+CANONICAL_S2_BANDS: tuple[str, ...] = SENTINEL2_BANDS
 
 #: Band token just before the extension: ``..._B02.tif``, ``T31UDQ_..._B8A.jp2``.
 _BAND_TOKEN = re.compile(r"(?:^|[_\-.])(B\d\d|B8A)$", re.IGNORECASE)
@@ -545,7 +543,7 @@ def _pair_band_ids(b_info: _SceneInfo, a_info: _SceneInfo,
         return b_can
     if b_ids == a_ids:
         return b_ids
-    positional = [_is_positional(b_ids), _is_positional(a_ids)]
+    positional = [is_positional(b_ids), is_positional(a_ids)]
     if positional.count(True) == 1 and len(b_ids) == len(a_ids):
         named, plain = (a_info, b_info) if positional[0] else (b_info, a_info)
         warnings.warn(
@@ -567,10 +565,6 @@ def _pair_band_ids(b_info: _SceneInfo, a_info: _SceneInfo,
         f"{b_info.path} ({len(b_ids)} bands) vs {a_info.path} ({len(a_ids)} bands): {detail}; "
         "give both dates the same bands, or name them with --band-names."
     )
-
-
-def _is_positional(ids: Sequence[str]) -> bool:
-    return tuple(ids) == tuple(str(i) for i in range(1, len(ids) + 1))
 
 
 def open_pair(
