@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from changedet.errors import ConfigError
 
-Head = Literal["distance", "diff", "conc"]
+Head = Literal["distance", "diff", "conc", "msdiff"]
 Distance = Literal["euclidean", "manhattan", "cosine"]
 
-HEADS: tuple[str, ...] = ("distance", "diff", "conc")
+HEADS: tuple[str, ...] = ("distance", "diff", "conc", "msdiff")
 DISTANCES: tuple[str, ...] = ("euclidean", "manhattan", "cosine")
 Upsample = Literal["shuffle", "nearest"]
 Norm = Literal["none", "layer"]
@@ -32,15 +32,18 @@ class ModelConfig:
       embed_dim: Per-pixel embedding size ``D`` produced by the shared encoder.
       convs_per_level: 3x3 convolutions per level (encoder and decoder).
       head: ``"distance"`` (metric learning: score = distance of embeddings),
-        ``"diff"`` (FC-Siam-diff decoder on ``|f(before) - f(after)|``, logits, BCE) or
-        ``"conc"`` (FC-Siam-conc style, symmetric: decoder on ``[f(b)+f(a), |f(b)-f(a)|]``).
+        ``"diff"`` (late fusion: a small decoder on ``|f(before) - f(after)|`` of the
+        full-resolution embeddings, logits, BCE),
+        ``"conc"`` (FC-Siam-conc style, symmetric: decoder on ``[f(b)+f(a), |f(b)-f(a)|]``) or
+        ``"msdiff"`` (FC-Siam-diff proper: the encoder's down path only, and a decoder on the
+        dates' feature differences at every level; ``embed_dim`` is unused).
       distance: Per-pixel distance for the ``distance`` head.
       upsample: Decoder upsampling: ``"shuffle"`` (1x1 conv + depth-to-space, i.e. a 2x2
         stride-2 transposed conv without XLA CPU's slow kernel; the fastest measured) or
         ``"nearest"`` (nearest resize + 3x3 conv).
       norm: ``"none"`` or ``"layer"`` (per-pixel LayerNorm over channels after each conv; never
         a norm that pools over space, which would break exact tiled inference).
-      head_convs: 3x3 convolutions in the ``diff``/``conc`` decoder head before its 1x1 logit.
+      head_convs: 3x3 convolutions in the ``diff``/``conc``/``msdiff`` head before its 1x1 logit.
     """
 
     num_bands: int = 13

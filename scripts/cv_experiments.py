@@ -35,6 +35,8 @@ def settings() -> dict[str, tuple[str, config.ModelConfig, config.TrainConfig]]:
     """Setting name -> (dataset kind, model config, train config)."""
     m13 = config.ModelConfig(num_bands=13)
     m3 = config.ModelConfig(num_bands=3)
+    ms13 = config.ModelConfig(num_bands=13, features=(16, 32, 64, 128), head="msdiff",
+                              head_convs=0)
     rep = dataclasses.replace
     new = rep(BASE, normalization="per_image", changed_fraction=0.0, pos_weight=0.0,
               pos_weight_power=0.5, radiometric=0.1, band_drop=0.5)
@@ -55,6 +57,12 @@ def settings() -> dict[str, tuple[str, config.ModelConfig, config.TrainConfig]]:
         # The new recipe, 2000 steps instead of 600 (the screening schedule underfits: training
         # F1 was still rising at 600).
         "s2_long": ("oscd", m13, rep(new, num_epochs=20)),
+        # FC-Siam-diff's architecture: the dates fused at every scale of a 4-level encoder
+        # (16/32/64/128), with the new recipe and with FC-Siam-diff's own.
+        "s2_ms": ("oscd", ms13, new),
+        "s2_ms_fcsiam": ("oscd", ms13, rep(BASE, normalization="per_image",
+                                           changed_fraction=0.0, pos_weight=0.0,
+                                           pos_weight_power=1.0)),
         "rgb_new": ("rgb", m3, rep(new, band_drop=0.0)),
         "rgb_old": ("rgb", m3, rep(BASE, normalization="global", changed_fraction=0.5,
                                    pos_weight=5.0)),

@@ -12,7 +12,7 @@ from changedet.config import ModelConfig
 from changedet.errors import ConfigError
 from changedet.models import SiameseNet, distance, halo_px, receptive_radius_px
 
-HEADS = ["distance", "diff", "conc"]
+HEADS = ["distance", "diff", "conc", "msdiff"]
 
 
 def tiny(head: str = "diff", **kw) -> ModelConfig:
@@ -110,7 +110,8 @@ def test_halo_is_computed_from_the_layers():
             > receptive_radius_px(tiny("diff")))
 
 
-@pytest.mark.parametrize("head,upsample", [("diff", "shuffle"), ("distance", "nearest")])
+@pytest.mark.parametrize("head,upsample", [("diff", "shuffle"), ("distance", "nearest"),
+                                           ("msdiff", "shuffle")])
 def test_halo_bounds_the_receptive_field_empirically(head, upsample):
     cfg = tiny(head, upsample=upsample, features=(8, 16, 16), embed_dim=8)
     halo, radius = halo_px(cfg), receptive_radius_px(cfg)

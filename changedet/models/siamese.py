@@ -57,10 +57,11 @@ class UNetEncoder(nnx.Module):
     """U-Net encoder-decoder with skip connections; full-resolution per-pixel embeddings.
 
     ``(N, H, W, num_bands)`` float32 -> ``(N, H, W, embed_dim)`` float32, with H and W multiples
-    of ``2**cfg.num_downsamplings``.
+    of ``2**cfg.num_downsamplings``. Built with ``decoder=False`` it is the down path only
+    (:meth:`pyramid`).
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, decoder: bool = True) -> None:
         f = cfg.features
         k = cfg.convs_per_level
         self.down = nnx.List()
@@ -68,38 +69,88 @@ class UNetEncoder(nnx.Module):
             in_features = cfg.num_bands if level == 0 else f[level - 1]
             self.down.append(ConvBlock(in_features, width, num_convs=k, norm=cfg.norm, rngs=rngs))
         # up[i] / dec[i] build level i from level i + 1 (applied from the deepest level up).
+        # Without ``decoder`` only the down path exists (the ``msdiff`` head decodes the
+        # differences of its pyramid instead).
         self.up = nnx.List()
         self.dec = nnx.List()
-        for level in range(len(f) - 1):
+        for level in range(len(f) - 1 if decoder else 0):
             self.up.append(Up(f[level + 1], f[level], mode=cfg.upsample, rngs=rngs))
             self.dec.append(ConvBlock(2 * f[level], f[level], num_convs=k, norm=cfg.norm,
                                       rngs=rngs))
-        self.out = nnx.Conv(f[0], cfg.embed_dim, (1, 1), rngs=rngs)
+        self.out = nnx.Conv(f[0], cfg.embed_dim, (1, 1), rngs=rngs) if decoder else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def pyramid(self, x: jax.Array) -> list[jax.Array]:
+        """The down path's feature maps, finest first: level ``i`` is ``(N, H/2**i, W/2**i,
+        features[i])``."""
         skips = []
         for level, block in enumerate(self.down):
             if level:
                 x = max_pool_2x(x)
             x = block(x)
             skips.append(x)
+        return skips
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        skips = self.pyramid(x)
+        x = skips[-1]
         for level in reversed(range(len(self.up))):
             x = self.up[level](x)
             x = self.dec[level](jnp.concatenate([skips[level], x], axis=-1))
         return self.out(x)
 
-    def grow(self, fp: Footprint) -> Footprint:
-        """Footprint of the embeddings given the input's (walks the layers as ``__call__``)."""
+    def grow_pyramid(self, fp: Footprint) -> list[Footprint]:
+        """Footprints of :meth:`pyramid`'s maps given the input's."""
         skips = []
         for level, block in enumerate(self.down):
             if level:
                 fp = fp.pool()
             fp = block.grow(fp)
             skips.append(fp)
+        return skips
+
+    def grow(self, fp: Footprint) -> Footprint:
+        """Footprint of the embeddings given the input's (walks the layers as ``__call__``)."""
+        skips = self.grow_pyramid(fp)
+        fp = skips[-1]
         for level in reversed(range(len(self.up))):
             fp = self.up[level].grow(fp)
             fp = self.dec[level].grow(skips[level].union(fp))
         return fp.conv(self.out.kernel_size[0])
+
+
+class DiffDecoder(nnx.Module):
+    """FC-Siam-diff decoder (Daudt et al., 2018): fuses the dates at every scale.
+
+    Input: the per-level absolute differences ``|p_before[i] - p_after[i]|`` of the shared
+    encoder's pyramid (finest first). From the deepest level up, each step upsamples and
+    convolves ``[|difference at this level|, upsampled]``; the result is ``(N, H, W,
+    features[0])``. Early, multi-scale fusion lets the decoder see *where* two dates differ at
+    every resolution, instead of through one 16-channel full-resolution embedding.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
+        f = cfg.features
+        self.up = nnx.List()
+        self.dec = nnx.List()
+        for level in range(len(f) - 1):
+            self.up.append(Up(f[level + 1], f[level], mode=cfg.upsample, rngs=rngs))
+            self.dec.append(ConvBlock(2 * f[level], f[level], num_convs=cfg.convs_per_level,
+                                      norm=cfg.norm, rngs=rngs))
+
+    def __call__(self, diffs: list[jax.Array]) -> jax.Array:
+        x = diffs[-1]
+        for level in reversed(range(len(self.up))):
+            x = self.up[level](x)
+            x = self.dec[level](jnp.concatenate([diffs[level], x], axis=-1))
+        return x
+
+    def grow(self, skips: list[Footprint]) -> Footprint:
+        """Footprint of the decoder output given the pyramid's footprints."""
+        fp = skips[-1]
+        for level in reversed(range(len(self.up))):
+            fp = self.up[level].grow(fp)
+            fp = self.dec[level].grow(skips[level].union(fp))
+        return fp
 
 
 class ChangeHead(nnx.Module):
@@ -134,6 +185,8 @@ class SiameseNet(nnx.Module):
         trained with a contrastive or triplet loss; change score = distance.
       * ``"diff"``: FC-Siam-diff style; decoder on ``|f(before) - f(after)|`` -> logit.
       * ``"conc"``: decoder on ``[f(before) + f(after), |f(before) - f(after)|]`` -> logit.
+      * ``"msdiff"``: FC-Siam-diff proper; the shared encoder's down path gives a feature
+        pyramid per date, and a :class:`DiffDecoder` fuses their differences at every scale.
 
     Swapping ``before`` and ``after`` leaves every head's output identical up to float
     rounding (the heads are symmetric; XLA may round a sample by its batch position).
@@ -147,11 +200,16 @@ class SiameseNet(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
         self.cfg = cfg
-        self.encoder = UNetEncoder(cfg, rngs=rngs)
+        multiscale = cfg.head == "msdiff"
+        self.encoder = UNetEncoder(cfg, rngs=rngs, decoder=not multiscale)
+        self.decoder = DiffDecoder(cfg, rngs=rngs) if multiscale else None
         width = max(cfg.embed_dim, 8)
         match cfg.head:
             case "distance":
                 self.head = None
+            case "msdiff":
+                self.head = ChangeHead(cfg.features[0], cfg.features[0],
+                                       num_convs=cfg.head_convs, norm=cfg.norm, rngs=rngs)
             case "diff":
                 self.head = ChangeHead(cfg.embed_dim, width, num_convs=cfg.head_convs,
                                        norm=cfg.norm, rngs=rngs)
@@ -167,6 +225,8 @@ class SiameseNet(nnx.Module):
             differs from ``cfg.num_bands``.
         """
         _check_input(self.cfg, x.shape)
+        if self.decoder is not None:
+            return self.encoder.pyramid(x)[0]
         return self.encoder(x)
 
     def embed_pair(self, before: jax.Array, after: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -178,8 +238,15 @@ class SiameseNet(nnx.Module):
         return e[: before.shape[0]], e[before.shape[0]:]
 
     def fuse(self, e_before: jax.Array, e_after: jax.Array) -> jax.Array:
-        """Head output ``(N, H, W)`` from two embeddings: distance, or change logits."""
+        """Head output ``(N, H, W)`` from two embeddings: distance, or change logits.
+
+        Raises:
+          ConfigError: For the ``msdiff`` head, which fuses at every scale (call the network).
+        """
         match self.cfg.head:
+            case "msdiff":
+                raise ConfigError("the msdiff head fuses the dates at every scale, not from one "
+                                  "embedding: call the network on the pair.")
             case "distance":
                 return distance(e_before, e_after, self.cfg.distance)
             case "diff":
@@ -195,7 +262,16 @@ class SiameseNet(nnx.Module):
           before: ``(N, H, W, bands)`` float32, normalised.
           after: Same shape as ``before``.
         """
-        return self.fuse(*self.embed_pair(before, after))
+        if self.decoder is None:
+            return self.fuse(*self.embed_pair(before, after))
+        if before.shape != after.shape:
+            raise ConfigError(f"before and after must have the same shape; got {before.shape} "
+                              f"and {after.shape}.")
+        _check_input(self.cfg, before.shape)
+        n = before.shape[0]
+        levels = self.encoder.pyramid(jnp.concatenate([before, after], axis=0))
+        diffs = [jnp.abs(p[:n] - p[n:]) for p in levels]
+        return self.head(self.decoder(diffs))
 
     def change_score(self, before: jax.Array, after: jax.Array) -> jax.Array:
         """Change score ``(N, H, W)`` float32, higher = more change: the distance for the
@@ -205,6 +281,8 @@ class SiameseNet(nnx.Module):
 
     def footprint(self) -> Footprint:
         """Receptive field of one output pixel, walked over the layers of this network."""
+        if self.decoder is not None:
+            return self.head.grow(self.decoder.grow(self.encoder.grow_pyramid(Footprint())))
         fp = self.encoder.grow(Footprint())
         return fp if self.head is None else self.head.grow(fp)
 
