@@ -252,7 +252,8 @@ DEFAULT_STEPS = 600
 def default(band_ids: tuple[str, ...] | list[str] | None = None
             ) -> tuple[ModelConfig, TrainConfig]:
     """The recipe of the packaged models, chosen by leave-scenes-out cross-validation
-    (``docs/models.md``): FC-Siam-diff-style diff head on the 16/32/64 U-Net, each date
+    (``docs/models.md``): FC-Siam-diff proper (``head="msdiff"``: a shared 16/32/64/128
+    encoder, the dates' feature differences decoded at every level), each date
     standardised by its own statistics, uniform 96 px patches (the true class prior) with a
     square-root inverse-frequency change weight, flips/rotations/date swaps, per-date
     radiometric jitter, and band dropout over the accepted band sets when the bands are
@@ -265,7 +266,8 @@ def default(band_ids: tuple[str, ...] | list[str] | None = None
 
     ids = tuple(band_ids) if band_ids is not None else bands.SENTINEL2_BANDS
     drop = bool(bands.band_sets_within(ids))
-    model = ModelConfig(num_bands=len(ids))
+    model = ModelConfig(num_bands=len(ids), features=(16, 32, 64, 128), head="msdiff",
+                        head_convs=0)
     train = TrainConfig(patch_px=96, batch_size=8, steps_per_epoch=100,
                         num_epochs=DEFAULT_STEPS // 100, warmup_steps=50, patience=0,
                         log_every_steps=25, normalization="per_image", changed_fraction=0.0,

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from changedet import __version__, bands, config, crossval, datasets, evaluate, modelfile
+from changedet import (__version__, bands, config, crossval, datasets, evaluate, modelfile,
+                       training)
 
 log = logging.getLogger("train_default_models")
 
@@ -177,6 +178,16 @@ def train_one(name: str, args: argparse.Namespace) -> None:
         train_cfg, seed=args.seed, **({"num_epochs": args.epochs} if args.epochs else {}))
     log.info("%s: %d scenes, bands %s, %d folds", name, len(scenes), band_ids, FOLDS[name])
     only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
+    workdir = Path(args.workdir) / name
+    if args.stage == "cv":
+        crossval.cross_validate(scenes, FOLDS[name], model_cfg, train_cfg, workdir / "cv",
+                                name=name, progress=not args.quiet, folds=folds,
+                                only_folds=only)
+        return
+    if args.stage == "final":
+        training.fit(scenes, [], model_cfg, dataclasses.replace(train_cfg, patience=0),
+                     workdir / "final", name=name, progress=not args.quiet)
+        return
     model, result = crossval.train_with_cv(scenes, FOLDS[name], model_cfg, train_cfg,
                                            Path(args.workdir) / name, name=name,
                                            progress=not args.quiet, folds=folds,
@@ -215,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only-folds", help="cross-validate on these folds only (e.g. 0): cheaper, "
                    "partial estimate; the threshold comes from their held-out scenes")
+    p.add_argument("--stage", choices=("all", "cv", "final"), default="all",
+                   help="'cv' trains (and scores) only the fold models, 'final' only the "
+                   "all-scenes model; run them side by side, then 'all' reuses both (every "
+                   "training resumes from its checkpoint) and writes weights and cards")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

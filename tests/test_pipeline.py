@@ -196,7 +196,8 @@ def test_per_image_model_tiled_equals_whole_image_with_whole_scene_statistics(
 
     city = sample_data / "oscd_paris"
     pair = changedet.open_pair(city / "imgs_1", city / "imgs_2")
-    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), embed_dim=8, head="diff")
+    # The packaged models' head (dates fused at every level), at a test-sized width.
+    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), head="msdiff", head_convs=0)
     model = dataclasses.replace(random_init_model(cfg, pair.band_ids, seed=3),
                                 normalization="per_image")
     ds = changedet.detect(city / "imgs_1", city / "imgs_2", model=model, block_px=block_px,
