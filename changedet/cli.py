@@ -13,11 +13,20 @@ import sys
 from collections.abc import Sequence
 
 from changedet import __version__
-from changedet.errors import ChangedetError
+from changedet.errors import ChangedetError, command_line_words
 
 log = logging.getLogger("changedet")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: The flag of each Python option a library message may name, where it is not ``--`` + the
+#: name with dashes (``block_px`` is ``--block-px``): errors say options in the CLI's words.
+CLI_FLAGS = {
+    "out": "--output",
+    "score_path": "--score",
+    "vector_path": "--vector",
+    "quicklook_path": "--quicklook",
+}
 
 RUN_EXAMPLES = """examples:
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif
@@ -207,28 +216,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
-    except ChangedetError as err:
-        if args.verbose:
-            log.exception("changedet failed")
-        message = " ".join(str(err).split())
-        print(f"changedet: error: {message}", file=sys.stderr)
-        return EXIT_USER
-    except KeyboardInterrupt:
-        print("changedet: interrupted; no partial output was kept.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as err:  # internal error: say so, point at -v
-        if args.verbose:
-            log.exception("internal error")
-        print(
-            f"changedet: internal error: {type(err).__name__}: {err} (run with -v for the "
-            "traceback and report it)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # Library messages name options as this command line's flags (--align, not align=True).
+    with command_line_words(CLI_FLAGS):
+        try:
+            return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
+        except ChangedetError as err:
+            if args.verbose:
+                log.exception("changedet failed")
+            message = " ".join(str(err).split())
+            print(f"changedet: error: {message}", file=sys.stderr)
+            return EXIT_USER
+        except KeyboardInterrupt:
+            print("changedet: interrupted; no partial output was kept.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as err:  # internal error: say so, point at -v
+            if args.verbose:
+                log.exception("internal error")
+            print(
+                f"changedet: internal error: {type(err).__name__}: {err} (run with -v for the "
+                "traceback and report it)",
+                file=sys.stderr,
+            )
+            return EXIT_INTERNAL
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 COMMANDS = {"run": _cmd_run, "info": _cmd_info}

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from changedet import tiling
 from changedet.data import normalize, to_nhwc
-from changedet.errors import BandMismatchError, ConfigError
+from changedet.errors import BandMismatchError, ConfigError, option
 
 if TYPE_CHECKING:
     from changedet.modelfile import ChangeModel
@@ -192,7 +192,8 @@ class BlockPredictor:
                               f"got {before.shape} and {after.shape}.")
         if before.shape[0] != self.num_bands:
             raise BandMismatchError(f"the model takes {self.num_bands} bands but the block has "
-                                    f"{before.shape[0]}; pass the model's bands (--bands).")
+                                    f"{before.shape[0]}; pass the model's bands "
+                                    f"({option('bands')}).")
         if context_px and context_px < self.halo_px:
             raise ConfigError(f"context_px ({context_px}) must be 0 or >= the model's halo "
                               f"({self.halo_px}).")

@@ -28,7 +28,7 @@ import numpy as np
 
 from changedet import bands
 from changedet.config import ModelConfig, model_config_from_dict, to_dict
-from changedet.errors import BandMismatchError, ModelFileError
+from changedet.errors import BandMismatchError, ModelFileError, option
 
 if TYPE_CHECKING:
     from changedet.detector import PreparedModel
@@ -436,7 +436,7 @@ def resolve_model_path(path_or_name: str | os.PathLike[str],
     if text not in registry:
         known = ", ".join(sorted(registry)) or "none installed"
         raise ModelFileError(f"no packaged model named {text!r} (packaged: {known}); pass a "
-                             "model file path with --model.")
+                             f"model file path with {option('model')}.")
     entry = registry[text]
     if not isinstance(entry, dict) or "sha256" not in entry:
         raise ModelFileError(f"registry entry for {text!r} in {folder_path} has no sha256; "

@@ -23,7 +23,7 @@ import xarray as xr
 from changedet import __version__, bands, clouds, io
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
-from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
+from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, option, render
 from changedet.types import Grid
 
 log = logging.getLogger(__name__)
@@ -151,11 +151,11 @@ def resolve_detector(
         name = default_model_name(pair.band_ids)
         gsd = pixel_size_m(pair.grid)
         if method == "auto" and gsd is not None and gsd > MAX_MODEL_PIXEL_M:
-            log.info(
+            log.info(render(
                 "%.0f m pixels: the packaged models learned 10 m urban change; at this "
                 "resolution change vector analysis was more accurate (Landsat Taizhou, F1 "
-                "0.91 vs 0.76), so --method auto uses CVA. Pass --method siamese for the %s "
-                "model.", gsd, name)
+                f"0.91 vs 0.76), so {option('method', 'auto')} uses CVA. Pass "
+                f"{option('method', 'siamese')} for the %s model."), gsd, name)
             return CVADetector()
         model = name
     if not isinstance(model, modelfile.ChangeModel):
@@ -423,7 +423,7 @@ def _check_extras(*, vector: bool, quicklook: bool) -> None:
         needs += [("matplotlib", "viz")]
     for module, extra in needs:
         if importlib.util.find_spec(module) is None:
-            what = "--vector" if extra == "vector" else "--quicklook"
+            what = option("vector_path" if extra == "vector" else "quicklook_path")
             raise ConfigError(
                 f"{what} needs {module}, which is not installed: pip install "
                 f"'changedet[{extra}]' (or drop {what}).")
@@ -443,13 +443,13 @@ def check_threshold(threshold: float | None, detector: Detector) -> None:
 
     probability = isinstance(detector, PreparedModel) and detector.model.config.head != "distance"
     if not math.isfinite(value):
-        raise ConfigError(f"--threshold must be a finite number; got {threshold!r}.")
+        raise ConfigError(f"{option('threshold')} must be a finite number; got {threshold!r}.")
     if probability and not 0.0 < value < 1.0:
         raise ConfigError(
-            f"--threshold {value:g} is outside (0, 1): model {detector.name!r} scores a change "
-            f"probability; its calibrated threshold is {detector.threshold:.3g}.")
+            f"{option('threshold', value)} is outside (0, 1): model {detector.name!r} scores a "
+            f"change probability; its calibrated threshold is {detector.threshold:.3g}.")
     if not probability and value <= 0:
-        raise ConfigError(f"--threshold {value:g} must be > 0 for a distance score.")
+        raise ConfigError(f"{option('threshold', value)} must be > 0 for a distance score.")
 
 
 def cloud_tags(masks: clouds.CloudMasks) -> dict[str, str]:

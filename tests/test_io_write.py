@@ -149,7 +149,7 @@ def test_existing_output_is_refused_and_left_untouched(tmp_path: Path) -> None:
     pair = open_pair(synthetic.before_path, synthetic.after_path)
     mask_path = tmp_path / "mask.tif"
     mask_path.write_bytes(b"old result")
-    with pytest.raises(OutputError, match="exists; pass --overwrite") as exc:
+    with pytest.raises(OutputError, match="exists; pass overwrite=True") as exc:
         write_outputs(_score_of(pair, 32), pair.grid, mask_path=mask_path, threshold=1.0,
                       progress=False)  # fmt: skip
     assert "\n" not in str(exc.value)

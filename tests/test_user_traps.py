@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 
 from changedet import pipeline
 from changedet.cli import main
+from changedet.config import ModelConfig
+from changedet.errors import BandMismatchError, GridMismatchError, OutputError
+from changedet.modelfile import random_init_model, save_model
+from changedet.testing import write_synthetic_pair, write_variant
 
 
 @pytest.fixture
@@ -48,3 +59,93 @@ def test_missing_optional_packages_are_named_before_any_compute(
     err = capsys.readouterr().err
     assert f"changedet[{extra}]" in err and module in err
     assert not computed and not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 14, "Tried as a new user would": through the command line, as a user runs it.
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4, convs_per_level=1, head_convs=1)
+SIZE = re.compile(r"(\d+) x (\d+) px")
+
+
+def _cli(*argv, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m changedet ARGV`` in a fresh process (this checkout's code: PYTHONPATH and
+    the test environment are inherited)."""
+    return subprocess.run([sys.executable, "-m", "changedet", *map(str, argv)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("changedet: error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def pair3(tmp_path_factory):
+    """A 3-band 61 x 45 px (W x H) synthetic pair with a nodata border and a planted change."""
+    return write_synthetic_pair(tmp_path_factory.mktemp("pair3"), shape=(45, 61), num_bands=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.msgpack"
+    return save_model(path, random_init_model(TINY, ("1", "2", "3"), seed=0, name="tiny"))
+
+
+@pytest.fixture(scope="module")
+def png_vector_run(pair3, tmp_path_factory):
+    """``run -o change.png --vector change.gpkg`` (CVA, no --score), as a user types it."""
+    out = tmp_path_factory.mktemp("png_run")
+    result = _cli("run", pair3.before_path, pair3.after_path, "-o", out / "change.png",
+                  "--vector", out / "change.gpkg", "--method", "cva", "-q")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_run(pair3, tiny_model_path, tmp_path_factory):
+    """``run --model tiny.msgpack`` with the default (info) log."""
+    out = tmp_path_factory.mktemp("model_run")
+    result = _cli("run", pair3.before_path, pair3.after_path, "-o", out / "change.tif",
+                  "--model", tiny_model_path, "--cloud-mask", "none")
+    assert result.returncode == 0, result.stderr
+    return out, result.stderr
+
+
+# 9. Wording.
+
+@pytest.fixture
+def shifted(pair3, tmp_path):
+    return write_variant(pair3.after_path, tmp_path / "shifted.tif", shift_px=(0.5, 0))
+
+
+def test_cli_errors_name_flags_not_python_keywords(pair3, shifted, tmp_path):
+    line = _error_line(_cli("run", pair3.before_path, shifted, "-o", tmp_path / "c.tif",
+                            "--method", "cva", "-q"))
+    assert "--align" in line and "align=" not in line
+    existing = tmp_path / "exists.tif"
+    existing.write_bytes(b"keep")
+    line = _error_line(_cli("run", pair3.before_path, pair3.after_path, "-o", existing,
+                            "--method", "cva", "-q"))
+    assert "--overwrite" in line and "overwrite=" not in line
+
+
+def test_python_errors_name_keywords_not_flags(pair3, shifted, tmp_path):
+    import changedet
+
+    with pytest.raises(GridMismatchError) as err:
+        changedet.open_pair(pair3.before_path, shifted)
+    assert "align=True" in str(err.value) and "--" not in str(err.value)
+    assert err.value.options == ("align",)
+    existing = tmp_path / "exists.tif"
+    existing.write_bytes(b"keep")
+    with pytest.raises(OutputError) as err:
+        changedet.run(pair3.before_path, pair3.after_path, existing, method="cva")
+    assert "overwrite=True" in str(err.value) and "--overwrite" not in str(err.value)
+    pair = changedet.open_pair(pair3.before_path, pair3.after_path)
+    with pytest.raises(BandMismatchError) as err:
+        pipeline.select_bands(pair, ["B04"])
+    assert "Pass bands" in str(err.value) and "--bands" not in str(err.value)
+    assert err.value.options == ("bands",)

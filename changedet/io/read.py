@@ -38,6 +38,8 @@ from changedet.errors import (
     GridMismatchError,
     InputNotFoundError,
     NotARasterError,
+    option,
+    render,
 )
 from changedet.types import Grid
 
@@ -547,8 +549,9 @@ def _pair_band_ids(b_info: _SceneInfo, a_info: _SceneInfo,
     if positional.count(True) == 1 and len(b_ids) == len(a_ids):
         named, plain = (a_info, b_info) if positional[0] else (b_info, a_info)
         warnings.warn(
-            f"{plain.path} has no band descriptions; using those of {named.path} "
-            f"({','.join(named.band_ids)}) in file order. Pass --band-names to state them.",
+            render(f"{plain.path} has no band descriptions; using those of {named.path} "
+                   f"({','.join(named.band_ids)}) in file order. Pass {option('band_names')} "
+                   "to state them."),
             stacklevel=3,
         )
         return b_can or a_can or named.band_ids
@@ -563,7 +566,7 @@ def _pair_band_ids(b_info: _SceneInfo, a_info: _SceneInfo,
         )
     raise BandMismatchError(
         f"{b_info.path} ({len(b_ids)} bands) vs {a_info.path} ({len(a_ids)} bands): {detail}; "
-        "give both dates the same bands, or name them with --band-names."
+        f"give both dates the same bands, or name them with {option('band_names')}."
     )
 
 
@@ -635,8 +638,8 @@ def open_pair(
             )
         if not align:
             raise GridMismatchError(
-                f"{before_path} vs {after_path}: grids differ: {difference}; pass align=True "
-                f"(CLI: --align) to resample 'after' onto the grid of 'before'."
+                f"{before_path} vs {after_path}: grids differ: {difference}; pass "
+                f"{option('align', True)} to resample 'after' onto the grid of 'before'."
             )
         is_aligned = True
         footprint = _footprint(b_info.grid, b_info.crs, a_info.grid, a_info.crs, chunks_px)

@@ -23,7 +23,7 @@ import rasterio.errors
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from changedet.errors import OutputError
+from changedet.errors import OutputError, option
 from changedet.types import Grid
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def check_output_path(
     if out.is_dir():
         raise OutputError(f"{out}: is a folder; give a file name such as {out / 'change.tif'}.")
     if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it.")
+        raise OutputError(f"{out} exists; pass {option('overwrite', True)} to replace it.")
     if out.parent.exists() and not out.parent.is_dir():
         raise OutputError(
             f"{out}: {out.parent} is a file, not a folder; choose an output inside a folder."
