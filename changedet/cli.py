@@ -42,6 +42,10 @@ swir16, ...): the sentinel2 model takes any subset holding blue, green and red (
 4-band exports, Landsat), and says which bands it used.
 """
 
+INFO_EXAMPLES = """examples:
+  python -m changedet info data/oscd_paris/imgs_1 data/oscd_paris/imgs_2
+"""
+
 
 def _bands(text: str) -> list[str]:
     return [b for b in text.replace(" ", "").split(",") if b]
@@ -113,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_common(run)
 
-    info = sub.add_parser("info", help="print a scene's grid, CRS, bands, dtype and nodata")
+    info = sub.add_parser(
+        "info", help="print a scene's grid, CRS, bands, dtype and nodata",
+        description="Print what changedet reads from each scene's headers (no pixel is read): "
+        "size in pixels (width x height), CRS, pixel size, bounds, band ids, dtype and nodata. "
+        "Use it to check that two dates share a grid before `run`.",
+        epilog=INFO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     info.add_argument("scene", nargs="+", help="raster file or band folder")
     _add_common(info)
     _add_training_commands(sub)

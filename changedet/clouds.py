@@ -211,9 +211,8 @@ def mask_from_raster(path: str | Path, pair) -> da.Array:
     if grid.shape != pair.grid.shape or grid.transform != pair.grid.transform:
         if pair.grid.crs is None or grid.crs is None:
             raise GridMismatchError(
-                f"cloud mask {path} is {grid.width} x {grid.height} px, the scene "
-                f"{pair.grid.width} x {pair.grid.height} px, and one is not georeferenced; pass "
-                "a mask on the scene's grid.")
+                f"cloud mask {path} is {grid.size_px}, the scene {pair.grid.size_px}, and one is "
+                "not georeferenced; pass a mask on the scene's grid.")
         from rasterio.enums import Resampling
 
         arr = arr.rio.reproject_match(pair.before.isel(band=0), resampling=Resampling.nearest)

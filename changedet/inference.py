@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 from changedet import tiling
 from changedet.data import normalize, to_nhwc
 from changedet.errors import BandMismatchError, ConfigError, option
+from changedet.types import size_px
 
 if TYPE_CHECKING:
     from changedet.modelfile import ChangeModel
@@ -200,8 +201,8 @@ class BlockPredictor:
         height, width = before.shape[1:]
         shape = (height - 2 * context_px, width - 2 * context_px)
         if min(shape) < 1:
-            raise ConfigError(f"a {height}x{width} block has no core inside {context_px} px of "
-                              "context on each side.")
+            raise ConfigError(f"a {size_px(height, width)} block has no core inside "
+                              f"{context_px} px of context on each side.")
         core = self.core_px(shape)
         tiles = tiling.plan_tiles(shape, core)
         padded_dates = []

@@ -102,12 +102,20 @@ def default_model_name(band_ids: Sequence[str]) -> str:
         return "sentinel2"
     if len(band_ids) == 3:
         return "rgb"
+    found = f"{len(band_ids)} band{'s' if len(band_ids) != 1 else ''} ({', '.join(band_ids)})"
+    packaged = ("'sentinel2' takes named bands holding blue, green and red (Sentinel-2 ids, "
+                "Earth Engine ids or common names), 'rgb' takes 3 bands in red, green, blue order")
+    if len(band_ids) < 3:  # no choice of bands or names makes blue, green and red of fewer
+        raise BandMismatchError(
+            f"no packaged model fits the input's {found}: {packaged}. Use "
+            f"{option('method', 'cva')} (change vector analysis takes any number of bands), or "
+            f"pass a model trained on these bands with {option('model')}."
+        )
     raise BandMismatchError(
-        f"no packaged model fits the input's {len(band_ids)} bands ({', '.join(band_ids)}): "
-        "'sentinel2' takes named bands holding blue, green and red (Sentinel-2 ids, Earth "
-        "Engine ids or common names), 'rgb' takes 3 bands in red, green, blue order. Name the "
-        "bands with --band-names (e.g. blue,green,red,nir,swir16,swir22 for Landsat TM), pick "
-        "3 with --bands, pass --model PATH, or use --method cva."
+        f"no packaged model fits the input's {found}: {packaged}. Name the bands with "
+        f"{option('band_names', 'blue,green,red,nir,swir16,swir22')} (Landsat TM), pick 3 "
+        f"with {option('bands')}, pass a model file with {option('model')}, or use "
+        f"{option('method', 'cva')}."
     )
 
 
@@ -539,10 +547,8 @@ def run(
         before, after, method=method, model=model, bands=bands, align=align,
         band_names=band_names, cloud_mask=cloud_mask, offset=offset,
     )
-    log.info(
-        "%s: %d x %d px, %d bands, grid %s",
-        detector.name, pair.grid.height, pair.grid.width, len(pair.band_ids), pair.grid.crs,
-    )
+    log.info("%s: %s, %d bands, grid %s", detector.name, pair.grid.size_px,
+             len(pair.band_ids), pair.grid.crs)
     check_threshold(threshold, detector)
     with dask.config.set(**_scheduler_settings(detector, client)):
         _check_not_empty(pair)

@@ -116,6 +116,12 @@ def model_run(pair3, tiny_model_path, tmp_path_factory):
 
 # 9. Wording.
 
+def test_every_size_is_width_x_height(model_run):
+    _, stderr = model_run
+    sizes = SIZE.findall(stderr)
+    assert sizes and set(sizes) == {("61", "45")}, stderr
+
+
 @pytest.fixture
 def shifted(pair3, tmp_path):
     return write_variant(pair3.after_path, tmp_path / "shifted.tif", shift_px=(0.5, 0))
@@ -149,3 +155,23 @@ def test_python_errors_name_keywords_not_flags(pair3, shifted, tmp_path):
         pipeline.select_bands(pair, ["B04"])
     assert "Pass bands" in str(err.value) and "--bands" not in str(err.value)
     assert err.value.options == ("bands",)
+
+
+def test_info_help_has_a_description_and_examples_that_run():
+    result = _cli("info", "--help")
+    assert result.returncode == 0
+    description, _, examples = result.stdout.partition("examples:")
+    assert "width x height" in description and "no pixel is read" in description
+    commands = [line.split("python -m changedet ", 1)[1].split()
+                for line in examples.splitlines() if "python -m changedet" in line]
+    assert commands
+    for argv in commands:  # as written, from a clone
+        assert _cli(*argv, cwd=REPO).returncode == 0, argv
+
+
+def test_single_band_error_does_not_suggest_picking_three_bands(tmp_path):
+    one = write_synthetic_pair(tmp_path, num_bands=1)
+    line = _error_line(_cli("run", one.before_path, one.after_path, "-o", tmp_path / "c.tif",
+                            "--cloud-mask", "none", "-q"))
+    assert "1 band (" in line and "--method cva" in line
+    assert "pick 3" not in line and "--bands" not in line

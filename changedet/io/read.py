@@ -439,7 +439,7 @@ def describe_scene(path: str | Path) -> str:
         units = " degrees" if info.crs.is_geographic else f" {info.crs.linear_units}"
     lines = [
         f"scene:      {info.path}{' (band folder)' if info.is_folder else ''}",
-        f"size:       {g.width} x {g.height} px (width x height), {len(info.band_ids)} "
+        f"size:       {g.size_px} (width x height), {len(info.band_ids)} "
         f"band{'s' if len(info.band_ids) != 1 else ''}",
         f"crs:        {info.crs.to_string() if info.crs is not None else 'none (not georeferenced)'}",
         f"pixel size: {size_x:.6g} x {size_y:.6g}{units}",
@@ -475,7 +475,7 @@ def _grid_difference(a: Grid, a_crs: CRS | None, b: Grid, b_crs: CRS | None) -> 
         b_origin = (b.transform.c, b.transform.f)
         return f"origin {a_origin[0]:.10g}, {a_origin[1]:.10g} vs {b_origin[0]:.10g}, {b_origin[1]:.10g}"
     if a.shape != b.shape:
-        return f"size {a.width} x {a.height} px vs {b.width} x {b.height} px"
+        return f"size {a.size_px} vs {b.size_px}"
     return None
 
 
@@ -607,9 +607,9 @@ def open_pair(
     if georeferenced == (False, False):
         if b_info.grid.shape != a_info.grid.shape:
             raise GridMismatchError(
-                f"{before_path} vs {after_path}: size {b_info.grid.width} x {b_info.grid.height} px "
-                f"vs {a_info.grid.width} x {a_info.grid.height} px and neither is georeferenced, so "
-                f"they cannot be aligned; crop or resize them to the same size."
+                f"{before_path} vs {after_path}: size {b_info.grid.size_px} vs "
+                f"{a_info.grid.size_px} and neither is georeferenced, so they cannot be aligned; "
+                "crop or resize them to the same size."
             )
         warnings.warn(
             f"{before_path} and {after_path} are not georeferenced: pixels are matched by index; "
