@@ -57,7 +57,8 @@ class RunResult:
     Attributes:
       outputs: Paths written (mask first, then score, vector and quicklook if asked).
       threshold: Decision threshold applied to the score.
-      method: Detector name (``"cva"`` or ``"siamese:<model>"``).
+      method: ``"siamese"`` (a learned model) or ``"cva"``: the names ``method=`` takes, the
+        ``method`` tag of the outputs and ``detect``'s ``ds.attrs["method"]``.
       grid: The output grid (identical to the input ``before`` grid).
       seconds: Wall time of the whole run.
       megapixels_per_second: Scene pixels divided by wall time.
@@ -69,9 +70,29 @@ class RunResult:
     grid: Grid
     seconds: float
     megapixels_per_second: float
+    model: str | None = None
 
 
 # --------------------------------------------------------------------------- detector choice
+
+
+def method_name(detector: Detector) -> str:
+    """``"siamese"`` for a learned model, else the detector's own name (``"cva"``)."""
+    from changedet.detector import PreparedModel
+    from changedet.modelfile import ChangeModel
+
+    return "siamese" if isinstance(detector, (PreparedModel, ChangeModel)) else detector.name
+
+
+def model_name(detector: Detector) -> str | None:
+    """The learned model's name, or None for a detector without a model (CVA)."""
+    return detector.name if method_name(detector) == "siamese" else None
+
+
+def describe_detector(detector: Detector) -> str:
+    """``"siamese (model 'sentinel2')"`` or ``"cva"``, for messages."""
+    model = model_name(detector)
+    return method_name(detector) if model is None else f"siamese (model {model!r})"
 
 
 def select_bands(pair: io.RasterPair, bands: Sequence[str] | None) -> io.RasterPair:
@@ -370,7 +391,8 @@ def detect(
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
       (uint8: 0 no change, 1 change, 255 nodata), both dask-backed, with the CRS and
-      transform written (``ds.rio.crs``) and attributes ``threshold`` and ``method``.
+      transform written (``ds.rio.crs``) and attributes ``threshold``, ``method``
+      (``"siamese"`` or ``"cva"``) and, for a learned model, ``model`` (its name).
 
     Example:
       >>> ds = changedet.detect("data/oscd_paris/imgs_1", "data/oscd_paris/imgs_2")
@@ -388,7 +410,8 @@ def detect(
     ds = xr.Dataset(
         {"score": (("y", "x"), score), "mask": (("y", "x"), mask)},
         coords=coords,
-        attrs={"threshold": thr, "method": detector.name},
+        attrs={"threshold": thr, "method": method_name(detector)}
+        | ({"model": model_name(detector)} if model_name(detector) else {}),
     )
     ds["mask"].attrs["_FillValue"] = 255
     if pair.grid.crs is not None:
@@ -400,7 +423,7 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
     """GeoTIFF tags that make every map traceable to its inputs and settings."""
     tags = {
         "changedet_version": __version__,
-        "method": detector.name,
+        "method": method_name(detector),
         "threshold": repr(float(threshold)),
         "before": str(pair.before_path),
         "after": str(pair.after_path),
@@ -410,7 +433,6 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
 
     if isinstance(detector, PreparedModel):
         model = detector.model
-        tags["method"] = "siamese"
         tags["model"] = model.name
         tags["model_head"] = model.config.head
         tags["model_bands"] = ",".join(detector.model_bands)
@@ -547,7 +569,7 @@ def run(
         before, after, method=method, model=model, bands=bands, align=align,
         band_names=band_names, cloud_mask=cloud_mask, offset=offset,
     )
-    log.info("%s: %s, %d bands, grid %s", detector.name, pair.grid.size_px,
+    log.info("%s: %s, %d bands, grid %s", describe_detector(detector), pair.grid.size_px,
              len(pair.band_ids), pair.grid.crs)
     check_threshold(threshold, detector)
     with dask.config.set(**_scheduler_settings(detector, client)):
@@ -591,8 +613,9 @@ def run(
     return RunResult(
         outputs=tuple(written),
         threshold=thr,
-        method=detector.name,
+        method=method_name(detector),
         grid=pair.grid,
         seconds=seconds,
         megapixels_per_second=mpix / seconds,
+        model=model_name(detector),
     )

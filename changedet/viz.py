@@ -621,6 +621,8 @@ def write_quicklook(
         score_small = np.asarray(score.isel(band=0, y=step, x=step).values, dtype=np.float32)
 
     method = tags.get("method", "change")
+    if tags.get("model"):
+        method += f" ({tags['model']})"
     title = f"{method}: {_format_area(changed_px, area_ha, valid_px)}"
     if factor > 1:
         title += f"  [shown at 1/{factor} resolution]"

@@ -122,6 +122,27 @@ def test_every_size_is_width_x_height(model_run):
     assert sizes and set(sizes) == {("61", "45")}, stderr
 
 
+def test_the_model_is_loaded_and_logged_once(model_run):
+    _, stderr = model_run
+    assert stderr.count("loaded model") == 1, stderr
+
+
+def test_method_is_siamese_and_the_model_is_named_apart(pair3, tiny_model_path, tmp_path):
+    import changedet
+
+    model = changedet.load_model(tiny_model_path)
+    ds = changedet.detect(pair3.before_path, pair3.after_path, model=model, cloud_mask="none")
+    assert ds.attrs["method"] == "siamese" and ds.attrs["model"] == "tiny"
+    result = changedet.run(pair3.before_path, pair3.after_path, tmp_path / "m.tif", model=model,
+                           cloud_mask="none", progress=False)
+    assert (result.method, result.model) == ("siamese", "tiny")
+    with rasterio.open(result.outputs[0]) as src:
+        assert (src.tags()["method"], src.tags()["model"]) == ("siamese", "tiny")
+    cva = changedet.run(pair3.before_path, pair3.after_path, tmp_path / "c.tif", method="cva",
+                        progress=False)
+    assert (cva.method, cva.model) == ("cva", None)
+
+
 @pytest.fixture
 def shifted(pair3, tmp_path):
     return write_variant(pair3.after_path, tmp_path / "shifted.tif", shift_px=(0.5, 0))
