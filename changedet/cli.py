@@ -109,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--threshold", type=float, help="decision threshold on the score")
     run.add_argument(
-        "--tile-size", type=int, default=1024, metavar="PX",
-        help="processing block edge in pixels (default 1024); does not change the result",
+        "--block-px", type=int, default=None, metavar="PX",
+        help="processing block edge in pixels (default 1024; block_px in Python); does not "
+        "change the result",
     )
+    run.add_argument("--tile-size", type=int, help=argparse.SUPPRESS)  # deprecated: --block-px
     run.add_argument("--workers", type=int, help="start a local dask cluster with N workers")
     run.add_argument("--scheduler", help="address of a dask.distributed scheduler (tcp://...)")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -168,9 +170,20 @@ def _client(args: argparse.Namespace):
     return Client(cluster)
 
 
+def _block_px(args: argparse.Namespace) -> int | None:
+    if args.tile_size is None:
+        return args.block_px
+    if args.block_px is not None:
+        raise ChangedetError("--tile-size is the old name of --block-px; pass only --block-px.")
+    log.warning("--tile-size is deprecated and will be removed in 0.3; use --block-px "
+                "(the same setting, named like Python's block_px)")
+    return args.tile_size
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from changedet import pipeline
 
+    block_px = _block_px(args) or pipeline.DEFAULT_BLOCK_PX
     client = _client(args)
     try:
         result = pipeline.run(
@@ -185,7 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             bands=args.bands,
             threshold=args.threshold,
             align=args.align,
-            block_px=args.tile_size,
+            block_px=block_px,
             overwrite=args.overwrite,
             progress=not args.quiet,
             client=client,

@@ -261,8 +261,8 @@ def score_graph(
     align = int(getattr(detector, "align_px", 1))  # pooling alignment of learned models
     if block_px < 1 or block_px % align:
         raise ConfigError(
-            f"tile size {block_px} px must be a positive multiple of {align} for this model; "
-            f"try --tile-size {max(align, block_px - block_px % align)}."
+            f"block size {block_px} px must be a positive multiple of {align} for this model; "
+            f"try {option('block_px', max(align, block_px - block_px % align))}."
         )
     height, width = pair.grid.shape
     fill = _fill_values(detector, len(pair.band_ids))

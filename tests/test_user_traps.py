@@ -178,6 +178,15 @@ def test_python_errors_name_keywords_not_flags(pair3, shifted, tmp_path):
     assert err.value.options == ("bands",)
 
 
+def test_block_size_has_one_name(pair3, tmp_path):
+    help_text = _cli("run", "--help").stdout
+    assert "--block-px" in help_text and "--tile-size" not in help_text
+    result = _cli("run", pair3.before_path, pair3.after_path, "-o", tmp_path / "c.tif",
+                  "--method", "cva", "--tile-size", "32", "-q")
+    assert result.returncode == 0 and "--tile-size is deprecated" in result.stderr
+    assert "--block-px" in result.stderr
+
+
 def test_info_help_has_a_description_and_examples_that_run():
     result = _cli("info", "--help")
     assert result.returncode == 0
