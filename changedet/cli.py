@@ -76,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("before", help="earlier scene: raster file, or folder of single-band rasters")
     run.add_argument("after", help="later scene, same grid as BEFORE (or use --align)")
-    run.add_argument("-o", "--output", required=True, help="change mask GeoTIFF to write")
-    run.add_argument("--score", help="also write the float32 change score GeoTIFF here")
+    run.add_argument(
+        "-o", "--output", required=True,
+        help="change mask to write, format from the extension: .tif/.tiff a tiled GeoTIFF; "
+        ".png an 8-bit palette PNG (0 black, 1 white, 255 nodata transparent) placed in GIS by "
+        "its .wld world file and .png.aux.xml (CRS); other extensions are refused",
+    )
+    run.add_argument("--score", help="also write the float32 change score here (.tif/.tiff)")
     run.add_argument("--vector", help="also write change polygons (.gpkg or .geojson) here")
     run.add_argument("--quicklook", help="also write an overlay PNG here (needs matplotlib)")
     run.add_argument("--align", action="store_true", help="resample AFTER onto BEFORE's grid")

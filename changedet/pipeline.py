@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -509,6 +510,13 @@ def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
     return {}
 
 
+def _scratch_score_path(mask_path: Path) -> Path:
+    """Hidden score file beside the mask, for products that need the score when the user did
+    not ask for one (``.<mask stem>.partial-score-<pid>.tif``)."""
+    mask_path = Path(mask_path).expanduser().resolve()
+    return mask_path.with_name(f".{mask_path.stem}.partial-score-{os.getpid()}.tif")
+
+
 def run(
     before: str | Path,
     after: str | Path,
@@ -538,8 +546,10 @@ def run(
     Args:
       before, after, method, model, bands, threshold, align, block_px, band_names, cloud_mask,
         offset: As for :func:`detect`.
-      out: Mask GeoTIFF path (uint8, 0/1, nodata 255).
-      score_path: Optional float32 score GeoTIFF path (nodata NaN).
+      out: Mask path (uint8, 0/1, nodata 255): ``.tif``/``.tiff`` a GeoTIFF, ``.png`` an
+        8-bit palette PNG with ``.wld`` and ``.png.aux.xml`` sidecars holding its grid (see
+        :func:`changedet.io.raster_format`); other extensions are refused before any compute.
+      score_path: Optional float32 score GeoTIFF path (``.tif``/``.tiff``; nodata NaN).
       vector_path: Optional ``.gpkg``/``.geojson`` of changed regions.
       quicklook_path: Optional PNG overlay (before, after, score, mask) to glance at.
       overwrite: Replace existing outputs.
@@ -559,6 +569,10 @@ def run(
     for path in outputs:  # fail before any computation
         if vector_path is not None and path == Path(vector_path):
             io.check_vector_path(path, inputs=inputs, overwrite=overwrite)
+        elif path == outputs[0]:
+            io.check_raster_path(path, inputs=inputs, overwrite=overwrite)
+        elif score_path is not None and path == Path(score_path):
+            io.check_raster_path(path, inputs=inputs, overwrite=overwrite, what="score")
         else:
             io.check_output_path(path, inputs=inputs, overwrite=overwrite)
     if len({p.resolve() for p in outputs}) != len(outputs):
@@ -576,22 +590,26 @@ def run(
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
         thr = _threshold_for(score, detector, threshold)
+        # The polygons' mean_score needs the score: without --score it goes to a hidden
+        # scratch file beside the mask (written in the same pass), removed after polygonising.
+        scratch = _scratch_score_path(outputs[0]) if vector_path and not score_path else None
         written = io.write_outputs(
             score,
             pair.grid,
             mask_path=outputs[0],
-            score_path=score_path,
+            score_path=score_path or scratch,
             threshold=thr,
             tags=provenance(detector, thr, pair) | cloud_tags(masks),
             overwrite=overwrite,
             progress=progress,
         )
-    written = list(written)
+    written = [p for p in written if p != scratch]
     try:  # products derived from the written rasters; on failure, remove this run's outputs
         if vector_path is not None:
             written.append(
                 io.write_vector_from_rasters(
-                    vector_path, mask_path=outputs[0], score_path=score_path, overwrite=overwrite
+                    vector_path, mask_path=outputs[0], score_path=score_path or scratch,
+                    overwrite=overwrite,
                 )
             )
         if quicklook_path is not None:
@@ -605,8 +623,11 @@ def run(
             )
     except BaseException:
         for path in written:
-            Path(path).unlink(missing_ok=True)
+            io.remove_output(path)
         raise
+    finally:
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     mpix = pair.grid.height * pair.grid.width / 1e6
     log.info("wrote %s in %.1f s (%.2f Mpix/s)", ", ".join(map(str, written)), seconds, mpix / seconds)

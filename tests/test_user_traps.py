@@ -114,6 +114,55 @@ def model_run(pair3, tiny_model_path, tmp_path_factory):
     return out, result.stderr
 
 
+# 2. The mask's format follows the extension.
+
+def test_png_output_is_a_palette_png_that_gis_places_on_the_input_grid(pair3, png_vector_run):
+    png = png_vector_run / "change.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a real PNG, not a GeoTIFF renamed
+    assert (png_vector_run / "change.wld").is_file()
+    assert (png_vector_run / "change.png.aux.xml").is_file()
+    with rasterio.open(png) as src, rasterio.open(pair3.before_path) as ref:
+        assert src.driver == "PNG" and src.dtypes == ("uint8",) and src.count == 1
+        assert src.crs == ref.crs and src.transform.almost_equals(ref.transform)
+        assert src.nodata == 255 and src.colormap(1)[255][3] == 0  # nodata transparent
+        mask = src.read(1)
+        assert src.tags()["method"] == "cva"
+    np.testing.assert_array_equal(mask == 255, ~pair3.valid)
+    assert set(np.unique(mask[pair3.valid])) <= {0, 1}
+    assert (mask[pair3.label == 1] == 1).mean() > 0.9  # the planted change is found
+
+
+@pytest.mark.parametrize("option, name", [("-o", "change.jpg"), ("--score", "score.png")])
+def test_other_extensions_are_refused_before_any_compute(pair3, tmp_path, option, name):
+    argv = ["run", pair3.before_path, pair3.after_path, "--method", "cva", "-q"]
+    argv += ["-o", tmp_path / "change.tif"] if option == "--score" else []
+    line = _error_line(_cli(*argv, option, tmp_path / name))
+    assert ".tif" in line and name.rpartition(".")[2] in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_help_says_which_format_each_extension_gives():
+    result = _cli("run", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert ".tif/.tiff a tiled GeoTIFF" in text and ".png an 8-bit palette PNG" in text
+    assert "other extensions are refused" in text
+
+
+# 4. --vector without --score: mean_score from the run's own score, never NaN.
+
+def test_vector_without_score_has_the_runs_mean_score(png_vector_run):
+    import pyogrio.raw
+
+    _, _, _, (_, _, mean_score) = pyogrio.raw.read(png_vector_run / "change.gpkg")
+    with rasterio.open(png_vector_run / "change.png") as src:
+        threshold = float(src.tags()["threshold"])
+    assert len(mean_score) > 0 and np.isfinite(mean_score).all()
+    assert (mean_score > threshold).all()  # changed pixels score above the threshold
+    names = sorted(p.name for p in png_vector_run.iterdir())
+    assert names == ["change.gpkg", "change.png", "change.png.aux.xml", "change.wld"]
+
+
 # 9. Wording.
 
 def test_every_size_is_width_x_height(model_run):
