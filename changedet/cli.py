@@ -171,8 +171,20 @@ def _client(args: argparse.Namespace):
     if args.scheduler:
         return Client(args.scheduler)
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
-    log.info("dask dashboard: %s", cluster.dashboard_link)
+    if _has_dashboard():
+        log.info("dask dashboard: %s", cluster.dashboard_link)
+    else:
+        log.info("no dask dashboard: it needs bokeh (pip install 'changedet[distributed]')")
     return Client(cluster)
+
+
+def _has_dashboard() -> bool:
+    """Whether dask's dashboard can run: the scheduler's own check (it needs bokeh)."""
+    try:
+        import distributed.dashboard.scheduler  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _block_px(args: argparse.Namespace) -> int | None:

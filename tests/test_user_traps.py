@@ -163,6 +163,22 @@ def test_vector_without_score_has_the_runs_mean_score(png_vector_run):
     assert names == ["change.gpkg", "change.png", "change.png.aux.xml", "change.wld"]
 
 
+# 8. The dask dashboard address only when the dashboard can run.
+
+def test_workers_print_no_dashboard_address_without_bokeh(pair3, tmp_path):
+    pytest.importorskip("distributed")
+    blocker = tmp_path / "no_bokeh" / "bokeh"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('bokeh is not installed')\n")
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
+    result = _cli("run", pair3.before_path, pair3.after_path, "-o", tmp_path / "change.tif",
+                  "--method", "cva", "--workers", "1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "dask dashboard: http" not in result.stderr
+    assert "no dask dashboard" in result.stderr and "bokeh" in result.stderr
+
+
 # 9. Wording.
 
 def test_every_size_is_width_x_height(model_run):
