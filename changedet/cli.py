@@ -229,11 +229,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             client.close()
             if cluster is not None and args.workers:
                 cluster.close()
-    log.info(
-        "%s: threshold %.4g, %d x %d px in %.1f s (%.2f Mpix/s)",
-        result.method, result.threshold, result.grid.width, result.grid.height,
-        result.seconds, result.megapixels_per_second,
-    )
+    from changedet.types import size_px
+
+    model = f" (model {result.model!r})" if result.model else ""
+    log.info("%s%s: threshold %.4g, %s, wrote %d file(s)", result.method, model,
+             result.threshold, size_px(*result.grid.shape), len(result.outputs))
     for path in result.outputs:
         print(path)
     return EXIT_OK

@@ -115,6 +115,11 @@ class PreparedModel:
         return self.model.threshold
 
     @property
+    def compile_seconds(self) -> float:
+        """One-off compile time of the model's predictors so far (see ``ChangeModel``)."""
+        return self.model.compile_seconds
+
+    @property
     def model_bands(self) -> tuple[str, ...]:
         """The model's slots that this input fills, in model order."""
         return tuple(self.model.band_ids[i] for i in sorted(self.slots))

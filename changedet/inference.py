@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,9 @@ class PredictStep:
       mesh: 1-D mesh ``("data",)`` over the devices.
       num_devices: Devices the batch is split over.
       num_traces: How many times ``predict_step`` was traced (one per distinct shape).
+      compile_seconds: Wall time of the first call for each shape: tracing and XLA
+        compilation (the launch of that first batch is included; its execution, dispatched
+        asynchronously, mostly is not).
     """
 
     def __init__(self, graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None):
@@ -66,6 +70,7 @@ class PredictStep:
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
         self.num_traces = 0
+        self.compile_seconds = 0.0
         self._graphdef = graphdef
         self._lock = threading.Lock()
         self._shapes: set[tuple[int, ...]] = set()
@@ -106,10 +111,13 @@ class PredictStep:
         if shape not in self._shapes:
             with self._lock:
                 if shape not in self._shapes:
-                    log.debug("compiling predict_step for %s on %d device(s)", shape,
-                              self.num_devices)
+                    start = time.perf_counter()
                     out = self._jitted(state, before, after)
+                    seconds = time.perf_counter() - start
+                    self.compile_seconds += seconds
                     self._shapes.add(shape)
+                    log.debug("compiled predict_step for %s on %d device(s) in %.2f s", shape,
+                              self.num_devices, seconds)
                     return out
         return self._jitted(state, before, after)
 

@@ -191,6 +191,13 @@ class ChangeModel:
                                                        batch_size=batch_size)
             return self._predictors[key]
 
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds this process spent compiling this model's predictors so far (one-off:
+        once per tile shape; see ``PredictStep.compile_seconds``)."""
+        with self._lock:
+            return sum(p.step.compile_seconds for p in self._predictors.values())
+
     def score_block(self, before: np.ndarray, after: np.ndarray, *,
                     context_px: int = 0) -> np.ndarray:
         """``(h, w)`` float32 change score of raw ``(band, h, w)`` blocks. Thread-safe.

@@ -203,9 +203,14 @@ def test_method_is_siamese_and_the_model_is_named_apart(pair3, tiny_model_path, 
     assert (result.method, result.model) == ("siamese", "tiny")
     with rasterio.open(result.outputs[0]) as src:
         assert (src.tags()["method"], src.tags()["model"]) == ("siamese", "tiny")
+    # 11, from Python: the figure excludes the one-off compile, which is reported apart
+    assert result.compile_seconds > 0
+    mpix = 45 * 61 / 1e6
+    assert result.megapixels_per_second == pytest.approx(
+        mpix / (result.seconds - result.compile_seconds))
     cva = changedet.run(pair3.before_path, pair3.after_path, tmp_path / "c.tif", method="cva",
                         progress=False)
-    assert (cva.method, cva.model) == ("cva", None)
+    assert (cva.method, cva.model, cva.compile_seconds) == ("cva", None, 0.0)
 
 
 @pytest.fixture
@@ -270,3 +275,16 @@ def test_single_band_error_does_not_suggest_picking_three_bands(tmp_path):
                             "--cloud-mask", "none", "-q"))
     assert "1 band (" in line and "--method cva" in line
     assert "pick 3" not in line and "--bands" not in line
+
+
+# 11. Throughput excludes the one-off compile, which is timed and logged apart.
+
+def test_run_logs_compile_time_apart_from_throughput(model_run):
+    _, stderr = model_run
+    summary = re.search(r"61 x 45 px \(([\d.e-]+) Mpix\) in ([\d.]+) s: .*?([\d.]+) s compiling "
+                        r"the model.*?; ([\d.e-]+) Mpix/s end to end excluding the compile",
+                        stderr)
+    assert summary, stderr
+    mpix, seconds, compile_s, rate = (float(g) for g in summary.groups())
+    assert compile_s > 0
+    assert rate == pytest.approx(mpix / (seconds - compile_s), rel=0.1)
