@@ -277,6 +277,21 @@ def test_single_band_error_does_not_suggest_picking_three_bands(tmp_path):
     assert "pick 3" not in line and "--bands" not in line
 
 
+# 10. The quick start writes into outputs/, which git ignores.
+
+def test_readme_quick_start_writes_under_outputs():
+    readme = (REPO / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    run = quick_start.split("python -m changedet run", 1)[1]
+    paths = re.findall(r"(?:-o|--score|--vector|--quicklook) (\S+)", run)
+    assert paths and all(p.startswith("outputs/") for p in paths), paths
+    assert "mkdir -p outputs &&" in quick_start.split("python -m changedet run", 1)[0]
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: cannot ask git what it ignores")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "outputs/change.tif"], cwd=REPO)
+    assert ignored.returncode == 0, "outputs/ is not git-ignored"
+
+
 # 11. Throughput excludes the one-off compile, which is timed and logged apart.
 
 def test_run_logs_compile_time_apart_from_throughput(model_run):
