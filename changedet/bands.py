@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from changedet.errors import BandMismatchError
+from changedet.errors import BandMismatchError, option
 
 __all__ = [
     "BAND_SETS",
@@ -115,18 +115,20 @@ def parse_band_names(text: str | Iterable[str], num_bands: int, *, where: str) -
     names = [n for n in names if n]
     if len(names) != num_bands:
         raise BandMismatchError(
-            f"--band-names gives {len(names)} names but {where} has {num_bands} bands; give one "
-            "name per band, in file order."
+            f"{option('band_names')} gives {len(names)} names but {where} has {num_bands} "
+            "bands; give one name per band, in file order."
         )
     unknown = [n for n in names if canonical_band(n) is None]
     if unknown:
         raise BandMismatchError(
-            f"--band-names: {', '.join(unknown)} is not a known band; use Sentinel-2 ids (B02), "
-            "Earth Engine ids (B2) or common names (blue, green, red, nir, swir16, swir22, …)."
+            f"{option('band_names')}: {', '.join(unknown)} is not a known band; use Sentinel-2 "
+            "ids (B02), Earth Engine ids (B2) or common names (blue, green, red, nir, swir16, "
+            "swir22, …)."
         )
     ids = tuple(canonical_band(n) for n in names)
     if len(set(ids)) != len(ids):
-        raise BandMismatchError(f"--band-names {','.join(names)} names one band twice.")
+        raise BandMismatchError(
+            f"{option('band_names', ','.join(names))} names one band twice.")
     return ids  # type: ignore[return-value]
 
 

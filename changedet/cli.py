@@ -13,11 +13,20 @@ import sys
 from collections.abc import Sequence
 
 from changedet import __version__
-from changedet.errors import ChangedetError
+from changedet.errors import ChangedetError, command_line_words
 
 log = logging.getLogger("changedet")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: The flag of each Python option a library message may name, where it is not ``--`` + the
+#: name with dashes (``block_px`` is ``--block-px``): errors say options in the CLI's words.
+CLI_FLAGS = {
+    "out": "--output",
+    "score_path": "--score",
+    "vector_path": "--vector",
+    "quicklook_path": "--quicklook",
+}
 
 RUN_EXAMPLES = """examples:
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif
@@ -31,6 +40,10 @@ RUN_EXAMPLES = """examples:
 Bands are known by Sentinel-2 id (B02), Earth Engine id (B2) or STAC common name (blue, nir,
 swir16, ...): the sentinel2 model takes any subset holding blue, green and red (L1C, L2A,
 4-band exports, Landsat), and says which bands it used.
+"""
+
+INFO_EXAMPLES = """examples:
+  python -m changedet info data/oscd_paris/imgs_1 data/oscd_paris/imgs_2
 """
 
 
@@ -63,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("before", help="earlier scene: raster file, or folder of single-band rasters")
     run.add_argument("after", help="later scene, same grid as BEFORE (or use --align)")
-    run.add_argument("-o", "--output", required=True, help="change mask GeoTIFF to write")
-    run.add_argument("--score", help="also write the float32 change score GeoTIFF here")
+    run.add_argument(
+        "-o", "--output", required=True,
+        help="change mask to write, format from the extension: .tif/.tiff a tiled GeoTIFF; "
+        ".png an 8-bit palette PNG (0 black, 1 white, 255 nodata transparent) placed in GIS by "
+        "its .wld world file and .png.aux.xml (CRS); other extensions are refused",
+    )
+    run.add_argument("--score", help="also write the float32 change score here (.tif/.tiff)")
     run.add_argument("--vector", help="also write change polygons (.gpkg or .geojson) here")
     run.add_argument("--quicklook", help="also write an overlay PNG here (needs matplotlib)")
     run.add_argument("--align", action="store_true", help="resample AFTER onto BEFORE's grid")
@@ -96,15 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--threshold", type=float, help="decision threshold on the score")
     run.add_argument(
-        "--tile-size", type=int, default=1024, metavar="PX",
-        help="processing block edge in pixels (default 1024); does not change the result",
+        "--block-px", type=int, default=None, metavar="PX",
+        help="processing block edge in pixels (default 1024; block_px in Python); does not "
+        "change the result",
     )
+    run.add_argument("--tile-size", type=int, help=argparse.SUPPRESS)  # deprecated: --block-px
     run.add_argument("--workers", type=int, help="start a local dask cluster with N workers")
     run.add_argument("--scheduler", help="address of a dask.distributed scheduler (tcp://...)")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_common(run)
 
-    info = sub.add_parser("info", help="print a scene's grid, CRS, bands, dtype and nodata")
+    info = sub.add_parser(
+        "info", help="print a scene's grid, CRS, bands, dtype and nodata",
+        description="Print what changedet reads from each scene's headers (no pixel is read): "
+        "size in pixels (width x height), CRS, pixel size, bounds, band ids, dtype and nodata. "
+        "Use it to check that two dates share a grid before `run`.",
+        epilog=INFO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     info.add_argument("scene", nargs="+", help="raster file or band folder")
     _add_common(info)
     _add_training_commands(sub)
@@ -144,13 +171,36 @@ def _client(args: argparse.Namespace):
     if args.scheduler:
         return Client(args.scheduler)
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
-    log.info("dask dashboard: %s", cluster.dashboard_link)
+    if _has_dashboard():
+        log.info("dask dashboard: %s", cluster.dashboard_link)
+    else:
+        log.info("no dask dashboard: it needs bokeh (pip install 'changedet[distributed]')")
     return Client(cluster)
+
+
+def _has_dashboard() -> bool:
+    """Whether dask's dashboard can run: the scheduler's own check (it needs bokeh)."""
+    try:
+        import distributed.dashboard.scheduler  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _block_px(args: argparse.Namespace) -> int | None:
+    if args.tile_size is None:
+        return args.block_px
+    if args.block_px is not None:
+        raise ChangedetError("--tile-size is the old name of --block-px; pass only --block-px.")
+    log.warning("--tile-size is deprecated and will be removed in 0.3; use --block-px "
+                "(the same setting, named like Python's block_px)")
+    return args.tile_size
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from changedet import pipeline
 
+    block_px = _block_px(args) or pipeline.DEFAULT_BLOCK_PX
     client = _client(args)
     try:
         result = pipeline.run(
@@ -165,7 +215,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             bands=args.bands,
             threshold=args.threshold,
             align=args.align,
-            block_px=args.tile_size,
+            block_px=block_px,
             overwrite=args.overwrite,
             progress=not args.quiet,
             client=client,
@@ -179,11 +229,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             client.close()
             if cluster is not None and args.workers:
                 cluster.close()
-    log.info(
-        "%s: threshold %.4g, %d x %d px in %.1f s (%.2f Mpix/s)",
-        result.method, result.threshold, result.grid.width, result.grid.height,
-        result.seconds, result.megapixels_per_second,
-    )
+    from changedet.types import size_px
+
+    model = f" (model {result.model!r})" if result.model else ""
+    log.info("%s%s: threshold %.4g, %s, wrote %d file(s)", result.method, model,
+             result.threshold, size_px(*result.grid.shape), len(result.outputs))
     for path in result.outputs:
         print(path)
     return EXIT_OK
@@ -207,28 +257,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
-    except ChangedetError as err:
-        if args.verbose:
-            log.exception("changedet failed")
-        message = " ".join(str(err).split())
-        print(f"changedet: error: {message}", file=sys.stderr)
-        return EXIT_USER
-    except KeyboardInterrupt:
-        print("changedet: interrupted; no partial output was kept.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as err:  # internal error: say so, point at -v
-        if args.verbose:
-            log.exception("internal error")
-        print(
-            f"changedet: internal error: {type(err).__name__}: {err} (run with -v for the "
-            "traceback and report it)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # Library messages name options as this command line's flags (--align, not align=True).
+    with command_line_words(CLI_FLAGS):
+        try:
+            return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
+        except ChangedetError as err:
+            if args.verbose:
+                log.exception("changedet failed")
+            message = " ".join(str(err).split())
+            print(f"changedet: error: {message}", file=sys.stderr)
+            return EXIT_USER
+        except KeyboardInterrupt:
+            print("changedet: interrupted; no partial output was kept.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as err:  # internal error: say so, point at -v
+            if args.verbose:
+                log.exception("internal error")
+            print(
+                f"changedet: internal error: {type(err).__name__}: {err} (run with -v for the "
+                "traceback and report it)",
+                file=sys.stderr,
+            )
+            return EXIT_INTERNAL
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 COMMANDS = {"run": _cmd_run, "info": _cmd_info}

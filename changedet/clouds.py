@@ -33,7 +33,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from changedet.errors import ConfigError, GridMismatchError
+from changedet.errors import ConfigError, GridMismatchError, option, render
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +158,11 @@ def auto_masks(pair, *, offset: float = 0.0) -> CloudMasks:
     """
     missing = [b for b in S2CLOUDLESS_BANDS if b not in pair.band_ids]
     if missing:
-        log.info("cloud mask 'auto' skipped: s2cloudless needs Sentinel-2 L1C bands %s; the "
-                 "input lacks %s (pass --cloud-mask PATH,PATH with e.g. the L2A SCL or Landsat "
-                 "QA_PIXEL rasters)", ",".join(S2CLOUDLESS_BANDS), ",".join(missing))
+        log.info(render(
+            "cloud mask 'auto' skipped: s2cloudless needs Sentinel-2 L1C bands %s; the input "
+            f"lacks %s (pass {option('cloud_mask', ['BEFORE_MASK', 'AFTER_MASK'])} with e.g. "
+            "the L2A SCL or Landsat QA_PIXEL rasters)"),
+            ",".join(S2CLOUDLESS_BANDS), ",".join(missing))
         return CloudMasks(None, None, "none")
     try:
         import s2cloudless  # noqa: F401
@@ -209,9 +211,8 @@ def mask_from_raster(path: str | Path, pair) -> da.Array:
     if grid.shape != pair.grid.shape or grid.transform != pair.grid.transform:
         if pair.grid.crs is None or grid.crs is None:
             raise GridMismatchError(
-                f"cloud mask {path} is {grid.width} x {grid.height} px, the scene "
-                f"{pair.grid.width} x {pair.grid.height} px, and one is not georeferenced; pass "
-                "a mask on the scene's grid.")
+                f"cloud mask {path} is {grid.size_px}, the scene {pair.grid.size_px}, and one is "
+                "not georeferenced; pass a mask on the scene's grid.")
         from rasterio.enums import Resampling
 
         arr = arr.rio.reproject_match(pair.before.isel(band=0), resampling=Resampling.nearest)
@@ -247,7 +248,8 @@ def cloud_masks(pair, cloud_mask: str | Sequence[str] | None, *, offset: float =
     paths = cloud_mask.split(",") if isinstance(cloud_mask, str) else list(cloud_mask)
     paths = [p.strip() for p in paths if p.strip()]
     if len(paths) != 2:
-        raise ConfigError(f"--cloud-mask takes auto, none or two mask rasters (before,after); "
+        raise ConfigError(f"{option('cloud_mask')} takes auto, none or two mask rasters "
+                          "(before, after); "
                           f"got {cloud_mask!r}.")
     before, after = (mask_from_raster(p, pair) for p in paths)
     import dask

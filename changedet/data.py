@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
+from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, option
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def band_positions(available: Sequence[str], requested: Sequence[str], *,
         else:
             raise BandMismatchError(
                 f"band {band!r} is not in {where}; its bands are {', '.join(ids)}. "
-                "Pass --bands with ids or 1-based indices from that list."
+                f"Pass {option('bands')} with ids or 1-based indices from that list."
             )
     return positions
 

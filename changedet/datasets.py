@@ -27,6 +27,7 @@ import numpy as np
 from changedet import io
 from changedet.data import Scene
 from changedet.errors import BandMismatchError, DatasetError, InputNotFoundError
+from changedet.types import size_px
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ def _load_scene(
 def _check_label_shape(name: str, label_path: Path, label: np.ndarray, shape) -> None:
     if label.shape != tuple(shape):
         raise DatasetError(
-            f"{label_path}: label is {label.shape[1]} x {label.shape[0]} px but scene {name!r} is "
-            f"{shape[1]} x {shape[0]} px; the label must lie on the first date's grid."
+            f"{label_path}: label is {size_px(*label.shape[-2:])} but scene {name!r} is "
+            f"{size_px(*shape[-2:])}; the label must lie on the first date's grid."
         )
 
 
@@ -253,7 +254,7 @@ def load_oscd(
                 f"1 (no change) and 2 (change) only. Is this an OSCD label?"
             )
         scenes.append(Scene(name, b, a, (raw == OSCD_CHANGE).astype(np.uint8), valid, band_ids))
-        log.info("loaded %s: %s px, %d changed", name, valid.shape, int((raw == 2).sum()))
+        log.info("loaded %s: %s, %d changed", name, size_px(*valid.shape), int((raw == 2).sum()))
     return scenes
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from changedet import bands
 from changedet.data import image_statistics, normalize, stats_from_sums
-from changedet.errors import BandMismatchError, EmptySceneError, InputRangeError
+from changedet.errors import BandMismatchError, EmptySceneError, InputRangeError, option
 
 if TYPE_CHECKING:
     from changedet.data import Scene
@@ -52,7 +52,7 @@ def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ..
             raise BandMismatchError(
                 f"model {model.name!r} takes {len(wanted)} bands (red, green, blue for 'rgb') but "
                 f"the input has {len(found)} ({','.join(found) or 'none'}); pick {len(wanted)} "
-                "with --bands, or another model with --model.")
+                f"with {option('bands')}, or another model with {option('model')}.")
         return tuple(range(len(wanted)))
     ids = bands.canonical_bands(found) if any(b not in wanted for b in found) else found
     if ids is None:
@@ -60,8 +60,8 @@ def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ..
         raise BandMismatchError(
             f"model {model.name!r} expects bands {','.join(wanted)} but the input has "
             f"{','.join(found)} ({','.join(unknown) or 'a repeated band'}: not a known band "
-            "name); name the file's bands with --band-names (e.g. blue,green,red,nir), or "
-            "choose bands with --bands.")
+            f"name); name the file's bands with {option('band_names', 'blue,green,red,nir')}, "
+            f"or choose bands with {option('bands')}.")
     extra = [b for b in ids if b not in wanted]
     required = model.required_bands if model.required_bands is not None else wanted
     missing = [b for b in required if b not in ids]
@@ -72,8 +72,9 @@ def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ..
             f"it does not take {','.join(extra)}" if extra else "") if p)
         raise BandMismatchError(
             f"model {model.name!r} {what} bands {','.join(required)} but the input has "
-            f"{','.join(found) or 'none'} ({problems}); choose the bands with --bands, name them "
-            "with --band-names, or pick another model with --model.")
+            f"{','.join(found) or 'none'} ({problems}); choose the bands with {option('bands')}, "
+            f"name them with {option('band_names')}, or pick another model with "
+            f"{option('model')}.")
     return tuple(wanted.index(b) for b in ids)
 
 
@@ -112,6 +113,11 @@ class PreparedModel:
     @property
     def threshold(self) -> float | None:
         return self.model.threshold
+
+    @property
+    def compile_seconds(self) -> float:
+        """One-off compile time of the model's predictors so far (see ``ChangeModel``)."""
+        return self.model.compile_seconds
 
     @property
     def model_bands(self) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,8 @@ from jax.sharding import PartitionSpec as P
 
 from changedet import tiling
 from changedet.data import normalize, to_nhwc
-from changedet.errors import BandMismatchError, ConfigError
+from changedet.errors import BandMismatchError, ConfigError, option
+from changedet.types import size_px
 
 if TYPE_CHECKING:
     from changedet.modelfile import ChangeModel
@@ -54,6 +56,9 @@ class PredictStep:
       mesh: 1-D mesh ``("data",)`` over the devices.
       num_devices: Devices the batch is split over.
       num_traces: How many times ``predict_step`` was traced (one per distinct shape).
+      compile_seconds: Wall time of the first call for each shape: tracing and XLA
+        compilation (the launch of that first batch is included; its execution, dispatched
+        asynchronously, mostly is not).
     """
 
     def __init__(self, graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None):
@@ -65,6 +70,7 @@ class PredictStep:
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
         self.num_traces = 0
+        self.compile_seconds = 0.0
         self._graphdef = graphdef
         self._lock = threading.Lock()
         self._shapes: set[tuple[int, ...]] = set()
@@ -105,10 +111,13 @@ class PredictStep:
         if shape not in self._shapes:
             with self._lock:
                 if shape not in self._shapes:
-                    log.debug("compiling predict_step for %s on %d device(s)", shape,
-                              self.num_devices)
+                    start = time.perf_counter()
                     out = self._jitted(state, before, after)
+                    seconds = time.perf_counter() - start
+                    self.compile_seconds += seconds
                     self._shapes.add(shape)
+                    log.debug("compiled predict_step for %s on %d device(s) in %.2f s", shape,
+                              self.num_devices, seconds)
                     return out
         return self._jitted(state, before, after)
 
@@ -192,15 +201,16 @@ class BlockPredictor:
                               f"got {before.shape} and {after.shape}.")
         if before.shape[0] != self.num_bands:
             raise BandMismatchError(f"the model takes {self.num_bands} bands but the block has "
-                                    f"{before.shape[0]}; pass the model's bands (--bands).")
+                                    f"{before.shape[0]}; pass the model's bands "
+                                    f"({option('bands')}).")
         if context_px and context_px < self.halo_px:
             raise ConfigError(f"context_px ({context_px}) must be 0 or >= the model's halo "
                               f"({self.halo_px}).")
         height, width = before.shape[1:]
         shape = (height - 2 * context_px, width - 2 * context_px)
         if min(shape) < 1:
-            raise ConfigError(f"a {height}x{width} block has no core inside {context_px} px of "
-                              "context on each side.")
+            raise ConfigError(f"a {size_px(height, width)} block has no core inside "
+                              f"{context_px} px of context on each side.")
         core = self.core_px(shape)
         tiles = tiling.plan_tiles(shape, core)
         padded_dates = []

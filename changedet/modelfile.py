@@ -28,7 +28,7 @@ import numpy as np
 
 from changedet import bands
 from changedet.config import ModelConfig, model_config_from_dict, to_dict
-from changedet.errors import BandMismatchError, ModelFileError
+from changedet.errors import BandMismatchError, ModelFileError, option
 
 if TYPE_CHECKING:
     from changedet.detector import PreparedModel
@@ -191,6 +191,13 @@ class ChangeModel:
                                                        batch_size=batch_size)
             return self._predictors[key]
 
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds this process spent compiling this model's predictors so far (one-off:
+        once per tile shape; see ``PredictStep.compile_seconds``)."""
+        with self._lock:
+            return sum(p.step.compile_seconds for p in self._predictors.values())
+
     def score_block(self, before: np.ndarray, after: np.ndarray, *,
                     context_px: int = 0) -> np.ndarray:
         """``(h, w)`` float32 change score of raw ``(band, h, w)`` blocks. Thread-safe.
@@ -227,21 +234,31 @@ def _shared_model(source: tuple[str, str] | None, fields: dict[str, Any] | None)
     Raises:
       ModelFileError: If the model file changed since the model was pickled.
     """
-    key = f"file:{source[0]}:{source[1]}" if source is not None else _content_key(fields or {})
+    key = _file_key(source) if source is not None else _content_key(fields or {})
     with _SHARED_LOCK:
         model = _SHARED.get(key)
-        if model is None:
-            if source is not None:
-                model = load_model(source[0])
-                if model._source is None or model._source[1] != source[1]:
-                    raise ModelFileError(
-                        f"model file {source[0]} changed while in use (sha256 differs from the "
-                        "one loaded); do not overwrite a model file during a run.")
-            else:
-                model = ChangeModel(**(fields or {}))
-            if len(_SHARED) >= _SHARED_MAX:
-                _SHARED.pop(next(iter(_SHARED)))
-            _SHARED[key] = model
+    if model is not None:
+        return model
+    if source is not None:
+        model = load_model(source[0])  # shares itself (see _share)
+        if model._source is None or model._source[1] != source[1]:
+            raise ModelFileError(
+                f"model file {source[0]} changed while in use (sha256 differs from the "
+                "one loaded); do not overwrite a model file during a run.")
+        return model
+    return _share(key, ChangeModel(**(fields or {})))
+
+
+def _file_key(source: tuple[str, str]) -> str:
+    return f"file:{source[0]}:{source[1]}"
+
+
+def _share(key: str, model: ChangeModel) -> ChangeModel:
+    """Keeps ``model`` as this process's instance for ``key`` (a few models at most)."""
+    with _SHARED_LOCK:
+        if len(_SHARED) >= _SHARED_MAX and key not in _SHARED:
+            _SHARED.pop(next(iter(_SHARED)))
+        _SHARED[key] = model
     return model
 
 
@@ -436,7 +453,7 @@ def resolve_model_path(path_or_name: str | os.PathLike[str],
     if text not in registry:
         known = ", ".join(sorted(registry)) or "none installed"
         raise ModelFileError(f"no packaged model named {text!r} (packaged: {known}); pass a "
-                             "model file path with --model.")
+                             f"model file path with {option('model')}.")
     entry = registry[text]
     if not isinstance(entry, dict) or "sha256" not in entry:
         raise ModelFileError(f"registry entry for {text!r} in {folder_path} has no sha256; "
@@ -509,6 +526,9 @@ def load_model(path_or_name: str | os.PathLike[str], *,
     except ModelFileError as err:
         raise ModelFileError(f"model file {path}: {err}") from err
     object.__setattr__(model, "_source", (str(path.resolve()), hashlib.sha256(data).hexdigest()))
+    # Unpickling this model in this process (dask tokenises a graph's functions by pickling
+    # them) then returns this instance instead of reading and validating the file again.
+    _share(_file_key(model._source), model)
     log.info("loaded model %r (%s head, bands %s) from %s", model.name, model.config.head,
              ",".join(model.band_ids), path)
     return model

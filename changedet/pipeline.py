@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import xarray as xr
 from changedet import __version__, bands, clouds, io
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
-from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
+from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, option, render
 from changedet.types import Grid
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,20 @@ class RunResult:
     Attributes:
       outputs: Paths written (mask first, then score, vector and quicklook if asked).
       threshold: Decision threshold applied to the score.
-      method: Detector name (``"cva"`` or ``"siamese:<model>"``).
+      method: ``"siamese"`` (a learned model) or ``"cva"``: the names ``method=`` takes, the
+        ``method`` tag of the outputs and ``detect``'s ``ds.attrs["method"]``.
       grid: The output grid (identical to the input ``before`` grid).
-      seconds: Wall time of the whole run.
-      megapixels_per_second: Scene pixels divided by wall time.
+      seconds: Wall time of the whole run (opening, cloud masks, statistics, model loading,
+        compiling, scoring, writing every output).
+      megapixels_per_second: Scene pixels divided by the wall time *excluding* the one-off
+        compile (``seconds - compile_seconds``): what a second scene of this size takes in
+        the same process. Everything else is included, so fixed costs (model loading, cloud
+        detection, quicklook) dominate on small scenes.
+      model: The learned model's name (``"sentinel2"``, ``"rgb"``, a file's model name), or
+        None for CVA.
+      compile_seconds: Time spent compiling the model in this run, in this process (0 for
+        CVA, for a model already compiled for these tile shapes, and on a distributed
+        cluster, where the workers compile).
     """
 
     outputs: tuple[Path, ...]
@@ -69,9 +80,30 @@ class RunResult:
     grid: Grid
     seconds: float
     megapixels_per_second: float
+    model: str | None = None
+    compile_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- detector choice
+
+
+def method_name(detector: Detector) -> str:
+    """``"siamese"`` for a learned model, else the detector's own name (``"cva"``)."""
+    from changedet.detector import PreparedModel
+    from changedet.modelfile import ChangeModel
+
+    return "siamese" if isinstance(detector, (PreparedModel, ChangeModel)) else detector.name
+
+
+def model_name(detector: Detector) -> str | None:
+    """The learned model's name, or None for a detector without a model (CVA)."""
+    return detector.name if method_name(detector) == "siamese" else None
+
+
+def describe_detector(detector: Detector) -> str:
+    """``"siamese (model 'sentinel2')"`` or ``"cva"``, for messages."""
+    model = model_name(detector)
+    return method_name(detector) if model is None else f"siamese (model {model!r})"
 
 
 def select_bands(pair: io.RasterPair, bands: Sequence[str] | None) -> io.RasterPair:
@@ -102,12 +134,20 @@ def default_model_name(band_ids: Sequence[str]) -> str:
         return "sentinel2"
     if len(band_ids) == 3:
         return "rgb"
+    found = f"{len(band_ids)} band{'s' if len(band_ids) != 1 else ''} ({', '.join(band_ids)})"
+    packaged = ("'sentinel2' takes named bands holding blue, green and red (Sentinel-2 ids, "
+                "Earth Engine ids or common names), 'rgb' takes 3 bands in red, green, blue order")
+    if len(band_ids) < 3:  # no choice of bands or names makes blue, green and red of fewer
+        raise BandMismatchError(
+            f"no packaged model fits the input's {found}: {packaged}. Use "
+            f"{option('method', 'cva')} (change vector analysis takes any number of bands), or "
+            f"pass a model trained on these bands with {option('model')}."
+        )
     raise BandMismatchError(
-        f"no packaged model fits the input's {len(band_ids)} bands ({', '.join(band_ids)}): "
-        "'sentinel2' takes named bands holding blue, green and red (Sentinel-2 ids, Earth "
-        "Engine ids or common names), 'rgb' takes 3 bands in red, green, blue order. Name the "
-        "bands with --band-names (e.g. blue,green,red,nir,swir16,swir22 for Landsat TM), pick "
-        "3 with --bands, pass --model PATH, or use --method cva."
+        f"no packaged model fits the input's {found}: {packaged}. Name the bands with "
+        f"{option('band_names', 'blue,green,red,nir,swir16,swir22')} (Landsat TM), pick 3 "
+        f"with {option('bands')}, pass a model file with {option('model')}, or use "
+        f"{option('method', 'cva')}."
     )
 
 
@@ -151,11 +191,11 @@ def resolve_detector(
         name = default_model_name(pair.band_ids)
         gsd = pixel_size_m(pair.grid)
         if method == "auto" and gsd is not None and gsd > MAX_MODEL_PIXEL_M:
-            log.info(
+            log.info(render(
                 "%.0f m pixels: the packaged models learned 10 m urban change; at this "
                 "resolution change vector analysis was more accurate (Landsat Taizhou, F1 "
-                "0.91 vs 0.76), so --method auto uses CVA. Pass --method siamese for the %s "
-                "model.", gsd, name)
+                f"0.91 vs 0.76), so {option('method', 'auto')} uses CVA. Pass "
+                f"{option('method', 'siamese')} for the %s model."), gsd, name)
             return CVADetector()
         model = name
     if not isinstance(model, modelfile.ChangeModel):
@@ -232,8 +272,8 @@ def score_graph(
     align = int(getattr(detector, "align_px", 1))  # pooling alignment of learned models
     if block_px < 1 or block_px % align:
         raise ConfigError(
-            f"tile size {block_px} px must be a positive multiple of {align} for this model; "
-            f"try --tile-size {max(align, block_px - block_px % align)}."
+            f"block size {block_px} px must be a positive multiple of {align} for this model; "
+            f"try {option('block_px', max(align, block_px - block_px % align))}."
         )
     height, width = pair.grid.shape
     fill = _fill_values(detector, len(pair.band_ids))
@@ -362,7 +402,8 @@ def detect(
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
       (uint8: 0 no change, 1 change, 255 nodata), both dask-backed, with the CRS and
-      transform written (``ds.rio.crs``) and attributes ``threshold`` and ``method``.
+      transform written (``ds.rio.crs``) and attributes ``threshold``, ``method``
+      (``"siamese"`` or ``"cva"``) and, for a learned model, ``model`` (its name).
 
     Example:
       >>> ds = changedet.detect("data/oscd_paris/imgs_1", "data/oscd_paris/imgs_2")
@@ -380,7 +421,8 @@ def detect(
     ds = xr.Dataset(
         {"score": (("y", "x"), score), "mask": (("y", "x"), mask)},
         coords=coords,
-        attrs={"threshold": thr, "method": detector.name},
+        attrs={"threshold": thr, "method": method_name(detector)}
+        | ({"model": model_name(detector)} if model_name(detector) else {}),
     )
     ds["mask"].attrs["_FillValue"] = 255
     if pair.grid.crs is not None:
@@ -392,7 +434,7 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
     """GeoTIFF tags that make every map traceable to its inputs and settings."""
     tags = {
         "changedet_version": __version__,
-        "method": detector.name,
+        "method": method_name(detector),
         "threshold": repr(float(threshold)),
         "before": str(pair.before_path),
         "after": str(pair.after_path),
@@ -402,7 +444,6 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
 
     if isinstance(detector, PreparedModel):
         model = detector.model
-        tags["method"] = "siamese"
         tags["model"] = model.name
         tags["model_head"] = model.config.head
         tags["model_bands"] = ",".join(detector.model_bands)
@@ -423,7 +464,7 @@ def _check_extras(*, vector: bool, quicklook: bool) -> None:
         needs += [("matplotlib", "viz")]
     for module, extra in needs:
         if importlib.util.find_spec(module) is None:
-            what = "--vector" if extra == "vector" else "--quicklook"
+            what = option("vector_path" if extra == "vector" else "quicklook_path")
             raise ConfigError(
                 f"{what} needs {module}, which is not installed: pip install "
                 f"'changedet[{extra}]' (or drop {what}).")
@@ -443,13 +484,13 @@ def check_threshold(threshold: float | None, detector: Detector) -> None:
 
     probability = isinstance(detector, PreparedModel) and detector.model.config.head != "distance"
     if not math.isfinite(value):
-        raise ConfigError(f"--threshold must be a finite number; got {threshold!r}.")
+        raise ConfigError(f"{option('threshold')} must be a finite number; got {threshold!r}.")
     if probability and not 0.0 < value < 1.0:
         raise ConfigError(
-            f"--threshold {value:g} is outside (0, 1): model {detector.name!r} scores a change "
-            f"probability; its calibrated threshold is {detector.threshold:.3g}.")
+            f"{option('threshold', value)} is outside (0, 1): model {detector.name!r} scores a "
+            f"change probability; its calibrated threshold is {detector.threshold:.3g}.")
     if not probability and value <= 0:
-        raise ConfigError(f"--threshold {value:g} must be > 0 for a distance score.")
+        raise ConfigError(f"{option('threshold', value)} must be > 0 for a distance score.")
 
 
 def cloud_tags(masks: clouds.CloudMasks) -> dict[str, str]:
@@ -477,6 +518,13 @@ def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
         if jax.default_backend() == "cpu":
             return {"num_workers": 1}
     return {}
+
+
+def _scratch_score_path(mask_path: Path) -> Path:
+    """Hidden score file beside the mask, for products that need the score when the user did
+    not ask for one (``.<mask stem>.partial-score-<pid>.tif``)."""
+    mask_path = Path(mask_path).expanduser().resolve()
+    return mask_path.with_name(f".{mask_path.stem}.partial-score-{os.getpid()}.tif")
 
 
 def run(
@@ -508,8 +556,10 @@ def run(
     Args:
       before, after, method, model, bands, threshold, align, block_px, band_names, cloud_mask,
         offset: As for :func:`detect`.
-      out: Mask GeoTIFF path (uint8, 0/1, nodata 255).
-      score_path: Optional float32 score GeoTIFF path (nodata NaN).
+      out: Mask path (uint8, 0/1, nodata 255): ``.tif``/``.tiff`` a GeoTIFF, ``.png`` an
+        8-bit palette PNG with ``.wld`` and ``.png.aux.xml`` sidecars holding its grid (see
+        :func:`changedet.io.raster_format`); other extensions are refused before any compute.
+      score_path: Optional float32 score GeoTIFF path (``.tif``/``.tiff``; nodata NaN).
       vector_path: Optional ``.gpkg``/``.geojson`` of changed regions.
       quicklook_path: Optional PNG overlay (before, after, score, mask) to glance at.
       overwrite: Replace existing outputs.
@@ -529,6 +579,10 @@ def run(
     for path in outputs:  # fail before any computation
         if vector_path is not None and path == Path(vector_path):
             io.check_vector_path(path, inputs=inputs, overwrite=overwrite)
+        elif path == outputs[0]:
+            io.check_raster_path(path, inputs=inputs, overwrite=overwrite)
+        elif score_path is not None and path == Path(score_path):
+            io.check_raster_path(path, inputs=inputs, overwrite=overwrite, what="score")
         else:
             io.check_output_path(path, inputs=inputs, overwrite=overwrite)
     if len({p.resolve() for p in outputs}) != len(outputs):
@@ -539,31 +593,37 @@ def run(
         before, after, method=method, model=model, bands=bands, align=align,
         band_names=band_names, cloud_mask=cloud_mask, offset=offset,
     )
-    log.info(
-        "%s: %d x %d px, %d bands, grid %s",
-        detector.name, pair.grid.height, pair.grid.width, len(pair.band_ids), pair.grid.crs,
-    )
+    log.info("%s: %s, %d bands, grid %s", describe_detector(detector), pair.grid.size_px,
+             len(pair.band_ids), pair.grid.crs)
     check_threshold(threshold, detector)
+    prepared_at = time.perf_counter()
+    compiled_before = _compile_seconds(detector)
     with dask.config.set(**_scheduler_settings(detector, client)):
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
         thr = _threshold_for(score, detector, threshold)
+        # The polygons' mean_score needs the score: without --score it goes to a hidden
+        # scratch file beside the mask (written in the same pass), removed after polygonising.
+        scratch = _scratch_score_path(outputs[0]) if vector_path and not score_path else None
         written = io.write_outputs(
             score,
             pair.grid,
             mask_path=outputs[0],
-            score_path=score_path,
+            score_path=score_path or scratch,
             threshold=thr,
             tags=provenance(detector, thr, pair) | cloud_tags(masks),
             overwrite=overwrite,
             progress=progress,
         )
-    written = list(written)
+    written = [p for p in written if p != scratch]
+    written_at = time.perf_counter()
+    compile_s = _compile_seconds(detector) - compiled_before
     try:  # products derived from the written rasters; on failure, remove this run's outputs
         if vector_path is not None:
             written.append(
                 io.write_vector_from_rasters(
-                    vector_path, mask_path=outputs[0], score_path=score_path, overwrite=overwrite
+                    vector_path, mask_path=outputs[0], score_path=score_path or scratch,
+                    overwrite=overwrite,
                 )
             )
         if quicklook_path is not None:
@@ -577,16 +637,36 @@ def run(
             )
     except BaseException:
         for path in written:
-            Path(path).unlink(missing_ok=True)
+            io.remove_output(path)
         raise
-    seconds = time.perf_counter() - start
+    finally:
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
+    end = time.perf_counter()
+    seconds = end - start
     mpix = pair.grid.height * pair.grid.width / 1e6
-    log.info("wrote %s in %.1f s (%.2f Mpix/s)", ", ".join(map(str, written)), seconds, mpix / seconds)
+    rate = mpix / max(seconds - compile_s, 1e-9)
+    scoring_s = max(written_at - prepared_at - compile_s, 1e-9)
+    log.info(
+        "%s (%.3g Mpix) in %.1f s: %.1f s opening and preparing (headers, cloud masks, band "
+        "statistics, model file; importing JAX in a first run), %.1f s compiling the model "
+        "(once per process and tile shape), %.1f s scoring and writing the rasters (%.3g "
+        "Mpix/s), %.1f s vector and quicklook; %.3g Mpix/s end to end excluding the compile.",
+        pair.grid.size_px, mpix, seconds, prepared_at - start, compile_s, scoring_s,
+        mpix / scoring_s, end - written_at, rate,
+    )
     return RunResult(
         outputs=tuple(written),
         threshold=thr,
-        method=detector.name,
+        method=method_name(detector),
         grid=pair.grid,
         seconds=seconds,
-        megapixels_per_second=mpix / seconds,
+        megapixels_per_second=rate,
+        model=model_name(detector),
+        compile_seconds=compile_s,
     )
+
+
+def _compile_seconds(detector: Detector) -> float:
+    """The detector's compile time so far in this process (0 for one that does not compile)."""
+    return float(getattr(detector, "compile_seconds", 0.0))

@@ -8,6 +8,16 @@ from typing import Any
 from affine import Affine
 
 
+def size_px(height: int, width: int) -> str:
+    """A raster size in the words every message uses: columns x rows, ``"W x H px"``.
+
+    Example:
+      >>> size_px(408, 390)  # 408 rows, 390 columns
+      '390 x 408 px'
+    """
+    return f"{int(width)} x {int(height)} px"
+
+
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """A raster pixel grid: shape, affine transform and CRS (``None`` if not georeferenced).
@@ -28,6 +38,11 @@ class Grid:
     def shape(self) -> tuple[int, int]:
         """``(height, width)`` in pixels."""
         return (self.height, self.width)
+
+    @property
+    def size_px(self) -> str:
+        """``"W x H px"`` (see :func:`size_px`)."""
+        return size_px(self.height, self.width)
 
     @property
     def is_georeferenced(self) -> bool:

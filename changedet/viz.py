@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from changedet.errors import ConfigError, GridMismatchError, InputNotFoundError
+from changedet.types import size_px
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -406,8 +407,8 @@ def quicklook(
     before_rgb, after_rgb = true_colour_pair(before, after, bands, valid=valid)
     if before_rgb.shape[:2] != mask.shape:
         raise GridMismatchError(
-            f"quicklook: scenes are {before_rgb.shape[:2]} px but the mask is {mask.shape}; pass "
-            "a mask on the scenes' grid."
+            f"quicklook: scenes are {size_px(*before_rgb.shape[:2])} but the mask is "
+            f"{size_px(*mask.shape[-2:])}; pass a mask on the scenes' grid."
         )
     num_panels = 3 if score is None else 4
     height, width = mask.shape
@@ -599,9 +600,9 @@ def write_quicklook(
     for name, raster in (("mask", mask), ("score", score)):
         if raster is not None and (raster.sizes["y"], raster.sizes["x"]) != pair.grid.shape:
             raise GridMismatchError(
-                f"{raster.attrs['source']}: {name} is {raster.sizes['x']} x {raster.sizes['y']} px "
-                f"but {before} is {pair.grid.width} x {pair.grid.height} px; pass the {name} "
-                f"written for this pair."
+                f"{raster.attrs['source']}: {name} is "
+                f"{size_px(raster.sizes['y'], raster.sizes['x'])} but {before} is "
+                f"{pair.grid.size_px}; pass the {name} written for this pair."
             )
     tags = _read_tags(Path(mask_path))
     changed_px, area_ha = changed_area(mask)
@@ -620,6 +621,8 @@ def write_quicklook(
         score_small = np.asarray(score.isel(band=0, y=step, x=step).values, dtype=np.float32)
 
     method = tags.get("method", "change")
+    if tags.get("model"):
+        method += f" ({tags['model']})"
     title = f"{method}: {_format_area(changed_px, area_ha, valid_px)}"
     if factor > 1:
         title += f"  [shown at 1/{factor} resolution]"

@@ -149,7 +149,7 @@ def test_existing_output_is_refused_and_left_untouched(tmp_path: Path) -> None:
     pair = open_pair(synthetic.before_path, synthetic.after_path)
     mask_path = tmp_path / "mask.tif"
     mask_path.write_bytes(b"old result")
-    with pytest.raises(OutputError, match="exists; pass --overwrite") as exc:
+    with pytest.raises(OutputError, match="exists; pass overwrite=True") as exc:
         write_outputs(_score_of(pair, 32), pair.grid, mask_path=mask_path, threshold=1.0,
                       progress=False)  # fmt: skip
     assert "\n" not in str(exc.value)
@@ -256,3 +256,29 @@ def test_vector_from_written_rasters(tmp_path: Path) -> None:
     assert columns["mean_score"][biggest] > 300.0
     with pytest.raises(OutputError, match="input"):
         write_vector_from_rasters(mask_path, mask_path=mask_path, overwrite=True)
+
+
+def test_png_mask_sidecars_are_checked_written_and_replaced(tmp_path: Path) -> None:
+    (tmp_path / "geo").mkdir()
+    georeferenced = write_synthetic_pair(tmp_path / "geo")
+    pair = open_pair(georeferenced.before_path, georeferenced.after_path)
+    out = tmp_path / "change.png"
+    write_outputs(_score_of(pair, 32), pair.grid, mask_path=out, threshold=300.0,
+                  progress=False)  # fmt: skip
+    world, aux = tmp_path / "change.wld", tmp_path / "change.png.aux.xml"
+    assert world.is_file() and aux.is_file()
+    out.unlink()
+    aux.unlink()  # a leftover world file alone still blocks a new output...
+    with pytest.raises(OutputError, match=r"change\.wld exists"):
+        write_outputs(_score_of(pair, 32), pair.grid, mask_path=out, threshold=300.0,
+                      progress=False)  # fmt: skip
+    # ...and an ungeoreferenced mask written over it with overwrite drops the stale world file
+    grid = Grid(pair.grid.height, pair.grid.width, Affine.identity(), None)
+    write_outputs(_score_of(pair, 32), grid, mask_path=out, threshold=300.0, overwrite=True,
+                  progress=False)  # fmt: skip
+    assert not world.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(out) as src:
+            assert src.driver == "PNG" and src.crs is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["change.png", "change.png.aux.xml", "geo"]

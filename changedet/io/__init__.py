@@ -13,7 +13,15 @@ from changedet.io.read import (
     scene_grid,
 )
 from changedet.io.vector import check_vector_path, write_vector, write_vector_from_rasters
-from changedet.io.write import MASK_NODATA, check_output_path, mask_from_score, write_outputs
+from changedet.io.write import (
+    MASK_NODATA,
+    check_output_path,
+    check_raster_path,
+    mask_from_score,
+    raster_format,
+    remove_output,
+    write_outputs,
+)
 
 __all__ = [
     "CANONICAL_S2_BANDS",
@@ -21,11 +29,14 @@ __all__ = [
     "RasterPair",
     "UngeoreferencedWarning",
     "check_output_path",
+    "check_raster_path",
     "check_vector_path",
     "describe_scene",
     "mask_from_score",
     "open_pair",
     "open_scene",
+    "raster_format",
+    "remove_output",
     "scene_grid",
     "write_outputs",
     "write_vector",

@@ -38,6 +38,8 @@ from changedet.errors import (
     GridMismatchError,
     InputNotFoundError,
     NotARasterError,
+    option,
+    render,
 )
 from changedet.types import Grid
 
@@ -437,7 +439,7 @@ def describe_scene(path: str | Path) -> str:
         units = " degrees" if info.crs.is_geographic else f" {info.crs.linear_units}"
     lines = [
         f"scene:      {info.path}{' (band folder)' if info.is_folder else ''}",
-        f"size:       {g.width} x {g.height} px (width x height), {len(info.band_ids)} "
+        f"size:       {g.size_px} (width x height), {len(info.band_ids)} "
         f"band{'s' if len(info.band_ids) != 1 else ''}",
         f"crs:        {info.crs.to_string() if info.crs is not None else 'none (not georeferenced)'}",
         f"pixel size: {size_x:.6g} x {size_y:.6g}{units}",
@@ -473,7 +475,7 @@ def _grid_difference(a: Grid, a_crs: CRS | None, b: Grid, b_crs: CRS | None) -> 
         b_origin = (b.transform.c, b.transform.f)
         return f"origin {a_origin[0]:.10g}, {a_origin[1]:.10g} vs {b_origin[0]:.10g}, {b_origin[1]:.10g}"
     if a.shape != b.shape:
-        return f"size {a.width} x {a.height} px vs {b.width} x {b.height} px"
+        return f"size {a.size_px} vs {b.size_px}"
     return None
 
 
@@ -547,8 +549,9 @@ def _pair_band_ids(b_info: _SceneInfo, a_info: _SceneInfo,
     if positional.count(True) == 1 and len(b_ids) == len(a_ids):
         named, plain = (a_info, b_info) if positional[0] else (b_info, a_info)
         warnings.warn(
-            f"{plain.path} has no band descriptions; using those of {named.path} "
-            f"({','.join(named.band_ids)}) in file order. Pass --band-names to state them.",
+            render(f"{plain.path} has no band descriptions; using those of {named.path} "
+                   f"({','.join(named.band_ids)}) in file order. Pass {option('band_names')} "
+                   "to state them."),
             stacklevel=3,
         )
         return b_can or a_can or named.band_ids
@@ -563,7 +566,7 @@ def _pair_band_ids(b_info: _SceneInfo, a_info: _SceneInfo,
         )
     raise BandMismatchError(
         f"{b_info.path} ({len(b_ids)} bands) vs {a_info.path} ({len(a_ids)} bands): {detail}; "
-        "give both dates the same bands, or name them with --band-names."
+        f"give both dates the same bands, or name them with {option('band_names')}."
     )
 
 
@@ -604,9 +607,9 @@ def open_pair(
     if georeferenced == (False, False):
         if b_info.grid.shape != a_info.grid.shape:
             raise GridMismatchError(
-                f"{before_path} vs {after_path}: size {b_info.grid.width} x {b_info.grid.height} px "
-                f"vs {a_info.grid.width} x {a_info.grid.height} px and neither is georeferenced, so "
-                f"they cannot be aligned; crop or resize them to the same size."
+                f"{before_path} vs {after_path}: size {b_info.grid.size_px} vs "
+                f"{a_info.grid.size_px} and neither is georeferenced, so they cannot be aligned; "
+                "crop or resize them to the same size."
             )
         warnings.warn(
             f"{before_path} and {after_path} are not georeferenced: pixels are matched by index; "
@@ -635,8 +638,8 @@ def open_pair(
             )
         if not align:
             raise GridMismatchError(
-                f"{before_path} vs {after_path}: grids differ: {difference}; pass align=True "
-                f"(CLI: --align) to resample 'after' onto the grid of 'before'."
+                f"{before_path} vs {after_path}: grids differ: {difference}; pass "
+                f"{option('align', True)} to resample 'after' onto the grid of 'before'."
             )
         is_aligned = True
         footprint = _footprint(b_info.grid, b_info.crs, a_info.grid, a_info.crs, chunks_px)

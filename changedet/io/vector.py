@@ -41,6 +41,17 @@ def _areas_m2(geometries: list, grid: Grid, pixel_counts: np.ndarray) -> np.ndar
     return np.array([g.area for g in geometries]) * factor**2
 
 
+def _region_means(score: np.ndarray, labels: np.ndarray, changed: np.ndarray,
+                  num_regions: int) -> np.ndarray:
+    """Mean finite score of each labelled region (float64; NaN only for a region without a
+    finite score, which a mask made from the score never has)."""
+    finite = np.isfinite(score) & changed
+    sums = np.bincount(labels[finite], weights=score[finite], minlength=num_regions + 1)[1:]
+    counts = np.bincount(labels[finite], minlength=num_regions + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float64)
+
+
 def check_vector_path(
     path: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False
 ) -> Path:
@@ -68,7 +79,7 @@ def check_vector_path(
 def write_vector(
     path: str | Path,
     mask: np.ndarray,
-    score: np.ndarray,
+    score: np.ndarray | None,
     grid: Grid,
     *,
     overwrite: bool = False,
@@ -78,14 +89,16 @@ def write_vector(
     Args:
       path: ``.gpkg`` (GeoPackage) or ``.geojson``/``.json`` output.
       mask: ``(height, width)`` uint8 change mask on ``grid`` (1 = change; 0 and 255 ignored).
-      score: ``(height, width)`` float32 change score on ``grid`` (NaN ignored in the mean).
+      score: ``(height, width)`` float32 change score on ``grid`` (NaN ignored in the mean),
+        or None: the file then has no ``mean_score`` field.
       grid: Pixel grid of ``mask``; its CRS is written to the file (none if None).
       overwrite: Replace an existing file.
 
     Returns:
       The written path. Fields: ``area_m2`` (planar area times the CRS unit factor squared for a
       projected CRS, geodesic area on the CRS ellipsoid for a geographic one, the pixel count when
-      there is no CRS), ``area_px`` (pixels in the region), ``mean_score``.
+      there is no CRS), ``area_px`` (pixels in the region), ``mean_score`` (mean change
+      score of the region's pixels; only with ``score``).
 
     Raises:
       OutputError: Unknown extension, or the output exists / cannot be written.
@@ -97,16 +110,12 @@ def write_vector(
 
     out = check_vector_path(path, overwrite=overwrite)
     driver = _DRIVERS[out.suffix.lower()]
-    if mask.shape != grid.shape or score.shape != grid.shape:
-        raise ValueError(f"mask {mask.shape} / score {score.shape} do not match grid {grid.shape}")
+    if mask.shape != grid.shape or (score is not None and score.shape != grid.shape):
+        raise ValueError(f"mask {mask.shape} / score {getattr(score, 'shape', None)} do not "
+                         f"match grid {grid.shape}")
     changed = mask == 1
     labels, num_regions = ndimage.label(changed)  # 4-connectivity, as rasterio.features.shapes
     pixel_counts = np.bincount(labels.ravel(), minlength=num_regions + 1)[1:]
-    finite = np.isfinite(score) & changed
-    score_sums = np.bincount(labels[finite], weights=score[finite], minlength=num_regions + 1)[1:]
-    score_counts = np.bincount(labels[finite], minlength=num_regions + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_scores = np.where(score_counts > 0, score_sums / np.maximum(score_counts, 1), np.nan)
 
     ids, geometries = [], []
     for geojson, value in rasterio.features.shapes(
@@ -116,12 +125,11 @@ def write_vector(
         geometries.append(shapely.geometry.shape(geojson))
     region = np.asarray(ids, dtype=np.int64) - 1  # label k -> row k-1 of the per-region arrays
     areas = _areas_m2(geometries, grid, pixel_counts[region])
-    fields = ["area_m2", "area_px", "mean_score"]
-    field_data = [
-        areas.astype(np.float64),
-        pixel_counts[region].astype(np.int64),
-        mean_scores[region].astype(np.float64),
-    ]
+    fields = ["area_m2", "area_px"]
+    field_data = [areas.astype(np.float64), pixel_counts[region].astype(np.int64)]
+    if score is not None:
+        fields.append("mean_score")
+        field_data.append(_region_means(score, labels, changed, num_regions)[region])
     wkb = np.array(shapely.to_wkb(geometries), dtype=object) if geometries else np.array([], dtype=object)
     crs_wkt = CRS.from_user_input(grid.crs).to_wkt() if grid.crs is not None else None
 
@@ -162,8 +170,10 @@ def write_vector_from_rasters(
 
     Args:
       path: ``.gpkg`` or ``.geojson``/``.json`` output.
-      mask_path: uint8 mask GeoTIFF written by :func:`~changedet.io.write.write_outputs`.
-      score_path: Matching float32 score GeoTIFF, or None (``mean_score`` is then null).
+      mask_path: uint8 mask (GeoTIFF or PNG) written by
+        :func:`~changedet.io.write.write_outputs`.
+      score_path: Matching float32 score GeoTIFF, or None (the file then has no
+        ``mean_score`` field; ``changedet.run`` always passes the run's score).
       overwrite: Replace an existing file.
 
     Returns:
@@ -187,5 +197,5 @@ def write_vector_from_rasters(
                 raise ValueError(f"{score_path}: size {ds.shape} differs from mask {mask.shape}")
             score = ds.read(1).astype(np.float32)
     else:
-        score = np.full(mask.shape, np.nan, dtype=np.float32)
+        score = None
     return write_vector(path, mask, score, grid, overwrite=overwrite)

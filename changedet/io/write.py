@@ -1,8 +1,11 @@
-"""Write change masks and score maps as tiled GeoTIFFs, streamed block by block, atomically.
+"""Write change masks and score maps, streamed block by block, atomically.
 
-Outputs go to a hidden temporary name in the destination folder and are renamed at the end; on
-any error or interrupt the temporaries are removed and nothing is left behind. Must not import
-jax or flax.
+The format follows the extension (:func:`raster_format`): ``.tif``/``.tiff`` a tiled DEFLATE
+GeoTIFF; ``.png`` (masks only) an 8-bit palette PNG with its grid in sidecar files (a ``.wld``
+world file for the transform, ``.png.aux.xml`` for the CRS and tags), as GDAL writes them and
+QGIS reads them. Outputs go to a hidden temporary name in the destination folder and are renamed
+at the end; on any error or interrupt the temporaries are removed and nothing is left behind.
+Must not import jax or flax.
 """
 
 from __future__ import annotations
@@ -20,18 +23,24 @@ import dask.array as da
 import numpy as np
 import rasterio
 import rasterio.errors
+import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from changedet.errors import OutputError
+from changedet.errors import OutputError, option
 from changedet.types import Grid
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MASK_NODATA",
+    "RASTER_FORMATS",
     "check_output_path",
+    "check_raster_path",
     "mask_from_score",
+    "raster_format",
+    "remove_output",
+    "sidecar_paths",
     "temporary_path",
     "write_outputs",
 ]
@@ -39,6 +48,10 @@ __all__ = [
 #: Mask value of invalid pixels (declared as the mask's nodata).
 MASK_NODATA = 255
 _TILE_PX = 256
+#: GDAL driver of each raster output extension (lower case).
+RASTER_FORMATS = {".tif": "GTiff", ".tiff": "GTiff", ".png": "PNG"}
+#: Colours of a PNG mask: no change black, change white, nodata transparent.
+PNG_MASK_COLOURS = {0: (0, 0, 0, 255), 1: (255, 255, 255, 255), MASK_NODATA: (0, 0, 0, 0)}
 
 
 def _resolve(path: str | Path) -> Path:
@@ -72,7 +85,7 @@ def check_output_path(
     if out.is_dir():
         raise OutputError(f"{out}: is a folder; give a file name such as {out / 'change.tif'}.")
     if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it.")
+        raise OutputError(f"{out} exists; pass {option('overwrite', True)} to replace it.")
     if out.parent.exists() and not out.parent.is_dir():
         raise OutputError(
             f"{out}: {out.parent} is a file, not a folder; choose an output inside a folder."
@@ -82,6 +95,69 @@ def check_output_path(
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise OutputError(f"{out}: folder {out.parent} is not writable; choose another folder.")
     return out
+
+
+def raster_format(path: str | Path, *, what: str = "mask") -> str:
+    """The GDAL driver for a raster output, from its extension.
+
+    Args:
+      path: Output path.
+      what: ``"mask"`` (GeoTIFF or PNG) or ``"score"`` (GeoTIFF only: PNG holds no float32).
+
+    Returns:
+      ``"GTiff"`` or ``"PNG"``.
+
+    Raises:
+      OutputError: Any other extension, or a PNG for the score.
+
+    Example:
+      >>> raster_format("change.png"), raster_format("score.TIF", what="score")
+      ('PNG', 'GTiff')
+    """
+    suffix = Path(path).suffix.lower()
+    driver = RASTER_FORMATS.get(suffix)
+    if driver is None or (driver == "PNG" and what != "mask"):
+        allowed = ".tif or .tiff (GeoTIFF) or .png (8-bit PNG)" if what == "mask" else (
+            ".tif or .tiff (GeoTIFF; the float32 score does not fit a PNG)")
+        raise OutputError(
+            f"{path}: cannot write the {what} as {suffix or 'a file without extension'!r}; "
+            f"name it with {allowed}.")
+    return driver
+
+
+def sidecar_paths(path: str | Path) -> tuple[Path, ...]:
+    """Files GDAL writes beside a raster output: for a PNG its ``.png.aux.xml`` (CRS, tags)
+    and ``.wld`` world file (transform); none for a GeoTIFF (it holds its grid)."""
+    path = Path(path)
+    if RASTER_FORMATS.get(path.suffix.lower()) != "PNG":
+        return ()
+    return (path.with_name(path.name + ".aux.xml"), path.with_suffix(".wld"))
+
+
+def check_raster_path(
+    path: str | Path,
+    *,
+    inputs: Iterable[str | Path] = (),
+    overwrite: bool = False,
+    what: str = "mask",
+) -> Path:
+    """:func:`check_output_path` for a raster output, plus its format (:func:`raster_format`)
+    and its sidecar files (which must not exist either, unless ``overwrite``).
+
+    Raises:
+      OutputError: As :func:`check_output_path` and :func:`raster_format`.
+    """
+    raster_format(path, what=what)
+    out = check_output_path(path, inputs=inputs, overwrite=overwrite)
+    for sidecar in sidecar_paths(out):
+        check_output_path(sidecar, inputs=inputs, overwrite=overwrite)
+    return out
+
+
+def remove_output(path: str | Path) -> None:
+    """Deletes an output and its sidecar files (missing ones are fine)."""
+    for p in (Path(path), *sidecar_paths(path)):
+        p.unlink(missing_ok=True)
 
 
 def temporary_path(path: Path) -> Path:
@@ -130,6 +206,31 @@ def _profile(grid: Grid, dtype: str, nodata: float) -> dict:
     if grid.crs is not None:
         profile["crs"] = CRS.from_user_input(grid.crs)
     return profile
+
+
+def _is_georeferenced(grid: Grid) -> bool:
+    return grid.crs is not None or grid.transform != rasterio.Affine.identity()
+
+
+def _png_from_geotiff(source: Path, dest: Path, grid: Grid) -> None:
+    """Copies a finished uint8 mask GeoTIFF (with its colour table) to an 8-bit palette PNG;
+    a georeferenced grid goes to a ``.wld`` world file and the ``.png.aux.xml`` (CRS, tags)."""
+    options = {"WORLDFILE": "YES"} if _is_georeferenced(grid) else {}
+    with warnings.catch_warnings():
+        # an ungeoreferenced grid gets no sidecar grid; its input already warned of that
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        rasterio.shutil.copy(source, dest, driver="PNG", **options)
+
+
+def _replace_sidecars(temp: Path, final: Path) -> None:
+    """Moves the sidecars GDAL wrote beside ``temp`` to ``final``'s names, and removes stale
+    ones of a replaced output that this write does not have (an old world file would place
+    the new image)."""
+    for temp_side, final_side in zip(sidecar_paths(temp), sidecar_paths(final), strict=True):
+        if temp_side.exists():
+            os.replace(temp_side, final_side)
+        else:
+            final_side.unlink(missing_ok=True)
 
 
 def _num_workers() -> int:
@@ -221,7 +322,8 @@ def write_outputs(
     Args:
       score: ``(y, x)`` float32 dask array of change scores on ``grid``, NaN where invalid.
       grid: Pixel grid of the outputs (CRS, transform, size); no CRS is written when None.
-      mask_path: uint8 mask GeoTIFF: 0 no change, 1 change (``score > threshold``), 255 nodata.
+      mask_path: uint8 mask: 0 no change, 1 change (``score > threshold``), 255 nodata; a
+        GeoTIFF, or a palette PNG with its grid in sidecars (see :func:`raster_format`).
       threshold: Score threshold (same units as ``score``).
       score_path: Optional float32 score GeoTIFF, nodata NaN.
       tags: GDAL metadata tags written to both files (``threshold`` is always added).
@@ -242,11 +344,11 @@ def write_outputs(
         score = getattr(score, "data", score)  # an xarray DataArray
     if score.ndim != 2 or tuple(score.shape) != grid.shape:
         raise ValueError(f"score shape {score.shape} does not match the grid {grid.shape}")
-    mask_out = check_output_path(mask_path, overwrite=overwrite)
+    mask_out = check_raster_path(mask_path, overwrite=overwrite)
     outputs = [mask_out]
     score_out = None
     if score_path is not None:
-        score_out = check_output_path(score_path, overwrite=overwrite)
+        score_out = check_raster_path(score_path, overwrite=overwrite, what="score")
         if score_out == mask_out:
             raise OutputError(f"{score_out}: mask and score paths are the same; give two names.")
         outputs.append(score_out)
@@ -256,6 +358,10 @@ def write_outputs(
     batch = block_batch or 2 * _num_workers()
     blocks = score.to_delayed()
     temps = [temporary_path(p) for p in outputs]
+    png_out = mask_out if raster_format(mask_out) == "PNG" else None
+    if png_out is not None:  # streamed to a GeoTIFF first: GDAL writes PNGs in one go
+        png_temp, temps[0] = temps[0], temporary_path(mask_out).with_suffix(".tif")
+    scratch = [*temps, *(() if png_out is None else (png_temp, *sidecar_paths(png_temp)))]
 
     from tqdm.auto import tqdm
 
@@ -288,11 +394,21 @@ def write_outputs(
             for ds in (mask_ds, score_ds):
                 if ds is not None:
                     ds.update_tags(**all_tags)
+            if png_out is not None:
+                mask_ds.write_colormap(1, PNG_MASK_COLOURS)
+        if png_out is not None:
+            _png_from_geotiff(temps[0], png_temp, grid)
+            temps[0].unlink()
+            _replace_sidecars(png_temp, png_out)
+            temps[0] = png_temp
         for temp, final in zip(temps, outputs, strict=True):
             os.replace(temp, final)
     except BaseException:
-        for temp in temps:
+        for temp in scratch:
             temp.unlink(missing_ok=True)
         raise
-    logger.info("wrote %s", ", ".join(str(p) for p in outputs))
+    sidecars = [p.name for p in sidecar_paths(mask_out) if p.exists()]
+    logger.info("wrote %s%s", ", ".join(str(p) for p in outputs),
+                f" (the PNG's grid is in {' and '.join(sidecars)}: keep them beside it)"
+                if sidecars else "")
     return outputs
