@@ -56,7 +56,7 @@ def test_cva_two_runs_are_byte_identical(tmp_path, cva_pair):
 
 
 def test_cva_is_byte_identical_across_tile_sizes(tmp_path, cva_pair):
-    digests = {size: _run(tmp_path, cva_pair, f"tile{size}", "--method", "cva", "--tile-size",
+    digests = {size: _run(tmp_path, cva_pair, f"tile{size}", "--method", "cva", "--block-px",
                           size) for size in ("32", "96", "1024")}
     assert len(set(digests.values())) == 1, digests
 
@@ -68,7 +68,7 @@ def test_vector_features_do_not_depend_on_tile_size(tmp_path, cva_pair):
         path = tmp_path / f"change{size}.gpkg"
         code = main(["run", str(cva_pair.before_path), str(cva_pair.after_path), "-o",
                      str(tmp_path / f"mask{size}.tif"), "--vector", str(path), "--method", "cva",
-                     "--tile-size", size, "-q"])
+                     "--block-px", size, "-q"])
         assert code == 0
         _, _, geometry, fields = pyogrio_raw.read(path)
         features.append((list(geometry), [np.asarray(f) for f in fields]))
@@ -99,7 +99,7 @@ def test_same_seed_gives_byte_identical_model_files(model_files):
 def test_model_runs_are_byte_identical_across_runs_and_tile_sizes(tmp_path, rgb_pair, model_files):
     model = str(model_files[0])
     digests = {
-        name: _run(tmp_path, rgb_pair, name, "--model", model, "--tile-size", size)
+        name: _run(tmp_path, rgb_pair, name, "--model", model, "--block-px", size)
         for name, size in (("t32", "32"), ("t64", "64"), ("t1024", "1024"), ("again", "1024"))
     }
     assert len(set(digests.values())) == 1, digests

@@ -125,7 +125,7 @@ def test_cli_workers(paris, threaded, tmp_path):
     mask = tmp_path / "cli.tif"
     proc = subprocess.run(
         [sys.executable, "-m", "changedet", "run", str(paris[0]), str(paris[1]), "-o", str(mask),
-         "--method", "cva", "--workers", "2", "--tile-size", str(BLOCK_PX), "--quiet"],
+         "--method", "cva", "--workers", "2", "--block-px", str(BLOCK_PX), "--quiet"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -401,7 +401,7 @@ def test_tiny_scenes_work(capsys, tmp_path, model_path, shape, method):
     out, score = tmp_path / "change.tif", tmp_path / "score.tif"
     detector = ["--method", "cva"] if method == "cva" else ["--model", model_path]
     code, stdout, err = _run(capsys, "run", before, after, "-o", out, "--score", score,
-                             "--tile-size", "32", *detector, "-q")
+                             "--block-px", "32", *detector, "-q")
     assert code == 0, err
     assert str(out) in stdout
     mask = _assert_on_grid(out, before)
@@ -449,7 +449,7 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, big_pair, sig):
     out, score = tmp_path / "change.tif", tmp_path / "score.tif"
     proc = subprocess.Popen(
         [sys.executable, "-m", "changedet", "run", str(before), str(after), "-o", str(out),
-         "--score", str(score), "--method", "cva", "--tile-size", "256", "-q"],
+         "--score", str(score), "--method", "cva", "--block-px", "256", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
