@@ -124,7 +124,7 @@ def oof_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
     names = [n for fold in folds for n in fold]
     curve = metrics.pr_curve([scores[n] for n in names], [by_name[n].label for n in names],
                              [by_name[n].valid for n in names], num_thresholds)
-    k = int(np.argmax(curve.f1))
+    k = metrics.best_f1_index(curve)
     thr = float(curve.thresholds[k])
     pooled = metrics.scores_from_counts(curve.tp[k], curve.fp[k], curve.fn[k], curve.tn[k])
     per_scene, counts = {}, {}

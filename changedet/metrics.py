@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from changedet.errors import ConfigError
+from changedet.errors import ConfigError, EmptySceneError
 
 __all__ = [
     "Counts",
     "Metrics",
     "PRCurve",
+    "best_f1_index",
     "best_threshold",
     "confusion_counts",
     "confusion_counts_np",
@@ -52,7 +53,8 @@ class Counts(NamedTuple):
 
 
 class Metrics(NamedTuple):
-    """Scores of a binary change map, all float in [0, 1] except ``kappa`` in [-1, 1]."""
+    """Scores of a binary change map, all float in [0, 1] except ``kappa`` in [-1, 1]; all NaN
+    when no pixel was valid (see :func:`scores_from_counts`)."""
 
     precision: float
     recall: float
@@ -144,11 +146,14 @@ def sum_counts(*counts: Counts) -> Counts:
 def _ratios(tp, fp, fn, tn):
     """Vectorised precision/recall/F1/IoU/OA/kappa in float64 with defined empty-class values.
 
-    Conventions (so every value is a number, never NaN):
+    Conventions:
+      * no valid pixel at all (``tp + fp + fn + tn == 0``): every score is NaN. There is
+        nothing to score, and a number (1, "perfect") would let an all-nodata map pass a check;
+      * otherwise every value is a number, never NaN:
       * no predicted and no true positives: precision = recall = F1 = IoU = 1 (perfect);
       * predicted none but some exist: precision = 0; none exist but some predicted: recall = 0;
-      * no valid pixel at all: OA = 1; kappa = 1 when the agreement is perfect, else 0 when the
-        chance agreement is 1 (a single class in both maps).
+      * kappa = 1 when the agreement is perfect, else 0 when the chance agreement is 1 (a
+        single class in both maps).
     """
     tp, fp, fn, tn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn, tn))
     n = tp + fp + fn + tn
@@ -169,14 +174,16 @@ def _ratios(tp, fp, fn, tn):
             (oa - expected) / np.where(expected < 1.0, 1.0 - expected, 1.0),
             np.where(oa >= 1.0, 1.0, 0.0),
         )
-    return precision, recall, f1, iou, oa, kappa
+    empty = n == 0
+    return tuple(np.where(empty, np.nan, v) for v in (precision, recall, f1, iou, oa, kappa))
 
 
 def scores_from_counts(tp: int, fp: int, fn: int, tn: int) -> Metrics:
     """Precision, recall, F1, IoU (of the change class), overall accuracy and Cohen's kappa.
 
-    Computed on the host in float64. Empty classes give defined values (see conventions):
-    predicting no change where there is none scores 1, never NaN.
+    Computed on the host in float64. Empty classes give defined values: predicting no change
+    where there is none scores 1. No valid pixel at all (all four counts 0) gives NaN
+    everywhere: nothing was scored, and NaN fails every ``>`` check a report or test makes.
 
     Args:
       tp: True positives (changed, predicted changed), pixels.
@@ -185,12 +192,14 @@ def scores_from_counts(tp: int, fp: int, fn: int, tn: int) -> Metrics:
       tn: True negatives, pixels.
 
     Returns:
-      :class:`Metrics` of Python floats.
+      :class:`Metrics` of Python floats (all NaN when no pixel is valid).
 
     Example:
       >>> m = scores_from_counts(tp=6, fp=2, fn=4, tn=88)
       >>> round(m.precision, 3), round(m.recall, 3), round(m.f1, 3)
       (0.75, 0.6, 0.667)
+      >>> scores_from_counts(0, 0, 0, 0).f1
+      nan
     """
     values = _ratios(int(tp), int(fp), int(fn), int(tn))
     return Metrics(*(float(v) for v in values))
@@ -304,6 +313,21 @@ def pr_curve(
     return curve_from_histograms(thresholds, changed, unchanged)
 
 
+def best_f1_index(curve: PRCurve) -> int:
+    """Index of the F1-best threshold of ``curve``; ties go to the lowest threshold.
+
+    Raises:
+      EmptySceneError: The curve counts no valid pixel (its F1 is NaN at every threshold, and
+        ``argmax`` would silently pick the first).
+    """
+    if curve.tp.size == 0 or int(curve.tp[0] + curve.fp[0] + curve.fn[0] + curve.tn[0]) == 0:
+        raise EmptySceneError(
+            "no valid labelled pixel to choose a threshold on: every score is NaN or every "
+            "pixel is masked (nodata, unlabelled); check the scenes' labels and valid masks."
+        )
+    return int(np.argmax(curve.f1))
+
+
 def best_threshold(
     score: np.ndarray | Sequence[np.ndarray],
     label: np.ndarray | Sequence[np.ndarray],
@@ -319,6 +343,9 @@ def best_threshold(
     Returns:
       ``(threshold, f1)`` as floats; apply as ``score > threshold``.
 
+    Raises:
+      EmptySceneError: No valid pixel with a finite score in any scene.
+
     Example:
       >>> import numpy as np
       >>> s = np.array([0.1, 0.2, 0.8, 0.9]); y = np.array([0, 0, 1, 1])
@@ -327,5 +354,5 @@ def best_threshold(
       (1.0, True)
     """
     curve = pr_curve(score, label, valid, num_thresholds, score_range=score_range)
-    k = int(np.argmax(curve.f1))
+    k = best_f1_index(curve)
     return float(curve.thresholds[k]), float(curve.f1[k])

@@ -406,8 +406,10 @@ def detect(
       (``"siamese"`` or ``"cva"``) and, for a learned model, ``model`` (its name).
 
     Example:
-      >>> ds = changedet.detect("data/oscd_paris/imgs_1", "data/oscd_paris/imgs_2")
-      >>> ds.mask.sum().compute()
+      >>> import changedet
+      >>> paris = "data/oscd_paris"  # from the repository root; runs the sentinel2 model:
+      >>> ds = changedet.detect(f"{paris}/imgs_1", f"{paris}/imgs_2")  # doctest: +SKIP
+      >>> int((ds.mask == 1).sum())  # changed pixels; computes the graph  # doctest: +SKIP
     """
     pair, detector, _ = open_for_detection(
         before, after, method=method, model=model, bands=bands, align=align,

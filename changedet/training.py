@@ -241,7 +241,7 @@ def validate(
     labels = [s.label for s in scenes]
     valids = [s.valid for s in scenes]
     curve = metrics.pr_curve(scores, labels, valids, num_thresholds)
-    k = int(np.argmax(curve.f1))
+    k = metrics.best_f1_index(curve)  # EmptySceneError when no validation pixel is valid
     m = metrics.scores_from_counts(curve.tp[k], curve.fp[k], curve.fn[k], curve.tn[k])
     num = int(sum(v.sum() for v in valids))
     return ValResult(float(curve.thresholds[k]), m.precision, m.recall, m.f1, m.iou, num)

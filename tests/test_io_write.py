@@ -160,7 +160,21 @@ def test_existing_output_is_refused_and_left_untouched(tmp_path: Path) -> None:
         assert ds.shape == (45, 61)
 
 
-def test_check_output_path_rules(tmp_path: Path, sample_data: Path) -> None:
+def _deny_writes_to(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.access`` reports ``folder`` as not writable, whoever runs the tests: root (as in
+    CI) ignores permission bits, so a chmod alone would test nothing there."""
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path).resolve() == folder.resolve() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_check_output_path_rules(tmp_path: Path, sample_data: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     synthetic = write_synthetic_pair(tmp_path)
     inputs = (synthetic.before_path, sample_data / "oscd_paris" / "imgs_1")
     assert check_output_path(tmp_path / "new.tif", inputs=inputs) == (tmp_path / "new.tif")
@@ -173,13 +187,13 @@ def test_check_output_path_rules(tmp_path: Path, sample_data: Path) -> None:
     with pytest.raises(OutputError, match="is a folder"):
         check_output_path(tmp_path, overwrite=True)
     read_only = tmp_path / "ro"
-    read_only.mkdir(mode=0o555)
-    try:
-        if not os.access(read_only, os.W_OK):  # root can write anywhere
-            with pytest.raises(OutputError, match="not writable"):
-                check_output_path(read_only / "x.tif")
-    finally:
-        read_only.chmod(0o755)
+    read_only.mkdir()
+    assert check_output_path(read_only / "x.tif") == read_only / "x.tif"
+    _deny_writes_to(read_only, monkeypatch)
+    with pytest.raises(OutputError, match="folder .*ro is not writable") as exc:
+        check_output_path(read_only / "x.tif")
+    assert "choose another folder" in str(exc.value)
+    assert check_output_path(tmp_path / "x.tif") == tmp_path / "x.tif"  # only that folder
 
 
 # -------------------------------------------------------------------------------- vectors

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from changedet import metrics
+from changedet.errors import EmptySceneError
 
 # A 3x4 case counted by hand.
 PRED = np.array([[1, 1, 0, 0], [1, 0, 0, 1], [0, 0, 1, 1]], dtype=bool)
@@ -45,9 +46,26 @@ def test_empty_classes_have_defined_values():
     m = metrics.scores_from_counts(0, 0, 5, 50)
     assert (m.precision, m.recall, m.f1, m.iou) == (0.0, 0.0, 0.0, 0.0)
     assert m.kappa == 0.0
-    # Nothing valid.
+    # Nothing valid: nothing was scored, so no score; a number (1 = "perfect") would let an
+    # all-nodata change map pass every "F1 > floor" check.
     m = metrics.scores_from_counts(0, 0, 0, 0)
-    assert all(np.isfinite(v) for v in m)
+    assert all(np.isnan(v) for v in m)
+    assert not m.f1 > 0.0
+
+
+def test_no_valid_pixel_gives_nan_curves_and_no_best_threshold():
+    score = np.array([0.1, 0.9, np.nan])
+    label = np.array([0, 1, 1])
+    curve = metrics.pr_curve(score, label, np.zeros(3, bool), num_thresholds=5)
+    assert np.isnan(curve.f1).all() and np.isnan(curve.precision).all()
+    with pytest.raises(EmptySceneError, match="no valid labelled pixel"):
+        metrics.best_threshold(score, label, np.zeros(3, bool), num_thresholds=5)
+    # All-NaN scores (a diverged model) are invalid too: an error, not F1 = 1.
+    with pytest.raises(EmptySceneError, match="NaN"):
+        metrics.best_threshold(np.full(3, np.nan), label, np.ones(3, bool), num_thresholds=5)
+    # Valid pixels with finite scores give numbers again.
+    valid = np.array([True, True, False])
+    assert metrics.best_threshold(score, label, valid, num_thresholds=5)[1] == 1.0
 
 
 @settings(deadline=None, max_examples=30)
@@ -78,6 +96,9 @@ def test_perfect_prediction_scores_one(h, w, seed):
     label = rng.random((h, w)) > 0.6
     valid = rng.random((h, w)) > 0.1
     m = metrics.scores_from_counts(*metrics.confusion_counts_np(label, label, valid))
+    if not valid.any():  # nothing to score: NaN, not "perfect"
+        assert all(np.isnan(v) for v in m)
+        return
     assert m.f1 == 1.0 and m.iou == 1.0 and m.overall_accuracy == 1.0 and m.kappa == 1.0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import dask.array as da
 import numpy as np
 import pytest
 import rasterio
@@ -11,7 +12,8 @@ import rasterio
 import changedet
 from changedet import metrics, pipeline
 from changedet.errors import BandMismatchError, EmptySceneError
-from changedet.testing import write_synthetic_pair
+from changedet.cva import otsu_threshold_dask
+from changedet.testing import write_synthetic_pair, write_variant
 
 
 @pytest.fixture
@@ -50,6 +52,11 @@ def test_run_cva_writes_mask_and_score_on_input_grid(synthetic_pair, tmp_path):
     np.testing.assert_array_equal(mask == 255, ~synthetic_pair.valid)
     np.testing.assert_array_equal(np.isnan(score), ~synthetic_pair.valid)
     assert set(np.unique(mask)) <= {0, 1, 255}
+    # the mask is the written score against the reported threshold, which is Otsu's on that
+    # score (not an echo of a default)
+    valid = synthetic_pair.valid
+    np.testing.assert_array_equal(mask[valid], score[valid] > result.threshold)
+    assert result.threshold == pytest.approx(otsu_threshold_dask(da.from_array(score)))
     # the planted change is found
     counts = metrics.confusion_counts_np(mask == 1, synthetic_pair.label, synthetic_pair.valid)
     assert metrics.scores_from_counts(*counts).f1 > 0.9
@@ -97,15 +104,68 @@ def test_block_size_does_not_change_cva_result(synthetic_pair, block_px):
     np.testing.assert_array_equal(other.mask.values, reference.mask.values)
 
 
-def test_detect_is_lazy_and_georeferenced(synthetic_pair):
-    ds = changedet.detect(
-        synthetic_pair.before_path, synthetic_pair.after_path, method="cva", threshold=1.0
-    )
-    assert ds.score.chunks is not None  # dask-backed
+def test_detect_is_georeferenced_and_its_mask_is_score_above_threshold(synthetic_pair):
+    masks = {}
+    for threshold in (1.0, 2.5):
+        ds = changedet.detect(synthetic_pair.before_path, synthetic_pair.after_path,
+                              method="cva", threshold=threshold)
+        assert ds.score.chunks is not None  # dask-backed
+        assert ds.attrs["threshold"] == threshold
+        score, mask = ds.score.values, ds.mask.values
+        valid = synthetic_pair.valid
+        np.testing.assert_array_equal(np.isnan(score), ~valid)
+        np.testing.assert_array_equal(mask[valid], score[valid] > threshold)
+        assert (mask[~valid] == 255).all()
+        masks[threshold] = mask
+    assert (masks[1.0] == 1).sum() > (masks[2.5] == 1).sum() > 0  # the threshold is applied
     with rasterio.open(synthetic_pair.before_path) as src:
         assert ds.rio.crs == src.crs
         assert ds.rio.transform() == src.transform
-    assert ds.attrs["threshold"] == 1.0
+
+
+def _count_pixel_reads(monkeypatch) -> list[str]:
+    """Records every pixel read from a file: ``read`` of rasterio's datasets and warped VRTs,
+    which every lazy window of ``changedet.io`` (and any code that bypassed it) goes through."""
+    import rasterio.io
+    import rasterio.vrt
+
+    reads: list[str] = []
+    for cls in (rasterio.io.DatasetReader, rasterio.vrt.WarpedVRT):
+        original = cls.read
+
+        def counted_read(self, *args, _original=original, **kwargs):
+            reads.append(self.name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "read", counted_read)
+    return reads
+
+
+def test_building_the_graph_reads_no_pixels(synthetic_pair, monkeypatch):
+    reads = _count_pixel_reads(monkeypatch)
+    pair = changedet.open_pair(synthetic_pair.before_path, synthetic_pair.after_path,
+                               chunks_px=32)
+    pair = pipeline.select_bands(pair, ["3", "1"])
+    assert reads == []  # opening, checking grids, choosing bands: headers only
+    detector = pipeline.resolve_detector(pair, method="cva").prepare(pair)
+    one_pass = len(reads)  # the statistics: each 32 px window of each date read once
+    assert one_pass == 2 * 2 * 2  # 2 dates x 2 x 2 windows
+    graph = pipeline.score_graph(pair, detector, block_px=16)
+    assert len(reads) == one_pass  # the score graph itself reads nothing
+    graph.compute()
+    assert len(reads) == 2 * one_pass
+    # detect with a threshold: the statistics pass, nothing more; Otsu adds its two passes
+    del reads[:]
+    ds = changedet.detect(synthetic_pair.before_path, synthetic_pair.after_path, method="cva",
+                          threshold=1.0, cloud_mask="none")
+    assert len(reads) == 2  # one 1024 px block per date
+    del reads[:]
+    changedet.detect(synthetic_pair.before_path, synthetic_pair.after_path, method="cva",
+                     cloud_mask="none")
+    assert len(reads) == 3 * 2
+    del reads[:]
+    ds.mask.values
+    assert len(reads) == 2
 
 
 def test_all_nodata_scene_is_a_clear_error(tmp_path):
@@ -129,17 +189,67 @@ def test_model_choice_from_bands(synthetic_pair):
         pipeline.select_bands(pair, ["B04"])
 
 
-def test_cva_on_real_sentinel2_pair_beats_chance(sample_data, tmp_path):
+def _named_pair(tmp_path, names):
+    """A 3-band synthetic pair whose bands carry ``names`` as descriptions (band ids)."""
+    pair = write_synthetic_pair(tmp_path, num_bands=3, seed=4)
+    before = write_variant(pair.before_path, tmp_path / "b.tif", band_descriptions=names)
+    after = write_variant(pair.after_path, tmp_path / "a.tif", band_descriptions=names)
+    return before, after
+
+
+def test_bands_by_id_by_index_and_mixed_pick_those_pixels(tmp_path):
+    before, after = _named_pair(tmp_path, ["B02", "B03", "B04"])
+    with rasterio.open(before) as src:
+        raw = src.read()  # file bands 1, 2, 3 = B02, B03, B04
+    pair = changedet.open_pair(before, after)
+    assert pair.band_ids == ("B02", "B03", "B04")
+    for request, ids, file_bands in (
+        (["3", "B02"], ("B04", "B02"), [3, 1]),  # an index, then an id
+        (["B03", "1"], ("B03", "B02"), [2, 1]),
+        (["B04", "B03", "B02"], ("B04", "B03", "B02"), [3, 2, 1]),
+        (["3", "2", "1"], ("B04", "B03", "B02"), [3, 2, 1]),
+    ):
+        chosen = pipeline.select_bands(pair, request)
+        assert chosen.band_ids == ids, request
+        np.testing.assert_array_equal(chosen.before.values, raw[[b - 1 for b in file_bands]])
+        assert tuple(chosen.after.band.values) == ids
+    with pytest.raises(BandMismatchError, match="'4' is not in"):
+        pipeline.select_bands(pair, ["4", "B02"])
+    with pytest.raises(BandMismatchError, match="'B08' is not in"):
+        pipeline.select_bands(pair, ["B08"])
+
+
+def test_mixed_band_request_scores_the_chosen_bands(tmp_path):
+    """--bands 3,B02 scores file bands 3 and 1: the same CVA score as a file holding only
+    those two bands, in that order."""
+    before, after = _named_pair(tmp_path, ["B02", "B03", "B04"])
+    two = [write_variant(p, tmp_path / f"two_{p.name}", bands=[3, 1]) for p in (before, after)]
+    picked = changedet.detect(before, after, method="cva", bands=["3", "B02"], threshold=1.0)
+    reference = changedet.detect(*two, method="cva", threshold=1.0)
+    np.testing.assert_allclose(picked.score.values, reference.score.values, rtol=1e-6,
+                               equal_nan=True)
+    everything = changedet.detect(before, after, method="cva", threshold=1.0).score.values
+    assert not np.allclose(picked.score.values, everything, equal_nan=True)
+
+
+def test_cva_on_real_sentinel2_pair_clears_the_floors(sample_data, tmp_path):
     city = sample_data / "oscd_paris"
     # Without cloud masking: CVA's Otsu cut then separates the clouds (most of its "change");
     # with the clouds masked, Otsu on the remaining near-unimodal scores keeps almost nothing.
     ds = changedet.detect(city / "imgs_1", city / "imgs_2", method="cva", cloud_mask="none")
     with rasterio.open(city / "paris-cm.tif") as src:
         label = src.read(1) == 2  # OSCD: 1 = no change, 2 = change
-    mask = ds.mask.values
-    counts = metrics.confusion_counts_np(mask == 1, label, mask != 255)
-    f1 = metrics.scores_from_counts(*counts).f1
-    assert f1 > label.mean()  # better than a random guess at the change rate
+    mask, score = ds.mask.values, ds.score.values
+    # No nodata in the inputs and no cloud mask: every pixel is scored, 0/1, and the mask is
+    # the score against the threshold the dataset reports.
+    assert np.isfinite(score).all() and np.isin(mask, (0, 1)).all()
+    np.testing.assert_array_equal(mask, score > ds.attrs["threshold"])
+    m = metrics.scores_from_counts(*metrics.confusion_counts_np(mask == 1, label, mask != 255))
+    prevalence = label.mean()
+    # Marking everything gives precision = prevalence; nothing (or NaN) recall 0. CVA finds
+    # ~12 % of Paris's change (clouds take Otsu's cut) at ~11x the prevalence in precision.
+    assert m.precision > 2 * prevalence and m.recall > 0.05, m
+    assert m.f1 > 2 * (2 * prevalence / (1 + prevalence)), m  # 2x the F1 of "everything"
 
 
 def _whole_image_score(model, before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -162,15 +272,17 @@ def _whole_image_score(model, before: np.ndarray, after: np.ndarray) -> np.ndarr
     return score[halo:halo + height, halo:halo + width]
 
 
-@pytest.mark.parametrize("block_px", [48, 64, 400])
-def test_tiled_model_output_equals_whole_image(sample_data, block_px):
-    """Seam-free: the dask-tiled score equals one whole-scene pass, whatever the block size."""
+@pytest.mark.parametrize("block_px, norm", [(48, "none"), (64, "none"), (400, "none"),
+                                           (48, "layer")])
+def test_tiled_model_output_equals_whole_image(sample_data, block_px, norm):
+    """Seam-free: the dask-tiled score equals one whole-scene pass, whatever the block size,
+    with or without the per-pixel LayerNorm."""
     from changedet.config import ModelConfig
     from changedet.modelfile import random_init_model
 
     city = sample_data / "oscd_paris"
     pair = changedet.open_pair(city / "imgs_1", city / "imgs_2")
-    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), embed_dim=8, head="diff")
+    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), embed_dim=8, head="diff", norm=norm)
     model = random_init_model(cfg, pair.band_ids, seed=3)
     # normalise like a trained model would (raw DNs are ~1e3)
     model = dataclasses.replace(model, norm_mean=(1000.0,) * 13, norm_std=(500.0,) * 13)

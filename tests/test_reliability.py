@@ -189,6 +189,25 @@ def test_barely_overlapping_extents(capsys, pair, tmp_path):
                              "cva", "-q"], out, "overlap by 0.82%", "need >= 1%")
 
 
+def test_align_run_maps_onto_before_with_nodata_outside_after(capsys, pair, tmp_path):
+    # after's grid starts 20 columns right of before's: --align resamples it onto before's grid
+    shifted = write_variant(pair.after_path, tmp_path / "shifted.tif", shift_px=(20, 0))
+    out = tmp_path / "change.tif"
+    code, _, err = _run(capsys, "run", pair.before_path, shifted, "-o", out, "--align",
+                        "--method", "cva", "-q")
+    assert code == 0, err
+    with rasterio.open(out) as dst, rasterio.open(pair.before_path) as ref:
+        assert (dst.crs, dst.transform, dst.shape) == (ref.crs, ref.transform, ref.shape)
+        mask = dst.read(1)
+    assert (mask[:, :20] == 255).all()  # outside after's footprint
+    # 255 exactly where either date has no valid pixel on before's grid, 0/1 everywhere else
+    valid = io.open_pair(pair.before_path, shifted, align=True).valid.values
+    np.testing.assert_array_equal(mask == 255, ~valid)
+    assert not valid[:, :20].any() and valid[:, 21:].mean() > 0.7
+    assert np.isin(mask[valid], (0, 1)).all() and (mask[valid] == 1).any()
+    _no_partials(tmp_path)
+
+
 def test_overlap_only_on_nodata_is_an_empty_scene(capsys, pair, tmp_path):
     # one shared column, which is in before's nodata frame: nothing valid in both dates
     edge = write_variant(pair.after_path, tmp_path / "edge.tif", shift_px=(60, 0))
@@ -274,18 +293,21 @@ def test_output_under_a_regular_file(capsys, pair, tmp_path):
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions (see the "
-                    "output-under-a-regular-file test for an unwritable path)")
-def test_output_folder_read_only(capsys, pair, tmp_path):
+def test_output_folder_read_only(capsys, pair, tmp_path, monkeypatch):
     folder = tmp_path / "locked"
     folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        out = folder / "change.tif"
-        _expect_refused(capsys, ["run", pair.before_path, pair.after_path, "-o", out,
-                                 "--method", "cva", "-q"], out, "not writable")
-    finally:
-        folder.chmod(0o755)
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):  # root (CI) ignores chmod: deny it here instead
+        if Path(path).resolve() == folder.resolve() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    out = folder / "change.tif"
+    _expect_refused(capsys, ["run", pair.before_path, pair.after_path, "-o", out,
+                             "--method", "cva", "-q"], out, "not writable", str(folder))
+    assert list(folder.iterdir()) == []
 
 
 def test_output_exists_is_refused_and_untouched(capsys, pair, tmp_path):
