@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=COREGISTER_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    coreg.add_argument("before", help="earlier scene: raster file, or folder of single-band rasters")
+    coreg.add_argument("before", help="earlier scene: raster file or folder of band rasters")
     coreg.add_argument("after", help="later scene on the same grid (or use --align)")
-    coreg.add_argument("--align", action="store_true", help="resample AFTER onto BEFORE's grid first")
+    coreg.add_argument("--align", action="store_true",
+                       help="resample AFTER onto BEFORE's grid first")
     coreg.add_argument(
         "--bands", type=_bands,
         help="comma-separated band ids or 1-based indices to correlate (default: B02,B03,B04,B08 "

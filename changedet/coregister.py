@@ -7,10 +7,10 @@ Convention: a :class:`Shift` says where ``before``'s content appears in ``after`
 Method: the scene is cut into a grid of square blocks (sampled evenly on large scenes, so only
 those windows are read); in each block every chosen band is standardised, Hann-windowed and
 Fourier transformed, the cross-power spectra of the bands are summed and normalised to unit
-magnitude (phase correlation) and low-passed, the integer peak is found with an inverse FFT and refined to
-``1 / upsample`` px with a matrix-multiply DFT around it (Guizar-Sicairos et al., Opt. Lett.
-2008). The per-block shifts are combined by their median, so blocks with real change do not bias
-the estimate; their robust spread (1.4826 MAD) is reported.
+magnitude (phase correlation) and low-passed, the integer peak is found with an inverse FFT
+and refined to ``1 / upsample`` px with a matrix-multiply DFT around it (Guizar-Sicairos et
+al., Opt. Lett. 2008). The per-block shifts are combined by their median, so blocks with real
+change do not bias the estimate; their robust spread (1.4826 MAD) is reported.
 
 Pure NumPy, plus window reads of a :class:`changedet.io.RasterPair`'s lazy arrays; must not
 import jax, rasterio or dask.
@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 
 from changedet.data import band_positions
-from changedet.errors import BandMismatchError, ChangedetError, EmptySceneError, option
+from changedet.errors import BandMismatchError, CoregistrationError, EmptySceneError, option
 from changedet.types import size_px
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CoregistrationError", "Shift", "estimate_shift", "phase_correlate", "plan_blocks"]
 
 #: Smallest block edge (and image side) phase correlation is attempted on, in pixels.
 MIN_BLOCK_PX = 32
@@ -40,10 +42,6 @@ _SHARP_BANDS = ("B02", "B03", "B04", "B08")
 _READ_WHOLE_MAX_VALUES = 16_000_000
 #: Highest spatial frequency (cycles/px) the correlation uses.
 _MAX_FREQUENCY = 0.3
-
-
-class CoregistrationError(ChangedetError, ValueError):
-    """The misregistration cannot be measured (image too small, flat, or mostly nodata)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,8 @@ def _crop(stack: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def paris(sample_data):
-    pair = io.open_pair(sample_data / "oscd_paris" / "imgs_1", sample_data / "oscd_paris" / "imgs_2")
+    folder = sample_data / "oscd_paris"
+    pair = io.open_pair(folder / "imgs_1", folder / "imgs_2")
     before = pair.before.sel(band=SHARP).values.astype(np.float64)
     after = pair.after.sel(band=SHARP).values.astype(np.float64)
     return pair, before, after
