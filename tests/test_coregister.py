@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -51,12 +52,19 @@ def test_recovers_shift_injected_into_before(paris, dy, dx):
     assert shift.num_blocks >= 4 and shift.quality > 3
 
 
+@pytest.fixture(scope="module")
+def paris_base(paris):
+    """The real pair's own shift, measured with the blocks the injected tests use."""
+    _, before, after = paris
+    return coregister.estimate_shift(before=_crop(before), after=_crop(after), block_px=128)
+
+
 @pytest.mark.parametrize(("dy", "dx"), [(0.0, 2.0), (0.3, -0.7), (-2.5, 1.5)])
-def test_recovers_shift_injected_into_real_after(paris, dy, dx):
+def test_recovers_shift_injected_into_real_after(paris, paris_base, dy, dx):
     """Real change and radiometric differences between the dates: the injected shift adds to
     the pair's own (near zero) misregistration."""
     _, before, after = paris
-    base = coregister.estimate_shift(before=_crop(before), after=_crop(after), block_px=128)
+    base = paris_base
     shift = coregister.estimate_shift(before=_crop(before), after=_crop(_shift(after, dy, dx)),
                                       block_px=128)
     assert abs(shift.dx_px - base.dx_px - dx) < TOL_PX, (shift, base)
@@ -114,17 +122,10 @@ def _write_stack(path, data, profile):
         dst.descriptions = tuple(SHARP)
 
 
-def test_cli_json_through_subprocess(paris, sample_data, tmp_path):
-    pair, before, _ = paris
-    band = next((sample_data / "oscd_paris" / "imgs_1").glob("*_B02.tif"))
-    with rasterio.open(band) as src:
-        profile = {"crs": src.crs, "transform": src.transform, "height": src.height,
-                   "width": src.width}
-    _write_stack(tmp_path / "before.tif", before, profile)
-    _write_stack(tmp_path / "after.tif", _shift(before, 1.0, -2.5), profile)
+def test_cli_json_through_subprocess(shifted_paris_files):
+    before, after = shifted_paris_files
     out = subprocess.run(
-        [sys.executable, "-m", "changedet", "coregister", str(tmp_path / "before.tif"),
-         str(tmp_path / "after.tif"), "--json"],
+        [sys.executable, "-m", "changedet", "coregister", str(before), str(after), "--json"],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert out.returncode == 0, out.stderr
@@ -155,3 +156,29 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, tmp_path, problem):
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("changedet: error:"), captured.err
+
+
+@pytest.fixture
+def shifted_paris_files(paris, sample_data, tmp_path):
+    _, before, _ = paris
+    band = next((sample_data / "oscd_paris" / "imgs_1").glob("*_B02.tif"))
+    with rasterio.open(band) as src:
+        profile = {"crs": src.crs, "transform": src.transform, "height": src.height,
+                   "width": src.width}
+    _write_stack(tmp_path / "before.tif", before, profile)
+    _write_stack(tmp_path / "after.tif", _shift(before, 1.0, -2.5), profile)
+    return tmp_path / "before.tif", tmp_path / "after.tif"
+
+
+def test_run_warns_and_records_misregistration(shifted_paris_files, tmp_path, caplog):
+    from changedet import pipeline
+
+    before, after = shifted_paris_files
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        pipeline.run(before, after, tmp_path / "change.tif", method="cva", cloud_mask="none",
+                     progress=False)
+    assert any("misregistered" in r.getMessage() for r in caplog.records), caplog.text
+    with rasterio.open(tmp_path / "change.tif") as src:
+        tags = src.tags()
+    assert float(tags["coregistration_dx_px"]) == pytest.approx(-2.5, abs=0.15)
+    assert float(tags["coregistration_dy_px"]) == pytest.approx(1.0, abs=0.15)
