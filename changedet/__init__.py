@@ -17,6 +17,7 @@ from changedet.errors import (  # noqa: E402
     BandMismatchError,
     ChangedetError,
     ConfigError,
+    CoregistrationError,
     EmptySceneError,
     GridMismatchError,
     InputNotFoundError,
@@ -38,6 +39,8 @@ _LAZY = {
     "load_model": ("changedet.modelfile", "load_model"),
     "save_model": ("changedet.modelfile", "save_model"),
     "ModelConfig": ("changedet.config", "ModelConfig"),
+    "estimate_shift": ("changedet.coregister", "estimate_shift"),
+    "Shift": ("changedet.coregister", "Shift"),
 }
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "BandMismatchError",
     "ChangedetError",
     "ConfigError",
+    "CoregistrationError",
     "EmptySceneError",
     "Grid",
     "GridMismatchError",

@@ -131,3 +131,7 @@ class DatasetError(ChangedetError, ValueError):
 
 class InputRangeError(ChangedetError, ValueError):
     """Input values are far outside the range a model was trained on (other units)."""
+
+
+class CoregistrationError(ChangedetError, ValueError):
+    """The misregistration cannot be measured (image too small, flat, or mostly nodata)."""

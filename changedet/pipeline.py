@@ -24,7 +24,14 @@ import xarray as xr
 from changedet import __version__, bands, clouds, io
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
-from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, option, render
+from changedet.errors import (
+    BandMismatchError,
+    ChangedetError,
+    ConfigError,
+    EmptySceneError,
+    option,
+    render,
+)
 from changedet.types import Grid
 
 log = logging.getLogger(__name__)
@@ -502,6 +509,34 @@ def cloud_tags(masks: clouds.CloudMasks) -> dict[str, str]:
             "cloud_fraction_after": f"{masks.after_fraction:.4f}"}
 
 
+#: A measured misregistration above this (in pixels, with a clear correlation peak) is warned of.
+MISREGISTRATION_WARN_PX = 0.5
+
+
+def coregistration_tags(pair: io.RasterPair) -> dict[str, str]:
+    """Measures the pair's misregistration cheaply (a few blocks, see
+    :func:`changedet.coregister.estimate_shift`), warns above
+    :data:`MISREGISTRATION_WARN_PX`, and returns the GeoTIFF tags recording it (none when it
+    cannot be measured: the run goes on)."""
+    from changedet import coregister
+
+    try:
+        shift = coregister.estimate_shift(pair, max_blocks=9)
+    except ChangedetError as err:
+        log.info("misregistration not measured: %s", err)
+        return {}
+    if shift.magnitude_px > MISREGISTRATION_WARN_PX and shift.quality >= 3:
+        log.warning(
+            "the dates are misregistered by dx %+.2f px, dy %+.2f px (where before's content is "
+            "in after; spread %.2f px): expect false change along edges. Check with "
+            "`python -m changedet coregister`, see docs/coregister.md",
+            shift.dx_px, shift.dy_px, shift.spread_px)
+    return {"coregistration_dx_px": f"{shift.dx_px:.3f}",
+            "coregistration_dy_px": f"{shift.dy_px:.3f}",
+            "coregistration_quality": f"{shift.quality:.2f}",
+            "coregistration_spread_px": f"{shift.spread_px:.3f}"}
+
+
 def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
     """Dask settings for a run: the given client, else dask's threads.
 
@@ -598,6 +633,7 @@ def run(
     log.info("%s: %s, %d bands, grid %s", describe_detector(detector), pair.grid.size_px,
              len(pair.band_ids), pair.grid.crs)
     check_threshold(threshold, detector)
+    coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)
     with dask.config.set(**_scheduler_settings(detector, client)):
@@ -613,7 +649,7 @@ def run(
             mask_path=outputs[0],
             score_path=score_path or scratch,
             threshold=thr,
-            tags=provenance(detector, thr, pair) | cloud_tags(masks),
+            tags=provenance(detector, thr, pair) | cloud_tags(masks) | coreg_tags,
             overwrite=overwrite,
             progress=progress,
         )
