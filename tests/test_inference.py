@@ -85,8 +85,19 @@ def test_repeated_calls_compile_once():
 @pytest.mark.parametrize("head", ["diff", "distance"])
 @pytest.mark.parametrize("tile_px", [8, 16, 64])
 def test_block_predictor_equals_one_whole_block_pass(paris_crop, head, tile_px):
+    _assert_tiled_equals_one_pass(paris_crop, tiny_model(head), tile_px)
+
+
+def test_layernorm_model_tiled_equals_one_whole_block_pass(paris_crop):
+    """The optional LayerNorm normalises each pixel over its channels, never over space, so
+    16 px tiles with their halo still give the whole-block score."""
+    _assert_tiled_equals_one_pass(paris_crop, tiny_model("diff", norm="layer"), 16)
+
+
+def _assert_tiled_equals_one_pass(paris_crop, model: ChangeModel, tile_px: int) -> None:
     before, after = paris_crop
-    model = with_crop_statistics(tiny_model(head), before)
+    head = model.config.head
+    model = with_crop_statistics(model, before)
     predictor = BlockPredictor(model, tile_px=tile_px, batch_size=4)
     score = predictor.predict(before, after)
     assert score.shape == (45, 61) and score.dtype == np.float32

@@ -192,7 +192,8 @@ class SiameseNet(nnx.Module):
     rounding (the heads are symmetric; XLA may round a sample by its batch position).
 
     Example:
-      >>> cfg = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4)
+      >>> cfg = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4, convs_per_level=1,
+      ...                   head_convs=1)
       >>> net = SiameseNet(cfg, rngs=nnx.Rngs(0))
       >>> net(jnp.zeros((1, 16, 16, 3)), jnp.ones((1, 16, 16, 3))).shape
       (1, 16, 16)
