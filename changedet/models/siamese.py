@@ -53,6 +53,35 @@ def distance(e1: jax.Array, e2: jax.Array, kind: Distance = "euclidean") -> jax.
     raise ConfigError(f"distance kind must be euclidean, manhattan or cosine; got {kind!r}.")
 
 
+def _decoder_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.List, nnx.List]:
+    """``up[i]`` / ``dec[i]``, which build level ``i`` from level ``i + 1`` of a pyramid."""
+    f = cfg.features
+    up, dec = nnx.List(), nnx.List()
+    for level in range(len(f) - 1):
+        up.append(Up(f[level + 1], f[level], mode=cfg.upsample, rngs=rngs))
+        dec.append(ConvBlock(2 * f[level], f[level], num_convs=cfg.convs_per_level,
+                             norm=cfg.norm, rngs=rngs))
+    return up, dec
+
+
+def _decode(up: nnx.List, dec: nnx.List, skips: list[jax.Array]) -> jax.Array:
+    """From the deepest map up: upsample, then convolve ``[skips[level], upsampled]``."""
+    x = skips[-1]
+    for level in reversed(range(len(up))):
+        x = up[level](x)
+        x = dec[level](jnp.concatenate([skips[level], x], axis=-1))
+    return x
+
+
+def _grow_decode(up: nnx.List, dec: nnx.List, skips: list[Footprint]) -> Footprint:
+    """The footprint of :func:`_decode`'s output given its inputs' footprints."""
+    fp = skips[-1]
+    for level in reversed(range(len(up))):
+        fp = up[level].grow(fp)
+        fp = dec[level].grow(skips[level].union(fp))
+    return fp
+
+
 class UNetEncoder(nnx.Module):
     """U-Net encoder-decoder with skip connections; full-resolution per-pixel embeddings.
 
@@ -68,15 +97,9 @@ class UNetEncoder(nnx.Module):
         for level, width in enumerate(f):
             in_features = cfg.num_bands if level == 0 else f[level - 1]
             self.down.append(ConvBlock(in_features, width, num_convs=k, norm=cfg.norm, rngs=rngs))
-        # up[i] / dec[i] build level i from level i + 1 (applied from the deepest level up).
         # Without ``decoder`` only the down path exists (the ``msdiff`` head decodes the
         # differences of its pyramid instead).
-        self.up = nnx.List()
-        self.dec = nnx.List()
-        for level in range(len(f) - 1 if decoder else 0):
-            self.up.append(Up(f[level + 1], f[level], mode=cfg.upsample, rngs=rngs))
-            self.dec.append(ConvBlock(2 * f[level], f[level], num_convs=k, norm=cfg.norm,
-                                      rngs=rngs))
+        self.up, self.dec = _decoder_layers(cfg, rngs) if decoder else (nnx.List(), nnx.List())
         self.out = nnx.Conv(f[0], cfg.embed_dim, (1, 1), rngs=rngs) if decoder else None
 
     def pyramid(self, x: jax.Array) -> list[jax.Array]:
@@ -91,12 +114,7 @@ class UNetEncoder(nnx.Module):
         return skips
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        skips = self.pyramid(x)
-        x = skips[-1]
-        for level in reversed(range(len(self.up))):
-            x = self.up[level](x)
-            x = self.dec[level](jnp.concatenate([skips[level], x], axis=-1))
-        return self.out(x)
+        return self.out(_decode(self.up, self.dec, self.pyramid(x)))
 
     def grow_pyramid(self, fp: Footprint) -> list[Footprint]:
         """Footprints of :meth:`pyramid`'s maps given the input's."""
@@ -110,11 +128,7 @@ class UNetEncoder(nnx.Module):
 
     def grow(self, fp: Footprint) -> Footprint:
         """Footprint of the embeddings given the input's (walks the layers as ``__call__``)."""
-        skips = self.grow_pyramid(fp)
-        fp = skips[-1]
-        for level in reversed(range(len(self.up))):
-            fp = self.up[level].grow(fp)
-            fp = self.dec[level].grow(skips[level].union(fp))
+        fp = _grow_decode(self.up, self.dec, self.grow_pyramid(fp))
         return fp.conv(self.out.kernel_size[0])
 
 
@@ -129,28 +143,14 @@ class DiffDecoder(nnx.Module):
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
-        f = cfg.features
-        self.up = nnx.List()
-        self.dec = nnx.List()
-        for level in range(len(f) - 1):
-            self.up.append(Up(f[level + 1], f[level], mode=cfg.upsample, rngs=rngs))
-            self.dec.append(ConvBlock(2 * f[level], f[level], num_convs=cfg.convs_per_level,
-                                      norm=cfg.norm, rngs=rngs))
+        self.up, self.dec = _decoder_layers(cfg, rngs)
 
     def __call__(self, diffs: list[jax.Array]) -> jax.Array:
-        x = diffs[-1]
-        for level in reversed(range(len(self.up))):
-            x = self.up[level](x)
-            x = self.dec[level](jnp.concatenate([diffs[level], x], axis=-1))
-        return x
+        return _decode(self.up, self.dec, diffs)
 
     def grow(self, skips: list[Footprint]) -> Footprint:
         """Footprint of the decoder output given the pyramid's footprints."""
-        fp = skips[-1]
-        for level in reversed(range(len(self.up))):
-            fp = self.up[level].grow(fp)
-            fp = self.dec[level].grow(skips[level].union(fp))
-        return fp
+        return _grow_decode(self.up, self.dec, skips)
 
 
 class ChangeHead(nnx.Module):
@@ -232,10 +232,7 @@ class SiameseNet(nnx.Module):
 
     def embed_pair(self, before: jax.Array, after: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Embeddings of both dates, computed in one encoder pass over a doubled batch."""
-        if before.shape != after.shape:
-            raise ConfigError(f"before and after must have the same shape; got {before.shape} "
-                              f"and {after.shape}.")
-        e = self.embed(jnp.concatenate([before, after], axis=0))
+        e = self.embed(_pair_batch(before, after))
         return e[: before.shape[0]], e[before.shape[0]:]
 
     def fuse(self, e_before: jax.Array, e_after: jax.Array) -> jax.Array:
@@ -265,12 +262,10 @@ class SiameseNet(nnx.Module):
         """
         if self.decoder is None:
             return self.fuse(*self.embed_pair(before, after))
-        if before.shape != after.shape:
-            raise ConfigError(f"before and after must have the same shape; got {before.shape} "
-                              f"and {after.shape}.")
-        _check_input(self.cfg, before.shape)
+        batch = _pair_batch(before, after)
+        _check_input(self.cfg, batch.shape)
         n = before.shape[0]
-        levels = self.encoder.pyramid(jnp.concatenate([before, after], axis=0))
+        levels = self.encoder.pyramid(batch)
         diffs = [jnp.abs(p[:n] - p[n:]) for p in levels]
         return self.head(self.decoder(diffs))
 
@@ -286,6 +281,14 @@ class SiameseNet(nnx.Module):
             return self.head.grow(self.decoder.grow(self.encoder.grow_pyramid(Footprint())))
         fp = self.encoder.grow(Footprint())
         return fp if self.head is None else self.head.grow(fp)
+
+
+def _pair_batch(before: jax.Array, after: jax.Array) -> jax.Array:
+    """``[before, after]`` as one doubled batch (one encoder pass for both dates)."""
+    if before.shape != after.shape:
+        raise ConfigError(f"before and after must have the same shape; got {before.shape} "
+                          f"and {after.shape}.")
+    return jnp.concatenate([before, after], axis=0)
 
 
 def _check_input(cfg: ModelConfig, shape: tuple[int, ...]) -> None:
