@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "change the result",
     )
     run.add_argument("--tile-size", type=int, help=argparse.SUPPRESS)  # deprecated: --block-px
+    run.add_argument(
+        "--quality", choices=("fast", "best"), default="fast",
+        help="fast (default): one pass of the model; best: average over the 8 rotations and "
+        "mirror images of every tile, 8x the model time for a small gain (docs/models.md)",
+    )
     run.add_argument("--workers", type=int, help="start a local dask cluster with N workers")
     run.add_argument("--scheduler", help="address of a dask.distributed scheduler (tcp://...)")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -254,6 +259,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             band_names=args.band_names,
             cloud_mask=args.cloud_mask,
             offset=args.offset,
+            quality=args.quality,
         )
     finally:
         if client is not None:

@@ -27,7 +27,13 @@ import numpy as np
 
 from changedet import bands
 from changedet.data import image_statistics, normalize, stats_from_sums
-from changedet.errors import BandMismatchError, EmptySceneError, InputRangeError, option
+from changedet.errors import (
+    BandMismatchError,
+    ConfigError,
+    EmptySceneError,
+    InputRangeError,
+    option,
+)
 
 if TYPE_CHECKING:
     from changedet.data import Scene
@@ -35,7 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreparedModel", "match_bands", "pair_statistics", "prepare"]
+__all__ = ["QUALITY_TTA", "PreparedModel", "match_bands", "pair_statistics", "prepare",
+           "with_quality"]
 
 
 def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ...]:
@@ -88,6 +95,8 @@ class PreparedModel:
       slots: Model band slot of each input band.
       before_mean, before_std, after_mean, after_std: Per input band, raw units: what each
         date is standardised with.
+      tta: Test-time augmentation, the dihedral transforms averaged per tile (1: none; see
+        :func:`changedet.inference.predict_step`). :func:`with_quality` sets it.
     """
 
     model: ChangeModel
@@ -97,6 +106,7 @@ class PreparedModel:
     before_std: np.ndarray
     after_mean: np.ndarray
     after_std: np.ndarray
+    tta: int = 1
 
     @property
     def name(self) -> str:
@@ -143,7 +153,28 @@ class PreparedModel:
         ``ChangeModel.score_block``)."""
         b = self._expand(before, self.before_mean, self.before_std)
         a = self._expand(after, self.after_mean, self.after_std)
-        return self.model.predictor().predict(b, a, context_px=context_px, normalized=True)
+        return self.model.predictor(tta=self.tta).predict(b, a, context_px=context_px,
+                                                          normalized=True)
+
+
+#: ``quality`` of :func:`changedet.run`/``--quality``: the test-time transforms per tile and
+#: so the model cost relative to ``"fast"``.
+QUALITY_TTA = {"fast": 1, "best": 8}
+
+
+def with_quality(detector: Any, quality: str) -> Any:
+    """``detector`` at ``quality`` (``"fast"``: one pass; ``"best"``: the mean over the 8
+    dihedral transforms of every tile, 8x the model time). Detectors without a network (CVA)
+    are returned unchanged.
+
+    Raises:
+      ConfigError: For an unknown quality.
+    """
+    if quality not in QUALITY_TTA:
+        raise ConfigError(f"quality must be one of {', '.join(QUALITY_TTA)}; got {quality!r}.")
+    if not isinstance(detector, PreparedModel):
+        return detector
+    return dataclasses.replace(detector, tta=QUALITY_TTA[quality])
 
 
 #: A global-statistics model refuses input whose band mean lies this many training standard

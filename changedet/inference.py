@@ -34,15 +34,49 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Test-time augmentation: the dihedral transforms ``(quarter turns, flip)`` of a tile, in the
+#: order ``tta=n`` takes the first ``n`` of them (1: none; 2: + left-right mirror; 4: + the
+#: up-down mirror and the half turn; 8: the whole dihedral group).
+DIHEDRAL = ((0, False), (0, True), (2, True), (2, False),
+            (1, False), (1, True), (3, False), (3, True))
+TTA_CHOICES = (1, 2, 4, 8)
+
+
+def _transform(x: jax.Array, turns: int, flip: bool) -> jax.Array:
+    """Mirror (left-right) then rotate the spatial axes 1, 2 of ``x``."""
+    if flip:
+        x = jnp.flip(x, axis=2)
+    return jnp.rot90(x, turns, axes=(1, 2))
+
+
+def _untransform(x: jax.Array, turns: int, flip: bool) -> jax.Array:
+    """The inverse of :func:`_transform`."""
+    x = jnp.rot90(x, -turns, axes=(1, 2))
+    return jnp.flip(x, axis=2) if flip else x
+
+
 def predict_step(graphdef: nnx.GraphDef, state: nnx.State, before: jax.Array,
-                 after: jax.Array) -> jax.Array:
+                 after: jax.Array, tta: int = 1) -> jax.Array:
     """Change score ``(B, H, W)`` float32 of normalised NHWC ``before``/``after``. Pure.
 
     The score is the embedding distance (distance head) or the sigmoid change probability
-    (diff/conc heads); see ``SiameseNet.change_score``.
+    (diff/conc heads); see ``SiameseNet.change_score``. With ``tta > 1`` it is the mean of the
+    scores of the first ``tta`` :data:`DIHEDRAL` transforms of the tiles, each mapped back
+    (one compiled network applied ``tta`` times in sequence, so memory stays one pass deep).
+    Quarter turns need square tiles.
     """
     model = nnx.merge(graphdef, state)
-    return model.change_score(before, after)
+    if tta == 1:
+        return model.change_score(before, after)
+    if tta not in TTA_CHOICES:
+        raise ConfigError(f"tta must be one of {TTA_CHOICES}; got {tta}.")
+    if tta > 4 and before.shape[1] != before.shape[2]:
+        raise ConfigError(f"tta={tta} rotates the tiles a quarter turn, which needs square "
+                          f"tiles; got {before.shape[1]}x{before.shape[2]}.")
+    transforms = DIHEDRAL[:tta]
+    stacked = [jnp.stack([_transform(x, *t) for t in transforms]) for x in (before, after)]
+    scores = jax.lax.map(lambda pair: model.change_score(*pair), stacked)
+    return sum(_untransform(scores[i], *t) for i, t in enumerate(transforms)) / tta
 
 
 class PredictStep:
@@ -59,9 +93,14 @@ class PredictStep:
       compile_seconds: Wall time of the first call for each shape: tracing and XLA
         compilation (the launch of that first batch is included; its execution, dispatched
         asynchronously, mostly is not).
+      tta: Test-time transforms averaged per tile (see :func:`predict_step`).
     """
 
-    def __init__(self, graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None):
+    def __init__(self, graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None,
+                 *, tta: int = 1):
+        if tta not in TTA_CHOICES:
+            raise ConfigError(f"tta must be one of {TTA_CHOICES}; got {tta}.")
+        self.tta = tta
         devices = list(devices) if devices is not None else jax.local_devices()
         self.num_devices = len(devices)
         # Auto axis types: plain jit + NamedSharding propagation, no explicit-sharding typing.
@@ -81,7 +120,7 @@ class PredictStep:
 
         def step(state: nnx.State, before: jax.Array, after: jax.Array) -> jax.Array:
             self.num_traces += 1  # Python side effect: runs at trace time only
-            return predict_step(graphdef, state, before, after)
+            return predict_step(graphdef, state, before, after, tta)
 
         # out_shardings is pinned: the score stays split along the batch exactly like the
         # inputs, so every call (and every shape) gets the same, known output layout and the
@@ -122,10 +161,10 @@ class PredictStep:
         return self._jitted(state, before, after)
 
 
-def make_predict_step(graphdef: nnx.GraphDef,
-                      devices: Sequence[jax.Device] | None = None) -> PredictStep:
+def make_predict_step(graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None,
+                      *, tta: int = 1) -> PredictStep:
     """A :class:`PredictStep` for the model ``graphdef`` over ``devices`` (default: all local)."""
-    return PredictStep(graphdef, devices)
+    return PredictStep(graphdef, devices, tta=tta)
 
 
 class BlockPredictor:
@@ -144,14 +183,19 @@ class BlockPredictor:
         to the pooling alignment) so tiny blocks do not pay for a whole tile.
       batch_size: Tiles per step, a multiple of the device count (default: the device count).
       devices: Devices to run on (default: all local devices).
+      tta: Test-time augmentation: the mean score over this many dihedral transforms of
+        every (square) tile, 1, 2, 4 or 8 (``tta`` times the cost). Tiles are transformed
+        whole, halo included, so the result still equals the same transforms applied to one
+        pass over the whole padded block.
 
     Raises:
-      ConfigError: If ``tile_px`` is not a positive multiple of ``2**num_downsamplings`` or
-        ``batch_size`` is not a positive multiple of the device count.
+      ConfigError: If ``tile_px`` is not a positive multiple of ``2**num_downsamplings``,
+        ``batch_size`` is not a positive multiple of the device count, or ``tta`` is not one
+        of 1, 2, 4, 8.
     """
 
     def __init__(self, model: ChangeModel, *, tile_px: int = 256, batch_size: int | None = None,
-                 devices: Sequence[jax.Device] | None = None) -> None:
+                 devices: Sequence[jax.Device] | None = None, tta: int = 1) -> None:
         cfg = model.config
         self.align_px = 2**cfg.num_downsamplings
         if tile_px < 1 or tile_px % self.align_px:
@@ -163,7 +207,7 @@ class BlockPredictor:
         self.norm_mean = np.asarray(model.norm_mean, np.float64)
         self.norm_std = np.asarray(model.norm_std, np.float64)
         graphdef, state = nnx.split(model.module())
-        self.step = make_predict_step(graphdef, devices)
+        self.step = make_predict_step(graphdef, devices, tta=tta)
         n = self.step.num_devices
         self.batch_size = n if batch_size is None else batch_size
         if self.batch_size < 1 or self.batch_size % n:

@@ -82,7 +82,7 @@ class ChangeModel:
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     normalization: str = "global"
     required_bands: tuple[str, ...] | None = None
-    _predictors: dict[tuple[int, int | None], BlockPredictor] = dataclasses.field(
+    _predictors: dict[tuple[int, int | None, int], BlockPredictor] = dataclasses.field(
         default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
                                               repr=False)
@@ -180,15 +180,16 @@ class ChangeModel:
 
         return detector.prepare_scene(self, scene)
 
-    def predictor(self, *, tile_px: int = 512, batch_size: int | None = None) -> BlockPredictor:
+    def predictor(self, *, tile_px: int = 512, batch_size: int | None = None,
+                  tta: int = 1) -> BlockPredictor:
         """The cached :class:`~changedet.inference.BlockPredictor` for these settings."""
-        key = (tile_px, batch_size)
+        key = (tile_px, batch_size, tta)
         with self._lock:
             if key not in self._predictors:
                 from changedet.inference import BlockPredictor
 
                 self._predictors[key] = BlockPredictor(self, tile_px=tile_px,
-                                                       batch_size=batch_size)
+                                                       batch_size=batch_size, tta=tta)
             return self._predictors[key]
 
     @property

@@ -24,6 +24,7 @@ import xarray as xr
 from changedet import __version__, bands, clouds, io
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
+from changedet.detector import QUALITY_TTA, PreparedModel, with_quality
 from changedet.errors import (
     BandMismatchError,
     ChangedetError,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SENTINEL2_BANDS: tuple[str, ...] = bands.SENTINEL2_BANDS
 
 Method = Literal["auto", "siamese", "cva"]
+Quality = Literal["fast", "best"]
 DEFAULT_BLOCK_PX = 1024
 
 
@@ -96,7 +98,6 @@ class RunResult:
 
 def method_name(detector: Detector) -> str:
     """``"siamese"`` for a learned model, else the detector's own name (``"cva"``)."""
-    from changedet.detector import PreparedModel
     from changedet.modelfile import ChangeModel
 
     return "siamese" if isinstance(detector, (PreparedModel, ChangeModel)) else detector.name
@@ -354,6 +355,7 @@ def open_for_detection(
     band_names: Sequence[str] | str | None = None,
     cloud_mask: str | Sequence[str] | None = "auto",
     offset: float = 0.0,
+    quality: Quality = "fast",
 ) -> tuple[io.RasterPair, Detector, clouds.CloudMasks]:
     """Opens the pair lazily, masks clouds, keeps the requested bands and returns the prepared
     detector and what was masked. The pair's ``valid`` excludes each date's clouds and shadows
@@ -367,7 +369,8 @@ def open_for_detection(
         log.info("clouds and shadows (%s): %.1f %% of before, %.1f %% of after masked as nodata",
                  masks.source, 100 * masks.before_fraction, 100 * masks.after_fraction)
     pair = select_bands(pair, bands)
-    return pair, resolve_detector(pair, method=method, model=model).prepare(pair), masks
+    detector = resolve_detector(pair, method=method, model=model).prepare(pair)
+    return pair, with_quality(detector, quality), masks
 
 
 def detect(
@@ -383,6 +386,7 @@ def detect(
     band_names: Sequence[str] | str | None = None,
     cloud_mask: str | Sequence[str] | None = "auto",
     offset: float = 0.0,
+    quality: Quality = "fast",
 ) -> xr.Dataset:
     """Detects change between two co-registered scenes, lazily.
 
@@ -405,6 +409,9 @@ def detect(
       offset: Digital-number offset of the input (1000 for Sentinel-2 processing baseline
         04.00+, acquisitions since 25 January 2022), removed before cloud detection; the
         learned models standardise each date and do not need it.
+      quality: ``"fast"`` (default): one pass of the model; ``"best"``: the mean score over
+        the 8 rotations and mirror images of every tile (test-time augmentation), 8x the
+        model time, a little more accurate (see ``docs/models.md``). CVA ignores it.
 
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
@@ -420,7 +427,7 @@ def detect(
     """
     pair, detector, _ = open_for_detection(
         before, after, method=method, model=model, bands=bands, align=align,
-        band_names=band_names, cloud_mask=cloud_mask, offset=offset,
+        band_names=band_names, cloud_mask=cloud_mask, offset=offset, quality=quality,
     )
     check_threshold(threshold, detector)
     score = score_graph(pair, detector, block_px=block_px)
@@ -449,14 +456,13 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
         "after": str(pair.after_path),
         "bands": ",".join(pair.band_ids),
     }
-    from changedet.detector import PreparedModel
-
     if isinstance(detector, PreparedModel):
         model = detector.model
         tags["model"] = model.name
         tags["model_head"] = model.config.head
         tags["model_bands"] = ",".join(detector.model_bands)
         tags["normalization"] = model.normalization
+        tags["quality"] = next(q for q, n in QUALITY_TTA.items() if n == detector.tta)
         if model.source_sha256:
             tags["model_sha256"] = model.source_sha256
     return tags
@@ -489,8 +495,6 @@ def check_threshold(threshold: float | None, detector: Detector) -> None:
     if threshold is None:
         return
     value = float(threshold)
-    from changedet.detector import PreparedModel
-
     probability = isinstance(detector, PreparedModel) and detector.model.config.head != "distance"
     if not math.isfinite(value):
         raise ConfigError(f"{option('threshold')} must be a finite number; got {threshold!r}.")
@@ -547,8 +551,6 @@ def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
     """
     if client is not None:
         return {"scheduler": client}
-    from changedet.detector import PreparedModel
-
     if isinstance(detector, PreparedModel) and dask.config.get("num_workers", None) is None:
         import jax
 
@@ -584,6 +586,7 @@ def run(
     band_names: Sequence[str] | str | None = None,
     cloud_mask: str | Sequence[str] | None = "auto",
     offset: float = 0.0,
+    quality: Quality = "fast",
 ) -> RunResult:
     """Detects change and writes the georeferenced mask (and optional score and vectors).
 
@@ -592,7 +595,7 @@ def run(
 
     Args:
       before, after, method, model, bands, threshold, align, block_px, band_names, cloud_mask,
-        offset: As for :func:`detect`.
+        offset, quality: As for :func:`detect`.
       out: Mask path (uint8, 0/1, nodata 255): ``.tif``/``.tiff`` a GeoTIFF, ``.png`` an
         8-bit palette PNG with ``.wld`` and ``.png.aux.xml`` sidecars holding its grid (see
         :func:`changedet.io.raster_format`); other extensions are refused before any compute.
@@ -628,7 +631,7 @@ def run(
 
     pair, detector, masks = open_for_detection(
         before, after, method=method, model=model, bands=bands, align=align,
-        band_names=band_names, cloud_mask=cloud_mask, offset=offset,
+        band_names=band_names, cloud_mask=cloud_mask, offset=offset, quality=quality,
     )
     log.info("%s: %s, %d bands, grid %s", describe_detector(detector), pair.grid.size_px,
              len(pair.band_ids), pair.grid.crs)

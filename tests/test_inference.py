@@ -149,3 +149,33 @@ def test_block_predictor_rejects_bad_settings_and_inputs(paris_crop):
     holed = before.copy()
     holed[:, 10:14, 10:14] = np.nan
     assert np.isfinite(predictor.predict(holed, after)).all()
+
+
+@pytest.mark.parametrize("tta", [2, 8])
+def test_test_time_augmentation_tiled_equals_transformed_whole_block_passes(paris_crop, tta):
+    """``tta``: the mean over dihedral transforms of every tile equals the mean of the same
+    transforms of one pass over the whole padded block, mapped back (so tiling stays exact)."""
+    from changedet.inference import DIHEDRAL
+
+    before, after = paris_crop
+    model = with_crop_statistics(tiny_model("msdiff", head_convs=0), before)
+    predictor = BlockPredictor(model, tile_px=16, batch_size=4, tta=tta)
+    score = predictor.predict(before, after)
+    halo, align = model.halo_px, 4
+    pads = ((0, 0), (halo, halo + tiling.round_up(45, align) - 45),
+            (halo, halo + tiling.round_up(61, align) - 61))
+    net = model.module()
+    b, a = (to_nhwc(np.pad(normalize(x, model.norm_mean, model.norm_std), pads, "symmetric"))
+            for x in (before, after))
+    views = []
+    for turns, flip in DIHEDRAL[:tta]:
+        def view(x, turns=turns, flip=flip):
+            return np.rot90(x[:, :, ::-1] if flip else x, turns, axes=(1, 2)).copy()
+        out = np.asarray(net.change_score(jnp.asarray(view(b)), jnp.asarray(view(a))))
+        out = np.rot90(out, -turns, axes=(1, 2))
+        views.append((out[:, :, ::-1] if flip else out)[0, halo:halo + 45, halo:halo + 61])
+    np.testing.assert_allclose(score, np.mean(views, axis=0), atol=1e-4, rtol=1e-4)
+    # The transforms are not all the same pass: augmentation changes the score.
+    assert np.abs(score - BlockPredictor(model, tile_px=16).predict(before, after)).max() > 1e-4
+    with pytest.raises(ConfigError, match="tta must be one of"):
+        BlockPredictor(model, tile_px=16, tta=3)

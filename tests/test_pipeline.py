@@ -322,6 +322,36 @@ def test_per_image_model_tiled_equals_whole_image_with_whole_scene_statistics(
     np.testing.assert_allclose(ds.score.values, reference, atol=3e-5)
 
 
+def test_quality_best_is_seam_free_recorded_and_differs_from_fast(sample_data, tmp_path):
+    """``quality="best"`` (8 dihedral transforms per tile) keeps the dask-tiled score equal
+    across block sizes, records itself in the mask's tags, and changes the score."""
+    from changedet.config import ModelConfig
+    from changedet.modelfile import random_init_model
+
+    city = sample_data / "oscd_paris"
+    pair = changedet.open_pair(city / "imgs_1", city / "imgs_2")
+    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), head="msdiff", head_convs=0)
+    model = dataclasses.replace(random_init_model(cfg, pair.band_ids, seed=3),
+                                normalization="per_image")
+    kw = dict(model=model, cloud_mask="none", progress=False)
+    changedet.run(city / "imgs_1", city / "imgs_2", tmp_path / "best.tif", quality="best",
+                  score_path=tmp_path / "best_score.tif", block_px=64, **kw)
+    changedet.run(city / "imgs_1", city / "imgs_2", tmp_path / "fast.tif",
+                  score_path=tmp_path / "fast_score.tif", **kw)
+    with rasterio.open(tmp_path / "best.tif") as ds:
+        assert ds.tags()["quality"] == "best"
+    with rasterio.open(tmp_path / "fast.tif") as ds:
+        assert ds.tags()["quality"] == "fast"
+    best = changedet.detect(city / "imgs_1", city / "imgs_2", quality="best", block_px=1024,
+                            **{k: v for k, v in kw.items() if k != "progress"}).score.values
+    with rasterio.open(tmp_path / "best_score.tif") as ds:
+        np.testing.assert_allclose(ds.read(1), best, atol=3e-5)
+    with rasterio.open(tmp_path / "fast_score.tif") as ds:
+        assert np.abs(ds.read(1) - best).max() > 1e-3
+    with pytest.raises(changedet.ConfigError, match="quality must be one of"):
+        changedet.detect(city / "imgs_1", city / "imgs_2", quality="slow", model=model)
+
+
 def test_two_scenes_in_one_dask_compute_keep_their_own_scores(tmp_path):
     import dask
 
