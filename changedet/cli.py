@@ -28,18 +28,25 @@ CLI_FLAGS = {
     "quicklook_path": "--quicklook",
 }
 
-RUN_EXAMPLES = """examples:
+RUN_EXAMPLES = """examples (from the repository root, on the sample pair in data/):
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif
-  python -m changedet run before.tif after.tif -o change.tif --score score.tif --vector change.gpkg
-  python -m changedet run a.tif b.tif -o change.tif --align --method cva
-  python -m changedet run photo_2009.png photo_2019.png -o change.tif   # 3-band RGB: rgb model
-  python -m changedet run a.tif b.tif -o change.tif --bands 3,2,1 --model my_model.msgpack
-  python -m changedet run tm_2000.tif tm_2003.tif -o change.tif \
-      --band-names blue,green,red,nir,swir16,swir22        # Landsat TM bands 1-5, 7
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif \\
+      --score score.tif --vector change.gpkg --quicklook change.png --overwrite
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o cva.tif --method cva
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o four.tif \\
+      --bands B02,B03,B04,B08                               # a 4-band (10 m) export
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o rgb.tif \\
+      --bands B04,B03,B02 --model rgb                       # true colour: the rgb model
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o best.tif \\
+      --quality best                                        # 8x the model time
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o mine.tif \\
+      --model tiny.msgpack                      # a model file from the first `train` example
 
 Bands are known by Sentinel-2 id (B02), Earth Engine id (B2) or STAC common name (blue, nir,
 swir16, ...): the sentinel2 model takes any subset holding blue, green and red (L1C, L2A,
-4-band exports, Landsat), and says which bands it used.
+4-band exports, Landsat), and says which bands it used. Files without band descriptions
+(Landsat exports) name theirs with --band-names, e.g. blue,green,red,nir,swir16,swir22 for
+TM bands 1-5 and 7 (docs/inputs.md). A 3-band photo pair (PNG, JPEG, GeoTIFF) runs the rgb model.
 """
 
 INFO_EXAMPLES = """examples:
@@ -48,7 +55,8 @@ INFO_EXAMPLES = """examples:
 
 COREGISTER_EXAMPLES = """examples:
   python -m changedet coregister data/oscd_paris/imgs_1 data/oscd_paris/imgs_2
-  python -m changedet coregister before.tif after.tif --json --bands B04,B08
+  python -m changedet coregister data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
+      --json --bands B04,B08
 """
 
 

@@ -26,17 +26,21 @@ log = logging.getLogger(__name__)
 
 DATASET_ARITY = {"oscd": 1, "levir": 1, "airchange": 1, "pair": 3, "sparse": 4}
 
-TRAIN_EXAMPLES = """examples:
-  python -m changedet train --dataset oscd ../shared/data/oscd --val paris,rennes -o my_s2.msgpack
-  python -m changedet train --dataset levir LEVIR/ --val val_27_0000_0256 -o rgb.msgpack \\
-      --set train.num_epochs=10 --set model.features=16,32,64,128
-  python -m changedet train --dataset oscd ../shared/data/oscd --cv 4 -o my_s2.msgpack
-  python -m changedet train --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \
+TRAIN_EXAMPLES = """examples (from the repository root; ../shared/data holds the labelled datasets
+beside this project's checkout: point them at your own OSCD or LEVIR-CD download):
+  python -m changedet train --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
       data/oscd_paris/paris-cm.tif --change-values 2 --preset tiny -o tiny.msgpack   # seconds
+  python -m changedet train --dataset oscd ../shared/data/oscd --val paris,rennes -o my_s2.msgpack
+  python -m changedet train --dataset oscd ../shared/data/oscd --cv 4 -o my_s2_cv.msgpack
+  python -m changedet train --dataset levir ../shared/data/levir_dsifn_samples/samples_LEVIR \\
+      --val test_2_0000_0000 -o my_rgb.msgpack --set train.num_epochs=10
 """
-EVALUATE_EXAMPLES = """examples:
+EVALUATE_EXAMPLES = """examples (from the repository root; tiny.msgpack is the first `train` example's):
+  python -m changedet evaluate --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
+      data/oscd_paris/paris-cm.tif --change-values 2 --json report.json
+  python -m changedet evaluate --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
+      data/oscd_paris/paris-cm.tif --change-values 2 --model tiny.msgpack
   python -m changedet evaluate --dataset oscd ../shared/data/oscd --scenes paris,rennes
-  python -m changedet evaluate --dataset pair a.tif b.tif label.tif --model my.msgpack --json r.json
 """
 
 
