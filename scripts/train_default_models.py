@@ -79,7 +79,7 @@ def seconds_per_megapixel(model, scenes) -> float:
 
 
 def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256: str,
-               s_per_mpix: float, band_sets: dict | None) -> str:
+               s_per_mpix: float, band_sets: dict | None, qualities: dict | None = None) -> str:
     t = model.training
     tc = t["train_config"]
     cv = t["cv"]
@@ -125,7 +125,7 @@ scenes through `changedet run`'s scoring path. Pooled over all scenes (valid lab
 F1 per fold: {", ".join(f"{f:.3f}" for f in result.per_fold)} (mean {cv["fold_f1_mean"]:.3f},
 std {cv["fold_f1_std"]:.3f}). Folds: {"; ".join(", ".join(f) for f in result.folds)}.
 
-{_band_set_table(band_sets)}Per scene, out-of-fold, at the shipped threshold:
+{_band_set_table(band_sets) + _quality_table(qualities)}Per scene, out-of-fold, at the shipped threshold:
 
 | scene | precision | recall | F1 |
 |---|---|---|---|
@@ -166,6 +166,23 @@ def _band_set_table(band_sets: dict | None) -> str:
 """
 
 
+def _quality_table(qualities: dict | None) -> str:
+    if not qualities:
+        return ""
+    rows = "\n".join(
+        f"| `--quality {q}` | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+        f"{r['best_f1']:.3f} | {r['average_precision']:.3f} | {r['seconds']:.0f} s |"
+        for q, r in qualities.items())
+    return f"""Per `run --quality` (the same fold models; `best` averages the 8 rotations and mirror
+images of every tile):
+
+| quality | precision | recall | F1 | F1 at its best threshold | average precision | scoring time |
+|---|---|---|---|---|---|---|
+{rows}
+
+"""
+
+
 def train_one(name: str, args: argparse.Namespace) -> None:
     data = Path(args.data)
     scenes, folds = load_sentinel2(data) if name == "sentinel2" else load_rgb(data)
@@ -201,10 +218,14 @@ def train_one(name: str, args: argparse.Namespace) -> None:
     if model.required_bands is not None:
         sets = crossval.band_set_report(result.model_paths, scenes, result.folds,
                                         bands.BAND_SETS, result.threshold)
-    card = model_card(name, model, scenes, result, args, modelfile.sha256_file(path), cost, sets)
+    qualities = crossval.quality_report(result.model_paths, scenes, result.folds,
+                                        result.threshold)
+    card = model_card(name, model, scenes, result, args, modelfile.sha256_file(path), cost, sets,
+                      qualities)
     (out / f"{name}.md").write_text(card)
-    (out / f"{name}.eval.json").write_text(
-        json.dumps(result.to_dict() | {"band_sets": sets, "seconds_per_mpix": cost}, indent=2))
+    (out / f"{name}.eval.json").write_text(json.dumps(
+        result.to_dict() | {"band_sets": sets, "qualities": qualities,
+                            "seconds_per_mpix": cost}, indent=2))
     print(f"{name}: wrote {path} (out-of-fold F1 {result.pooled.f1:.3f}, AP "
           f"{result.average_precision:.3f}, CVA {result.cva.f1:.3f}; "
           f"{cost:.2f} s/Mpix)", flush=True)

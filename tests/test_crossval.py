@@ -71,6 +71,13 @@ def test_out_of_fold_scores_are_run_scores_of_the_fold_model(levir, shared_data,
     scene = by_name[name]
     again = evaluate.score_scene(load_model(fold_model).prepare_scene(scene), scene)
     np.testing.assert_array_equal(again, oof[name.replace("/", "__")])
+    # The per-quality report: "fast" is the OOF result itself; "best" (test-time
+    # augmentation) scores the same held-out scenes differently.
+    report = crossval.quality_report(result.model_paths, levir, result.folds, result.threshold)
+    assert report["fast"]["f1"] == pytest.approx(result.pooled.f1)
+    assert report["fast"]["average_precision"] == pytest.approx(result.average_precision)
+    assert report["best"]["average_precision"] != pytest.approx(result.average_precision)
+    assert 0.0 <= report["best"]["best_f1"] <= 1.0 and report["best"]["seconds"] > 0
 
 
 def test_train_cv_cli_ships_a_model_with_the_out_of_fold_threshold(shared_data, tmp_path):
