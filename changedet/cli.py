@@ -39,6 +39,8 @@ RUN_EXAMPLES = """examples (from the repository root, on the sample pair in data
       --bands B04,B03,B02 --model rgb                       # true colour: the rgb model
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o best.tif \\
       --quality best                                        # 8x the model time
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o fixed.tif \\
+      --coregister                              # resample AFTER by its measured shift first
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o mine.tif \\
       --model tiny.msgpack                      # a model file from the first `train` example
 
@@ -99,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--vector", help="also write change polygons (.gpkg or .geojson) here")
     run.add_argument("--quicklook", help="also write an overlay PNG here (needs matplotlib)")
     run.add_argument("--align", action="store_true", help="resample AFTER onto BEFORE's grid")
+    run.add_argument(
+        "--coregister", action="store_true",
+        help="measure AFTER's sub-pixel misregistration (as the coregister command does) and "
+        "resample it by that shift before detection; the applied and residual shifts go in "
+        "the output tags",
+    )
     run.add_argument(
         "--method", choices=("auto", "siamese", "cva"), default="auto",
         help="auto: packaged Siamese model chosen from the bands (default); cva: change "
@@ -268,6 +276,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cloud_mask=args.cloud_mask,
             offset=args.offset,
             quality=args.quality,
+            coregister=args.coregister,
         )
     finally:
         if client is not None:

@@ -356,6 +356,7 @@ def open_for_detection(
     cloud_mask: str | Sequence[str] | None = "auto",
     offset: float = 0.0,
     quality: Quality = "fast",
+    coregister: bool = False,
 ) -> tuple[io.RasterPair, Detector, clouds.CloudMasks]:
     """Opens the pair lazily, masks clouds, keeps the requested bands and returns the prepared
     detector and what was masked. The pair's ``valid`` excludes each date's clouds and shadows
@@ -368,6 +369,11 @@ def open_for_detection(
         pair = dataclasses.replace(pair, valid=(pair.valid & clear).rename("valid"))
         log.info("clouds and shadows (%s): %.1f %% of before, %.1f %% of after masked as nodata",
                  masks.source, 100 * masks.before_fraction, 100 * masks.after_fraction)
+    if coregister:
+        from changedet.coregister import estimate_shift
+
+        shift = estimate_shift(pair)
+        pair = io.shift_after(pair, shift.dx_px, shift.dy_px)
     pair = select_bands(pair, bands)
     detector = resolve_detector(pair, method=method, model=model).prepare(pair)
     return pair, with_quality(detector, quality), masks
@@ -387,6 +393,7 @@ def detect(
     cloud_mask: str | Sequence[str] | None = "auto",
     offset: float = 0.0,
     quality: Quality = "fast",
+    coregister: bool = False,
 ) -> xr.Dataset:
     """Detects change between two co-registered scenes, lazily.
 
@@ -412,6 +419,11 @@ def detect(
       quality: ``"fast"`` (default): one pass of the model; ``"best"``: the mean score over
         the 8 rotations and mirror images of every tile (test-time augmentation), 8x the
         model time, a little more accurate (see ``docs/models.md``). CVA ignores it.
+      coregister: Measure the misregistration of ``after`` (:func:`changedet.estimate_shift`)
+        and resample it by that sub-pixel shift (cubic spline) before detection, so that a
+        shifted date does not turn every edge into change. Pixels whose source falls outside
+        ``after`` become nodata. Raises ``CoregistrationError`` when the shift cannot be
+        measured (flat, tiny or nodata-only scenes).
 
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
@@ -428,6 +440,7 @@ def detect(
     pair, detector, _ = open_for_detection(
         before, after, method=method, model=model, bands=bands, align=align,
         band_names=band_names, cloud_mask=cloud_mask, offset=offset, quality=quality,
+        coregister=coregister,
     )
     check_threshold(threshold, detector)
     score = score_graph(pair, detector, block_px=block_px)
@@ -529,16 +542,20 @@ def coregistration_tags(pair: io.RasterPair) -> dict[str, str]:
     except ChangedetError as err:
         log.info("misregistration not measured: %s", err)
         return {}
+    applied = {}
+    if pair.shift_px is not None:  # after was resampled by --coregister: this is the residual
+        applied = {"coregistration_applied_dx_px": f"{pair.shift_px[0]:.3f}",
+                   "coregistration_applied_dy_px": f"{pair.shift_px[1]:.3f}"}
     if shift.magnitude_px > MISREGISTRATION_WARN_PX and shift.quality >= 3:
-        log.warning(
+        log.warning(render(
             "the dates are misregistered by dx %+.2f px, dy %+.2f px (where before's content is "
-            "in after; spread %.2f px): expect false change along edges. Check with "
-            "`python -m changedet coregister`, see docs/coregister.md",
+            "in after; spread %.2f px): expect false change along edges. Pass "
+            f"{option('coregister', True)} to resample after by it; see docs/coregister.md"),
             shift.dx_px, shift.dy_px, shift.spread_px)
     return {"coregistration_dx_px": f"{shift.dx_px:.3f}",
             "coregistration_dy_px": f"{shift.dy_px:.3f}",
             "coregistration_quality": f"{shift.quality:.2f}",
-            "coregistration_spread_px": f"{shift.spread_px:.3f}"}
+            "coregistration_spread_px": f"{shift.spread_px:.3f}"} | applied
 
 
 def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
@@ -587,6 +604,7 @@ def run(
     cloud_mask: str | Sequence[str] | None = "auto",
     offset: float = 0.0,
     quality: Quality = "fast",
+    coregister: bool = False,
 ) -> RunResult:
     """Detects change and writes the georeferenced mask (and optional score and vectors).
 
@@ -595,7 +613,7 @@ def run(
 
     Args:
       before, after, method, model, bands, threshold, align, block_px, band_names, cloud_mask,
-        offset, quality: As for :func:`detect`.
+        offset, quality, coregister: As for :func:`detect`.
       out: Mask path (uint8, 0/1, nodata 255): ``.tif``/``.tiff`` a GeoTIFF, ``.png`` an
         8-bit palette PNG with ``.wld`` and ``.png.aux.xml`` sidecars holding its grid (see
         :func:`changedet.io.raster_format`); other extensions are refused before any compute.
@@ -632,6 +650,7 @@ def run(
     pair, detector, masks = open_for_detection(
         before, after, method=method, model=model, bands=bands, align=align,
         band_names=band_names, cloud_mask=cloud_mask, offset=offset, quality=quality,
+        coregister=coregister,
     )
     log.info("%s: %s, %d bands, grid %s", describe_detector(detector), pair.grid.size_px,
              len(pair.band_ids), pair.grid.crs)

@@ -182,3 +182,36 @@ def test_run_warns_and_records_misregistration(shifted_paris_files, tmp_path, ca
         tags = src.tags()
     assert float(tags["coregistration_dx_px"]) == pytest.approx(-2.5, abs=0.15)
     assert float(tags["coregistration_dy_px"]) == pytest.approx(1.0, abs=0.15)
+
+
+def test_run_coregister_resamples_after_and_records_the_shift(shifted_paris_files, tmp_path):
+    """``coregister=True``: AFTER (BEFORE moved 2.5 px left and 1 px down) is moved back by the
+    measured shift, so the residual is a fraction of a pixel, the false edge change is gone,
+    the strip whose source lies outside AFTER is nodata, and blocks stay seam-free."""
+    import changedet
+    from changedet import pipeline
+
+    before, after = shifted_paris_files
+    kw = dict(method="cva", cloud_mask="none", progress=False)
+    plain = pipeline.run(before, after, tmp_path / "plain.tif", score_path=tmp_path / "p.tif",
+                         **kw)
+    fixed = pipeline.run(before, after, tmp_path / "fixed.tif", score_path=tmp_path / "f.tif",
+                         coregister=True, threshold=plain.threshold, **kw)
+    with rasterio.open(tmp_path / "fixed.tif") as src:
+        tags, mask = src.tags(), src.read(1)
+    assert float(tags["coregistration_applied_dx_px"]) == pytest.approx(-2.5, abs=TOL_PX)
+    assert float(tags["coregistration_applied_dy_px"]) == pytest.approx(1.0, abs=TOL_PX)
+    assert abs(float(tags["coregistration_dx_px"])) < TOL_PX  # the residual after resampling
+    assert abs(float(tags["coregistration_dy_px"])) < TOL_PX
+    assert (mask[:, :2] == 255).all() and (mask[-1:] == 255).all()  # source outside AFTER
+    assert (mask[5:-5, 5:-5] != 255).all()
+    with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(tmp_path / "f.tif") as f:
+        plain_score, fixed_score = p.read(1), f.read(1)
+    with rasterio.open(tmp_path / "plain.tif") as src:
+        plain_mask = src.read(1)
+    inner = (slice(5, -5), slice(5, -5))
+    assert np.nanmean(fixed_score[inner]) < 0.2 * np.nanmean(plain_score[inner])
+    assert (mask[inner] == 1).mean() < 0.2 * (plain_mask[inner] == 1).mean()
+    blocked = changedet.detect(before, after, method="cva", cloud_mask="none", coregister=True,
+                               block_px=64, threshold=plain.threshold).score.values
+    np.testing.assert_allclose(blocked, fixed_score, atol=1e-4, equal_nan=True)

@@ -11,6 +11,7 @@ from changedet.io.read import (
     open_pair,
     open_scene,
     scene_grid,
+    shift_after,
 )
 from changedet.io.vector import check_vector_path, write_vector, write_vector_from_rasters
 from changedet.io.write import (
@@ -38,6 +39,7 @@ __all__ = [
     "raster_format",
     "remove_output",
     "scene_grid",
+    "shift_after",
     "write_outputs",
     "write_vector",
     "write_vector_from_rasters",

@@ -88,6 +88,8 @@ class RasterPair:
       before_path: Path of the first-date scene.
       after_path: Path of the second-date scene.
       is_aligned: True when ``after`` was resampled onto ``before``'s grid.
+      shift_px: ``(dx_px, dy_px)`` by which ``after`` was resampled to line up with
+        ``before`` (:func:`shift_after`), else None.
     """
 
     before: xr.DataArray
@@ -98,6 +100,7 @@ class RasterPair:
     before_path: Path
     after_path: Path
     is_aligned: bool = False
+    shift_px: tuple[float, float] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,6 +520,49 @@ def _footprint(target: Grid, target_crs: CRS, source: Grid, source_crs: CRS, chu
     rows = da.arange(target.height, chunks=chunks_px, dtype=np.float64)[:, None]
     cols = da.arange(target.width, chunks=chunks_px, dtype=np.float64)[None, :]
     return da.map_blocks(block, rows, cols, dtype=bool, chunks=(rows.chunks[0], cols.chunks[1]))
+
+
+#: Extra overlap for the cubic spline's prefilter (an IIR filter whose influence decays as
+#: 0.268^n: below 1e-5 of a value after 9 pixels), so blocks give the whole-image result.
+_SPLINE_MARGIN_PX = 9
+
+
+def shift_after(pair: RasterPair, dx_px: float, dy_px: float) -> RasterPair:
+    """``pair`` with ``after`` resampled lazily so that its content lines up with ``before``.
+
+    ``(dx_px, dy_px)`` is where ``before``'s content appears in ``after`` (the convention of
+    :class:`changedet.coregister.Shift`): the new ``after`` at pixel ``(row, col)`` is the old
+    one at ``(row + dy_px, col + dx_px)``, by cubic-spline interpolation (blockwise with
+    enough overlap that blocks equal a whole-image pass). ``after`` becomes float32, NaN where
+    its source lies outside the image or next to an invalid pixel; ``valid`` drops those pixels.
+    """
+    from scipy import ndimage
+
+    depth = int(math.ceil(max(abs(dx_px), abs(dy_px)))) + _SPLINE_MARGIN_PX
+    offset = (0.0, -dy_px, -dx_px)  # ndimage.shift: out[i] = in[i - offset]
+
+    def resample(block: np.ndarray) -> np.ndarray:
+        return ndimage.shift(block.astype(np.float32), offset, order=3, mode="nearest")
+
+    def resample_valid(block: np.ndarray) -> np.ndarray:
+        # order 1 reaches the 2x2 source neighbours; one more pixel covers the spline's support
+        ok = ndimage.shift(block.astype(np.float32), offset[1:], order=1, mode="constant",
+                           cval=0.0) > 0.999
+        return ndimage.minimum_filter(ok, size=3, mode="constant", cval=False)
+
+    after = pair.after.data
+    values = after.map_overlap(resample, depth={0: 0, 1: depth, 2: depth}, boundary="nearest",
+                               dtype=np.float32)
+    ok = pair.valid.data.map_overlap(resample_valid, depth=depth, boundary=False, dtype=bool)
+    ok = ok & pair.valid.data
+    values = da.where(ok[None], values, np.float32(np.nan))
+    shifted = pair.after.copy(data=values)
+    shifted.attrs = {**pair.after.attrs, "nodata": float("nan")}
+    valid = pair.valid.copy(data=ok)
+    logger.info("resampling %s by dx %+.3f px, dy %+.3f px onto %s", pair.after_path, dx_px,
+                dy_px, pair.before_path)
+    return dataclasses.replace(pair, after=shifted, valid=valid,
+                               shift_px=(float(dx_px), float(dy_px)))
 
 
 def _valid_mask(arr: xr.DataArray) -> xr.DataArray:
