@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--threshold", type=float, help="decision threshold on the score")
     run.add_argument(
+        "--calibrate", metavar="POINTS",
+        help="vector file (.gpkg, .geojson; any CRS) of points or small polygons labelled "
+        "changed (1) / unchanged (0): the threshold is re-chosen on them for this scene "
+        "(needs the vector extra; docs/calibrate.md)",
+    )
+    run.add_argument("--calibrate-property", default="change", metavar="NAME",
+                     help="the label property of --calibrate's features (default: change)")
+    run.add_argument(
         "--block-px", type=int, default=None, metavar="PX",
         help="processing block edge in pixels (default 1024; block_px in Python); does not "
         "change the result",
@@ -277,6 +285,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             offset=args.offset,
             quality=args.quality,
             coregister=args.coregister,
+            calibrate=args.calibrate,
+            calibrate_property=args.calibrate_property,
         )
     finally:
         if client is not None:

@@ -135,3 +135,8 @@ class InputRangeError(ChangedetError, ValueError):
 
 class CoregistrationError(ChangedetError, ValueError):
     """The misregistration cannot be measured (image too small, flat, or mostly nodata)."""
+
+
+class CalibrationError(ChangedetError, ValueError):
+    """Calibration points cannot be used: unreadable, without the label property, with a bad
+    label, off the scene or on nodata."""

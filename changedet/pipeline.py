@@ -22,11 +22,13 @@ import numpy as np
 import xarray as xr
 
 from changedet import __version__, bands, clouds, io
+from changedet.calibrate import Calibration
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
 from changedet.detector import QUALITY_TTA, PreparedModel, with_quality
 from changedet.errors import (
     BandMismatchError,
+    CalibrationError,
     ChangedetError,
     ConfigError,
     EmptySceneError,
@@ -334,6 +336,52 @@ def _threshold_for(score: da.Array, detector: Detector, threshold: float | None)
     return float(value)
 
 
+#: Blocks of the score map sampled for the scene's score distribution in calibration.
+CALIBRATION_BLOCKS = 8
+
+
+def _score_sample(score: da.Array) -> np.ndarray:
+    """Finite scores of up to :data:`CALIBRATION_BLOCKS` whole blocks spread over the scene
+    (all of a small scene), computed from the run's own graph."""
+    rows, cols = score.numblocks
+    picks = np.unique(np.linspace(0, rows * cols - 1, min(CALIBRATION_BLOCKS, rows * cols))
+                      .round().astype(int))
+    blocks = dask.compute(*(score.blocks[int(i) // cols, int(i) % cols] for i in picks))
+    values = np.concatenate([np.ravel(b) for b in blocks])
+    return values[np.isfinite(values)]
+
+
+def calibrate_on_points(score: da.Array, pair: io.RasterPair, points: str | Path, prior: float,
+                        *, prop: str = "change") -> Calibration:
+    """The scene's threshold from labelled points (see :mod:`changedet.calibrate`): the score
+    is computed at their pixels only (the blocks holding them), from the same graph the
+    outputs are written from.
+
+    Raises:
+      CalibrationError: A point (or a whole polygon) on nodata, or as :func:`io.read_points`.
+    """
+    from changedet.calibrate import calibrate_threshold
+    from changedet.io.points import read_points
+
+    pixels = read_points(points, pair.grid, prop=prop)
+    valid, values = dask.compute(pair.valid.data.vindex[pixels.rows, pixels.cols],
+                                 score.vindex[pixels.rows, pixels.cols])
+    ok = np.asarray(valid, bool) & np.isfinite(values)
+    usable = np.bincount(pixels.feature[ok], minlength=pixels.num_features)
+    if (usable == 0).any():
+        first = int(np.flatnonzero(usable == 0)[0])
+        raise CalibrationError(
+            f"{points}: feature {first} lies on nodata (a cloud, a nodata pixel or outside one "
+            "date's footprint); move it onto clear ground or remove it.")
+    cal = calibrate_threshold(values[ok], pixels.labels[ok], prior,
+                              scene_scores=_score_sample(score), num_features=pixels.num_features)
+    log.info("calibration on %d labelled features (%d changed, %d unchanged px): threshold "
+             "%.4g (model %.4g); balanced accuracy on them %.3f (model's threshold %.3f)",
+             cal.num_features, cal.num_changed, cal.num_unchanged, cal.threshold, cal.prior,
+             cal.balanced_accuracy, cal.prior_balanced_accuracy)
+    return cal
+
+
 def _check_not_empty(pair: io.RasterPair) -> None:
     """Raises EmptySceneError when no pixel is valid in both dates (one cheap pass)."""
     if not bool(pair.valid.data.any().compute()):
@@ -481,8 +529,9 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
     return tags
 
 
-def _check_extras(*, vector: bool, quicklook: bool) -> None:
-    """Fails before any computation when an asked-for output needs a missing optional package."""
+def _check_extras(*, vector: bool, quicklook: bool, what: str = "vector_path") -> None:
+    """Fails before any computation when an asked-for output needs a missing optional package
+    (``what``: the option that needs the vector extra)."""
     import importlib.util
 
     needs = []
@@ -492,7 +541,7 @@ def _check_extras(*, vector: bool, quicklook: bool) -> None:
         needs += [("matplotlib", "viz")]
     for module, extra in needs:
         if importlib.util.find_spec(module) is None:
-            what = option("vector_path" if extra == "vector" else "quicklook_path")
+            what = option(what if extra == "vector" else "quicklook_path")
             raise ConfigError(
                 f"{what} needs {module}, which is not installed: pip install "
                 f"'changedet[{extra}]' (or drop {what}).")
@@ -605,6 +654,8 @@ def run(
     offset: float = 0.0,
     quality: Quality = "fast",
     coregister: bool = False,
+    calibrate: str | Path | None = None,
+    calibrate_property: str = "change",
 ) -> RunResult:
     """Detects change and writes the georeferenced mask (and optional score and vectors).
 
@@ -623,6 +674,11 @@ def run(
       overwrite: Replace existing outputs.
       progress: Show a progress bar.
       client: A ``dask.distributed.Client`` to run on (default: the active one, else threads).
+      calibrate: A vector file (GeoPackage, GeoJSON, ...; any CRS) of points or small polygons
+        labelled changed (1) / unchanged (0) in ``calibrate_property``: the scene's threshold
+        is re-chosen on them (balanced accuracy, nearest the model's own among ties; see
+        :mod:`changedet.calibrate`) and recorded in the tags. Not with ``threshold``.
+      calibrate_property: The label property of ``calibrate``'s features.
 
     Returns:
       A :class:`RunResult`.
@@ -655,6 +711,11 @@ def run(
     log.info("%s: %s, %d bands, grid %s", describe_detector(detector), pair.grid.size_px,
              len(pair.band_ids), pair.grid.crs)
     check_threshold(threshold, detector)
+    if calibrate is not None and threshold is not None:
+        raise ConfigError(f"pass {option('threshold')} or {option('calibrate')}, not both: "
+                          "calibration chooses the threshold.")
+    if calibrate is not None:
+        _check_extras(vector=True, quicklook=False, what="calibrate")
     coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)
@@ -662,6 +723,11 @@ def run(
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
         thr = _threshold_for(score, detector, threshold)
+        calibration_tags = {}
+        if calibrate is not None:
+            calibration = calibrate_on_points(score, pair, calibrate, thr,
+                                              prop=calibrate_property)
+            thr, calibration_tags = calibration.threshold, calibration.tags()
         # The polygons' mean_score needs the score: without --score it goes to a hidden
         # scratch file beside the mask (written in the same pass), removed after polygonising.
         scratch = _scratch_score_path(outputs[0]) if vector_path and not score_path else None
@@ -671,7 +737,8 @@ def run(
             mask_path=outputs[0],
             score_path=score_path or scratch,
             threshold=thr,
-            tags=provenance(detector, thr, pair) | cloud_tags(masks) | coreg_tags,
+            tags=(provenance(detector, thr, pair) | cloud_tags(masks) | coreg_tags
+                  | calibration_tags),
             overwrite=overwrite,
             progress=progress,
         )
