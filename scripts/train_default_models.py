@@ -32,6 +32,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
     return f"""# changedet model `{name}`
 
 - changedet {__version__}, trained {datetime.date.today().isoformat()} with
-  `python scripts/train_default_models.py {" ".join(sys.argv[1:])}`, seed {tc["seed"]}
+  `python scripts/train_default_models.py {_command()}`, seed {tc["seed"]}
 - file: `{name}.msgpack`, sha256 `{sha256}`
 - band slots (in order): {", ".join(model.band_ids)}; required:
   {", ".join(model.required_bands) if model.required_bands else "all"}
@@ -105,7 +106,8 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
 - decision threshold: {model.threshold:.4f} on the change probability, chosen on the pooled
   out-of-fold predictions of the cross-validation below (never on a scene the model that scored
   it was trained on)
-- cost: {s_per_mpix:.2f} s of model time per megapixel on this machine (2-core CPU)
+- cost: {s_per_mpix:.2f} s of model time per megapixel on this machine (2-core CPU, 1-minute load
+  average {os.getloadavg()[0]:.1f} when measured: figures taken under load are upper bounds)
 
 ## Data
 
@@ -131,6 +133,13 @@ std {cv["fold_f1_std"]:.3f}). Folds: {"; ".join(", ".join(f) for f in result.fol
 |---|---|---|---|
 {rows}
 """
+
+
+def _command() -> str:
+    """This run's arguments, less ``--stage report`` (which rewrites the card of a model that
+    the same arguments trained)."""
+    argv = " ".join(sys.argv[1:])
+    return " ".join(argv.replace("--stage report", "").split())
 
 
 def _folds_note(name: str, result) -> str:
@@ -205,14 +214,25 @@ def train_one(name: str, args: argparse.Namespace) -> None:
         training.fit(scenes, [], model_cfg, dataclasses.replace(train_cfg, patience=0),
                      workdir / "final", name=name, progress=not args.quiet)
         return
-    model, result = crossval.train_with_cv(scenes, FOLDS[name], model_cfg, train_cfg,
-                                           Path(args.workdir) / name, name=name,
-                                           progress=not args.quiet, folds=folds,
-                                           only_folds=only)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = modelfile.save_model(out / f"{name}.msgpack", model)
-    modelfile.register_model(path, name, folder=out)
+    if args.stage == "report":
+        # the packaged model as it is, and its fold models re-scored (trained if missing)
+        path = out / f"{name}.msgpack"
+        model = modelfile.load_model(path)
+        result = crossval.cross_validate(scenes, FOLDS[name], model_cfg, train_cfg,
+                                         workdir / "cv", name=name, progress=not args.quiet,
+                                         folds=folds, only_folds=only)
+        if abs(result.threshold - model.threshold) > 1e-6:
+            log.warning("the fold models give threshold %.6f, the packaged model has %.6f: "
+                        "they come from different runs", result.threshold, model.threshold)
+    else:
+        model, result = crossval.train_with_cv(scenes, FOLDS[name], model_cfg, train_cfg,
+                                               Path(args.workdir) / name, name=name,
+                                               progress=not args.quiet, folds=folds,
+                                               only_folds=only)
+        out.mkdir(parents=True, exist_ok=True)
+        path = modelfile.save_model(out / f"{name}.msgpack", model)
+        modelfile.register_model(path, name, folder=out)
     cost = seconds_per_megapixel(model, scenes)
     sets = None
     if model.required_bands is not None:
@@ -247,10 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only-folds", help="cross-validate on these folds only (e.g. 0): cheaper, "
                    "partial estimate; the threshold comes from their held-out scenes")
-    p.add_argument("--stage", choices=("all", "cv", "final"), default="all",
+    p.add_argument("--stage", choices=("all", "cv", "final", "report"), default="all",
                    help="'cv' trains (and scores) only the fold models, 'final' only the "
                    "all-scenes model; run them side by side, then 'all' reuses both (every "
-                   "training resumes from its checkpoint) and writes weights and cards")
+                   "training resumes from its checkpoint) and writes weights and cards; "
+                   "'report' keeps the model file in --out and rewrites its card and eval.json "
+                   "from the fold models in --workdir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
