@@ -1,15 +1,18 @@
 """Inference speed of the Siamese U-Net encoder and the full diff model on 512x512 tiles.
 
-Prints the machine, the f32 matmul peak measured in the same run, and for each model, band
-count and batch size: megapixels/second (per date pair for the full model, per image for the
-encoder), FLOPs per pixel (XLA cost analysis) and the achieved GFLOP/s as a share of the peak.
+Prints the machine, the 1-minute load average and the f32 matmul peak measured in the same run
+(at the start and at the end), and for each model, band count and batch size: megapixels/second
+(per date pair for the full model, per image for the encoder), FLOPs per pixel (XLA cost
+analysis) and the achieved GFLOP/s as a share of the start's peak.
 
 Run (a few minutes on 2 cores)::
 
     python benchmarks/bench_encoder.py [--upsample shuffle|nearest] [--norm none|layer]
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce python benchmarks/...
 
-XLA flags must be set in the environment before the script starts (JAX reads them once).
+XLA flags must be set in the environment before the script starts (JAX reads them once). On a
+busy machine (1-minute load average > 0.5 at start) it exits with status 3 unless
+``--allow-busy`` is given (``common.check_idle``).
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from changedet.config import ModelConfig
 from changedet.models import SiameseNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name  # noqa: E402
+from common import (  # noqa: E402
+    add_busy_argument,
+    check_idle,
+    cpu_name,
+    measure_conditions,
+)
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -42,20 +48,6 @@ def timed(fn, *args, repeats: int) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
-    """Best (not median) f32 matmul rate: the machine's peak, least disturbed by other load."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, b))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(dot(a, b))
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def flops_of(jitted, *args) -> float:
@@ -74,13 +66,16 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4")
     parser.add_argument("--bands", default="3,13")
     parser.add_argument("--repeats", type=int, default=3)
+    add_busy_argument(parser)
     args = parser.parse_args()
+    check_idle(args.allow_busy)
 
     print(f"cpu: {cpu_name()}; cores: {os.cpu_count()}; jax {jax.__version__} "
           f"({jax.default_backend()}, {jax.device_count()} device(s)); "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    peak = matmul_peak_gflops()
-    print(f"f32 matmul peak (2048x2048 jnp.dot): {peak:.0f} GFLOP/s")
+    start = measure_conditions("start")
+    print(start)
+    peak = start.matmul_peak_gflops
     print(f"norm={args.norm} tile={args.tile}; Mpix/s: encoder per image, diff per date pair")
     print(f"{'model':8} {'upsample':8} {'bands':>5} {'batch':>5} {'Mpix/s':>8} {'kFLOP/px':>9} "
           f"{'GFLOP/s':>8} {'%peak':>6}")
@@ -114,9 +109,8 @@ def main() -> None:
                     print(f"{name:8} {upsample:8} {bands:5d} {batch:5d} {rows[-1][4]:8.2f} "
                           f"{rows[-1][5]:9.1f} {rows[-1][6]:8.1f} "
                           f"{100 * rows[-1][6] / peak:6.1f}", flush=True)
-    end_peak = matmul_peak_gflops()
-    print(f"f32 matmul peak again at the end: {end_peak:.0f} GFLOP/s (other load on the machine "
-          "shows as a difference between the two)")
+    print(f"{measure_conditions('end')} (other load on the machine shows as a difference from "
+          "the start)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ then times, interleaved in this one process (the machine is shared; medians):
   GeoTIFF writes) on dask's threads, for each ``--tile-size`` (dask block edge);
 * optionally (``--distributed``) the same run on a ``LocalCluster`` of 1 and 2 worker processes.
 
+The model is ``common.benchmark_model(13)``: the packaged ``sentinel2`` model (msdiff) when it
+is installed. The 1-minute load average and the f32 matmul peak are printed at the start and at
+the end; on a busy machine (load > 0.5 at start) the script exits with status 3 unless
+``--allow-busy`` is given.
+
 Run::
 
     python benchmarks/bench_end_to_end.py [--size 2048] [--blocks 512,1024,2048] [--distributed]
@@ -26,7 +31,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_model, machine, peak_rss_mib, write_s2_scene  # noqa: E402
+from common import (  # noqa: E402
+    add_busy_argument,
+    benchmark_model,
+    check_idle,
+    machine,
+    measure_conditions,
+    peak_rss_mib,
+    write_s2_scene,
+)
 
 
 def model_only(model, before: np.ndarray, after: np.ndarray, block_px: int) -> float:
@@ -65,7 +78,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--distributed", action="store_true",
                         help="also time LocalCluster(1 and 2 worker processes) vs threads")
+    add_busy_argument(parser)
     args = parser.parse_args()
+    check_idle(args.allow_busy)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
@@ -75,6 +90,7 @@ def main() -> None:
 
     model, model_name = benchmark_model(13)
     print(machine())
+    print(measure_conditions("start"))
     print(f"changedet {__version__}; model: {model_name}, halo {model.halo_px} px; scene "
           f"{args.size}x{args.size} px x 13 bands uint16")
     blocks = [int(b) for b in args.blocks.split(",")]
@@ -136,6 +152,7 @@ def main() -> None:
                 client.close()
                 cluster.close()
     print(f"peak RSS of this process: {peak_rss_mib():.0f} MiB")
+    print(measure_conditions("end"))
 
 
 if __name__ == "__main__":

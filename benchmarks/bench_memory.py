@@ -5,9 +5,14 @@ block in a temporary folder under /tmp, then ``pipeline.run`` (mask + score GeoT
 1024 px blocks, dask threads) runs in a FRESH subprocess that reports its wall time and
 ``getrusage`` peak RSS; the files are deleted afterwards. Memory should stay flat with size.
 
-Run (the 10980^2 model run takes many minutes on 2 cores; ``nice`` it on a shared machine)::
+The 1-minute load average and the f32 matmul peak are printed at the start and at the end (in
+this process, before and after the children); on a busy machine (load > 0.5 at start) the script
+exits with status 3 unless ``--allow-busy`` is given. Memory figures hold on a busy machine;
+the wall times and Mpix/s do not.
 
-    nice python benchmarks/bench_memory.py [--sizes 1024,4096,10980] [--methods model,cva]
+Run (the 10980^2 model run takes many minutes on 2 cores)::
+
+    python benchmarks/bench_memory.py [--sizes 1024,4096,10980] [--methods model,cva]
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import S2_BANDS, machine, peak_rss_mib, write_s2_scene  # noqa: E402
+from common import (  # noqa: E402
+    S2_BANDS,
+    add_busy_argument,
+    check_idle,
+    machine,
+    measure_conditions,
+    peak_rss_mib,
+    write_s2_scene,
+)
 
 
 def child(before: str, after: str, out: str, method: str, block_px: int) -> None:
@@ -54,11 +67,14 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=1024)
     parser.add_argument("--child", nargs=4, metavar=("BEFORE", "AFTER", "OUT", "METHOD"),
                         help=argparse.SUPPRESS)
+    add_busy_argument(parser)
     args = parser.parse_args()
     if args.child:
         child(*args.child, block_px=args.block)
         return
+    check_idle(args.allow_busy)
     print(machine())
+    print(measure_conditions("start"))
     print(f"GDAL_CACHEMAX={os.environ.get('GDAL_CACHEMAX', '(GDAL default)')}; block "
           f"{args.block} px")
     results = []
@@ -90,6 +106,7 @@ def main() -> None:
         if len(rss) > 1:
             print(f"{method}: peak RSS largest/smallest scene = {rss[-1][1] / rss[0][1]:.2f}x "
                   f"({rss[0][0]}^2 -> {rss[-1][0]}^2)")
+    print(measure_conditions("end"))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
-"""Shared helpers of the benchmark scripts: machine description, generated Sentinel-2-like
-scenes (written block by block, so the generator stays small) and the benchmark model.
+"""Shared helpers of the benchmark scripts: machine description, the busy-machine rule, the
+f32 matmul peak, generated Sentinel-2-like scenes (written block by block, so the generator
+stays small) and the benchmark model.
 
 Not part of the library; run the scripts from the repository root, e.g.
 ``python benchmarks/bench_end_to_end.py``.
+
+Busy-machine rule: every script calls :func:`check_idle` first. A 1-minute load average above
+:data:`BUSY_LOAD` at start means other work shares the cores, so the figures are not comparable
+with anyone else's: the script says so in one prominent line and exits with status
+:data:`BUSY_EXIT_CODE`, unless ``--allow-busy`` is given (then the line stays in the output).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -14,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,6 +39,88 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+#: 1-minute load average above which the machine counts as busy (see the module docstring).
+BUSY_LOAD = 0.5
+#: Exit status of a benchmark refused on a busy machine.
+BUSY_EXIT_CODE = 3
+
+
+def add_busy_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--allow-busy`` (run even if :func:`check_idle` finds the machine busy)."""
+    parser.add_argument("--allow-busy", action="store_true",
+                        help=f"run even if the 1-minute load average exceeds {BUSY_LOAD} at "
+                        "start (the output is then flagged BUSY MACHINE)")
+
+
+def load_average_1min() -> float:
+    """The 1-minute load average (runnable processes, all cores together)."""
+    return os.getloadavg()[0]
+
+
+def check_idle(allow_busy: bool) -> float:
+    """Applies the busy-machine rule; call it before the benchmark's own work.
+
+    Args:
+      allow_busy: Go on (after printing the BUSY MACHINE line) instead of exiting.
+
+    Returns:
+      The 1-minute load average at start.
+
+    Raises:
+      SystemExit: With status :data:`BUSY_EXIT_CODE` if the machine is busy and not
+        ``allow_busy``.
+    """
+    load = load_average_1min()
+    print(f"load average (1 min) at start: {load:.2f}", flush=True)
+    if load > BUSY_LOAD:
+        print(f"BUSY MACHINE: load average {load:.2f} — figures are not comparable "
+              f"(threshold {BUSY_LOAD}; rerun on an idle machine)", flush=True)
+        if not allow_busy:
+            print("refusing to run; pass --allow-busy to run anyway", flush=True)
+            raise SystemExit(BUSY_EXIT_CODE)
+    return load
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """Best (not median) f32 ``jnp.dot`` rate of two ``n x n`` matrices, GFLOP/s: the
+    machine's peak, least disturbed by other load."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(dot(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+class Conditions(NamedTuple):
+    """What else the machine was doing, measured at one moment of a run."""
+
+    when: str  # "start", "end", ...
+    load_1min: float  # 1-minute load average
+    matmul_peak_gflops: float  # best f32 2048^2 jnp.dot rate, GFLOP/s
+
+    def __str__(self) -> str:
+        flag = f"  [BUSY: load > {BUSY_LOAD}]" if self.load_1min > BUSY_LOAD else ""
+        return (f"{self.when}: load average (1 min) {self.load_1min:.2f}; f32 matmul peak "
+                f"(2048^2 jnp.dot, best of 7) {self.matmul_peak_gflops:.0f} GFLOP/s{flag}")
+
+
+def measure_conditions(when: str) -> Conditions:
+    """The 1-minute load average and the f32 matmul peak, now (a second or so of matmuls).
+
+    Every script prints these at its start and at its end: a peak well below the idle
+    machine's, or a difference between the two, shows other load during the run.
+    """
+    return Conditions(when, load_average_1min(), matmul_peak_gflops())
 
 
 def machine() -> str:
@@ -121,13 +211,44 @@ def write_s2_scene(path: Path, size_px: int, *, date: int, block_px: int = 512,
     return path
 
 
-def benchmark_model(num_bands: int = 13):
-    """The packaged ``sentinel2`` model if installed, else a random-init default model."""
-    from changedet import modelfile
-    from changedet.config import ModelConfig
+#: Networks :func:`benchmark_model` builds: ``packaged`` (the packaged models' architecture,
+#: ``config.default()``: msdiff 16/32/64/128, no head convs) and ``diff`` (the earlier default,
+#: ``ModelConfig(num_bands=B)``: U-Net 16/32/64, embed 16, diff head; the network of the
+#: figures measured before the packaged models changed to msdiff).
+NETWORKS = ("packaged", "diff")
 
-    if num_bands == 13 and "sentinel2" in modelfile.packaged_models():
-        return modelfile.load_model("sentinel2"), "packaged sentinel2"
-    cfg = ModelConfig(num_bands=num_bands)
+
+def benchmark_model(num_bands: int = 13, network: str = "packaged"):
+    """The benchmark network and its description.
+
+    Args:
+      num_bands: Input bands.
+      network: One of :data:`NETWORKS`. ``packaged`` with 13 bands is the packaged
+        ``sentinel2`` model itself when it is installed; otherwise the same architecture with
+        ``num_bands`` bands, randomly initialised (weights do not change the speed).
+
+    Returns:
+      ``(ChangeModel, description)``.
+    """
+    from changedet import modelfile
+    from changedet.config import ModelConfig, default
+
     bands = S2_BANDS if num_bands == 13 else tuple(str(i + 1) for i in range(num_bands))
-    return modelfile.random_init_model(cfg, bands, seed=0), f"random-init ModelConfig({num_bands})"
+    match network:
+        case "packaged":
+            if num_bands == 13 and "sentinel2" in modelfile.packaged_models():
+                model = modelfile.load_model("sentinel2")
+                return model, f"packaged sentinel2 ({_describe(model.config)})"
+            cfg = default(bands)[0]
+        case "diff":
+            cfg = ModelConfig(num_bands=num_bands)
+        case _:
+            raise ValueError(f"network must be one of {NETWORKS}; got {network!r}")
+    model = modelfile.random_init_model(cfg, bands, seed=0)
+    return model, f"random-init {_describe(cfg)}"
+
+
+def _describe(cfg) -> str:
+    features = "/".join(str(f) for f in cfg.features)
+    return (f"{cfg.head} head, U-Net {features}, {cfg.num_bands} bands, head_convs "
+            f"{cfg.head_convs}, {cfg.upsample} upsampling")

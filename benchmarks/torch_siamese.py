@@ -1,5 +1,6 @@
-"""The changedet Siamese U-Net (diff/conc/distance heads, "shuffle" or "nearest" upsampling,
-no norm) written in PyTorch, for benchmarks only, with its weights copied from a Flax model.
+"""The changedet Siamese U-Net (msdiff/diff/conc/distance heads, "shuffle" or "nearest"
+upsampling, no norm) written in PyTorch, for benchmarks only, with its weights copied from a
+Flax model.
 
 Layout: Flax is NHWC with conv kernels ``(kh, kw, in, out)``; PyTorch is NCHW with
 ``(out, in, kh, kw)``. Flax's depth-to-space takes channel ``(dy*2 + dx)*C + c``; PyTorch's
@@ -63,18 +64,30 @@ class Up(nn.Module):
 
 class TorchSiamese(nn.Module):
     """``forward(before, after)`` NCHW float -> ``(N, H, W)`` change score (sigmoid or distance),
-    equal to ``SiameseNet.change_score`` of the Flax model the parameters come from."""
+    equal to ``SiameseNet.change_score`` of the Flax model the parameters come from.
+
+    Parameter tree as in Flax: ``encoder.down`` always; ``encoder.up/dec/out`` (the U-Net
+    decoder producing one embedding per date) for the distance/diff/conc heads, or
+    ``decoder.up/dec`` (the :class:`DiffDecoder` of the per-level differences) for ``msdiff``;
+    ``head.block`` (optional) and ``head.logit`` for every head but distance.
+    """
 
     def __init__(self, cfg: Any, state: dict[str, Any]) -> None:
         super().__init__()
         if cfg.norm != "none":
             raise ValueError("the PyTorch reference implements norm='none' only")
+        if cfg.head not in ("distance", "diff", "conc", "msdiff"):
+            raise ValueError(f"unknown head {cfg.head!r}")
         self.cfg = cfg
         enc = state["encoder"]
         self.down = nn.ModuleList(ConvBlock(enc["down"][i]) for i in sorted(enc["down"]))
-        self.up = nn.ModuleList(Up(enc["up"][i], cfg.upsample) for i in sorted(enc["up"]))
-        self.dec = nn.ModuleList(ConvBlock(enc["dec"][i]) for i in sorted(enc["dec"]))
-        self.out = _conv(enc["out"]["kernel"], enc["out"]["bias"])
+        # The U-Net decoder: the encoder's own (one embedding per date) or, for msdiff, the
+        # DiffDecoder's (decodes the per-level differences of the two dates' pyramids).
+        dec = state["decoder"] if cfg.head == "msdiff" else enc
+        self.up = nn.ModuleList(Up(dec["up"][i], cfg.upsample) for i in sorted(dec["up"]))
+        self.dec = nn.ModuleList(ConvBlock(dec["dec"][i]) for i in sorted(dec["dec"]))
+        self.out = (None if cfg.head == "msdiff"
+                    else _conv(enc["out"]["kernel"], enc["out"]["bias"]))
         self.head_block = None
         self.logit = None
         if cfg.head != "distance":
@@ -83,33 +96,49 @@ class TorchSiamese(nn.Module):
                 self.head_block = ConvBlock(head["block"])
             self.logit = _conv(head["logit"]["kernel"], head["logit"]["bias"])
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The down path's feature maps, finest first (``UNetEncoder.pyramid``)."""
         skips = []
         for level, block in enumerate(self.down):
             if level:
                 x = F.max_pool2d(x, 2)
             x = block(x)
             skips.append(x)
+        return skips
+
+    def decode(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """From the deepest map up: upsample, then convolve ``[skips[level], upsampled]``."""
+        x = skips[-1]
         for level in reversed(range(len(self.up))):
             x = self.up[level](x)
             x = self.dec[level](torch.cat([skips[level], x], dim=1))
-        return self.out(x)
+        return x
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel embeddings (not the msdiff head, which has none)."""
+        return self.out(self.decode(self.pyramid(x)))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """``ChangeHead``: optional conv block, 1x1 logit, sigmoid -> ``(N, H, W)``."""
+        if self.head_block is not None:
+            x = self.head_block(x)
+        return torch.sigmoid(self.logit(x)[:, 0])
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         n = before.shape[0]
-        e = self.embed(torch.cat([before, after], dim=0))
+        batch = torch.cat([before, after], dim=0)
+        if self.cfg.head == "msdiff":
+            diffs = [torch.abs(p[:n] - p[n:]) for p in self.pyramid(batch)]
+            return self.head(self.decode(diffs))
+        e = self.embed(batch)
         e_b, e_a = e[:n], e[n:]
         if self.cfg.head == "distance":
             if self.cfg.distance != "euclidean":
                 raise ValueError("the PyTorch reference implements the euclidean distance only")
             return torch.sqrt(torch.sum((e_b - e_a) ** 2, dim=1))
         if self.cfg.head == "diff":
-            x = torch.abs(e_b - e_a)
-        else:
-            x = torch.cat([e_b + e_a, torch.abs(e_b - e_a)], dim=1)
-        if self.head_block is not None:
-            x = self.head_block(x)
-        return torch.sigmoid(self.logit(x)[:, 0])
+            return self.head(torch.abs(e_b - e_a))
+        return self.head(torch.cat([e_b + e_a, torch.abs(e_b - e_a)], dim=1))
 
 
 def from_flax(model: Any) -> TorchSiamese:
