@@ -145,7 +145,7 @@ def main() -> None:
     start = measure_conditions("start")
     print(start)
     peak = start.matmul_peak_gflops
-    header = (f"{'bands':>5} {'tile':>4} {'batch':>5} {'variant':26} {'Mpix/s':>7} "
+    header = (f"{'bands':>5} {'tile':>4} {'batch':>5} {'variant':27} {'Mpix/s':>7} "
               f"{'GFLOP/s':>8} {'%peak':>6} {'/torch f32 best':>15} {'/torch best':>11}")
     summary = []
     use_compile = args.compile  # turned off if torch.compile fails on this machine
@@ -214,7 +214,7 @@ def main() -> None:
                 torch_any = min(t for k, t in med.items() if k.startswith("torch"))
                 for key, t in med.items():
                     gflops = flops / t / 1e9
-                    print(f"{bands:5d} {tile:4d} {batch:5d} {key:26} {pixels / t / 1e6:7.2f} "
+                    print(f"{bands:5d} {tile:4d} {batch:5d} {key:27} {pixels / t / 1e6:7.2f} "
                           f"{gflops:8.1f} {100 * gflops / peak:6.1f} {torch_f32 / t:15.2f} "
                           f"{torch_any / t:11.2f}", flush=True)
                 jax_best = min(t for k, t in med.items() if k.startswith("jax"))

@@ -22,8 +22,8 @@ from torch.nn import functional as F
 def _conv(kernel: np.ndarray, bias: np.ndarray) -> nn.Conv2d:
     kh, kw, cin, cout = kernel.shape
     conv = nn.Conv2d(cin, cout, (kh, kw), padding=(kh // 2, kw // 2))
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))))
+    with torch.no_grad():  # np.array copies: from_numpy needs a writable array
+        conv.weight.copy_(torch.from_numpy(np.array(kernel.transpose(3, 2, 0, 1))))
         conv.bias.copy_(torch.from_numpy(np.array(bias)))
     return conv
 
