@@ -28,7 +28,7 @@ CLI_FLAGS = {
     "quicklook_path": "--quicklook",
 }
 
-RUN_EXAMPLES = """examples (from the repository root, on the sample pair in data/):
+RUN_EXAMPLES = """examples: (from the repository root, on the sample pair in data/)
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif \\
       --score score.tif --vector change.gpkg --quicklook change.png --overwrite

@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 DATASET_ARITY = {"oscd": 1, "levir": 1, "airchange": 1, "pair": 3, "sparse": 4}
 
-TRAIN_EXAMPLES = """examples (from the repository root; ../shared/data holds the labelled datasets
-beside this project's checkout: point them at your own OSCD or LEVIR-CD download):
+TRAIN_EXAMPLES = """examples: (from the repository root; ../shared/data holds the labelled datasets
+beside this project's checkout: point them at your own OSCD or LEVIR-CD download)
   python -m changedet train --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
       data/oscd_paris/paris-cm.tif --change-values 2 --preset tiny -o tiny.msgpack   # seconds
   python -m changedet train --dataset oscd ../shared/data/oscd --val paris,rennes -o my_s2.msgpack
@@ -35,7 +35,7 @@ beside this project's checkout: point them at your own OSCD or LEVIR-CD download
   python -m changedet train --dataset levir ../shared/data/levir_dsifn_samples/samples_LEVIR \\
       --val test_2_0000_0000 -o my_rgb.msgpack --set train.num_epochs=10
 """
-EVALUATE_EXAMPLES = """examples (from the repository root; tiny.msgpack is the first `train` example's):
+EVALUATE_EXAMPLES = """examples: (from the repository root; tiny.msgpack is the first `train` example's)
   python -m changedet evaluate --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
       data/oscd_paris/paris-cm.tif --change-values 2 --json report.json
   python -m changedet evaluate --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
