@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from changedet import __version__, bands, clouds, io
-from changedet.calibrate import Calibration
+from changedet.calibrate import Calibration, calibrate_threshold
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
 from changedet.detector import QUALITY_TTA, PreparedModel, with_quality
@@ -35,6 +35,7 @@ from changedet.errors import (
     option,
     render,
 )
+from changedet.io.points import read_points
 from changedet.types import Grid
 
 log = logging.getLogger(__name__)
@@ -340,32 +341,29 @@ def _threshold_for(score: da.Array, detector: Detector, threshold: float | None)
 CALIBRATION_BLOCKS = 8
 
 
-def _score_sample(score: da.Array) -> np.ndarray:
-    """Finite scores of up to :data:`CALIBRATION_BLOCKS` whole blocks spread over the scene
-    (all of a small scene), computed from the run's own graph."""
+def _sample_blocks(score: da.Array) -> list[da.Array]:
+    """Up to :data:`CALIBRATION_BLOCKS` whole blocks of the score map, spread over the scene
+    (all of a small scene), for the scene's score distribution."""
     rows, cols = score.numblocks
     picks = np.unique(np.linspace(0, rows * cols - 1, min(CALIBRATION_BLOCKS, rows * cols))
                       .round().astype(int))
-    blocks = dask.compute(*(score.blocks[int(i) // cols, int(i) % cols] for i in picks))
-    values = np.concatenate([np.ravel(b) for b in blocks])
-    return values[np.isfinite(values)]
+    return [score.blocks[int(i) // cols, int(i) % cols] for i in picks]
 
 
 def calibrate_on_points(score: da.Array, pair: io.RasterPair, points: str | Path, prior: float,
                         *, prop: str = "change") -> Calibration:
     """The scene's threshold from labelled points (see :mod:`changedet.calibrate`): the score
-    is computed at their pixels only (the blocks holding them), from the same graph the
-    outputs are written from.
+    is computed at their pixels (the blocks holding them) and on a few sampled blocks, in one
+    dask pass over the same graph the outputs are written from.
 
     Raises:
       CalibrationError: A point (or a whole polygon) on nodata, or as :func:`io.read_points`.
     """
-    from changedet.calibrate import calibrate_threshold
-    from changedet.io.points import read_points
-
     pixels = read_points(points, pair.grid, prop=prop)
-    valid, values = dask.compute(pair.valid.data.vindex[pixels.rows, pixels.cols],
-                                 score.vindex[pixels.rows, pixels.cols])
+    valid, values, *sample = dask.compute(pair.valid.data.vindex[pixels.rows, pixels.cols],
+                                          score.vindex[pixels.rows, pixels.cols],
+                                          *_sample_blocks(score))
+    scene = np.concatenate([np.ravel(b) for b in sample])
     ok = np.asarray(valid, bool) & np.isfinite(values)
     usable = np.bincount(pixels.feature[ok], minlength=pixels.num_features)
     if (usable == 0).any():
@@ -374,7 +372,8 @@ def calibrate_on_points(score: da.Array, pair: io.RasterPair, points: str | Path
             f"{points}: feature {first} lies on nodata (a cloud, a nodata pixel or outside one "
             "date's footprint); move it onto clear ground or remove it.")
     cal = calibrate_threshold(values[ok], pixels.labels[ok], prior,
-                              scene_scores=_score_sample(score), num_features=pixels.num_features)
+                              scene_scores=scene[np.isfinite(scene)],
+                              num_features=pixels.num_features)
     log.info("calibration on %d labelled features (%d changed, %d unchanged px): threshold "
              "%.4g (model %.4g); balanced accuracy on them %.3f (model's threshold %.3f)",
              cal.num_features, cal.num_changed, cal.num_unchanged, cal.threshold, cal.prior,
@@ -523,15 +522,16 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
         tags["model_head"] = model.config.head
         tags["model_bands"] = ",".join(detector.model_bands)
         tags["normalization"] = model.normalization
-        tags["quality"] = next(q for q, n in QUALITY_TTA.items() if n == detector.tta)
+        names = {n: q for q, n in QUALITY_TTA.items()}
+        tags["quality"] = names.get(detector.tta, f"tta{detector.tta}")
         if model.source_sha256:
             tags["model_sha256"] = model.source_sha256
     return tags
 
 
-def _check_extras(*, vector: bool, quicklook: bool, what: str = "vector_path") -> None:
+def _check_extras(*, vector: bool, quicklook: bool, vector_option: str = "vector_path") -> None:
     """Fails before any computation when an asked-for output needs a missing optional package
-    (``what``: the option that needs the vector extra)."""
+    (``vector_option``: the option that needs the vector extra)."""
     import importlib.util
 
     needs = []
@@ -541,7 +541,7 @@ def _check_extras(*, vector: bool, quicklook: bool, what: str = "vector_path") -
         needs += [("matplotlib", "viz")]
     for module, extra in needs:
         if importlib.util.find_spec(module) is None:
-            what = option(what if extra == "vector" else "quicklook_path")
+            what = option(vector_option if extra == "vector" else "quicklook_path")
             raise ConfigError(
                 f"{what} needs {module}, which is not installed: pip install "
                 f"'changedet[{extra}]' (or drop {what}).")
@@ -715,7 +715,7 @@ def run(
         raise ConfigError(f"pass {option('threshold')} or {option('calibrate')}, not both: "
                           "calibration chooses the threshold.")
     if calibrate is not None:
-        _check_extras(vector=True, quicklook=False, what="calibrate")
+        _check_extras(vector=True, quicklook=False, vector_option="calibrate")
     coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)
