@@ -44,6 +44,8 @@ class ModelConfig:
       norm: ``"none"`` or ``"layer"`` (per-pixel LayerNorm over channels after each conv; never
         a norm that pools over space, which would break exact tiled inference).
       head_convs: 3x3 convolutions in the ``diff``/``conc``/``msdiff`` head before its 1x1 logit.
+      dropout: Spatial dropout (whole channels, as Dropout2d) after every 3x3 conv's ReLU, in
+        training steps only; inference is unaffected. FC-Siam-diff uses 0.2.
     """
 
     num_bands: int = 13
@@ -55,6 +57,7 @@ class ModelConfig:
     upsample: Upsample = "shuffle"
     norm: Norm = "none"
     head_convs: int = 2
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_bands < 1:
@@ -75,6 +78,8 @@ class ModelConfig:
             raise ConfigError(f"model.norm must be one of {NORMS}; got {self.norm!r}.")
         if self.head_convs < 0:
             raise ConfigError(f"model.head_convs must be >= 0; got {self.head_convs}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1); got {self.dropout}.")
 
     @property
     def num_downsamplings(self) -> int:

@@ -118,6 +118,10 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 # ------------------------------------------------------------------------------ pure steps
 
 
+def _fold_key(key: jax.Array | None) -> jax.Array | None:
+    return None if key is None else jax.random.fold_in(key, 1)
+
+
 def train_step(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -135,7 +139,7 @@ def train_step(
       graphdef: Static graph of ``(SiameseNet, nnx.Optimizer)`` from ``nnx.split``.
       state: Their state (donated by the jitted caller).
       batch: NHWC float32 ``before``/``after``, int32 ``label``, bool ``valid``.
-      key: PRNG key (triplet sampling); fold the global step into it.
+      key: PRNG key (triplet sampling, dropout); fold the global step into it.
       loss: ``"bce"``, ``"contrastive"`` or ``"triplet"``.
       pos_weight: BCE weight of changed pixels.
       margin: Contrastive/triplet margin; distance-head pixels count as changed above
@@ -146,20 +150,23 @@ def train_step(
       ``(new_state, StepMetrics)``; counts are over the batch's valid pixels.
     """
     model, optimizer = nnx.merge(graphdef, state)
+    # Dropout draws from its own stream (none at all when the model has no dropout, so the
+    # triplet sampling of dropout-free models keeps its keys).
+    drop_key = jax.random.fold_in(key, 0x0D5) if model.cfg.dropout > 0 else None
 
     def loss_fn(model: SiameseNet) -> tuple[jax.Array, jax.Array]:
         if loss == "triplet":
-            e_before, e_after = model.embed_pair(batch.before, batch.after)
-            out = model.fuse(e_before, e_after)
+            e_before, e_after = model.embed_pair(batch.before, batch.after, drop_key)
+            out = model.fuse(e_before, e_after, _fold_key(drop_key))
             value = losses.triplet_loss(
                 e_before, e_after, batch.label, batch.valid, margin=margin, key=key,
                 mining=mining, distance=model.cfg.distance,
             )
         elif loss == "contrastive":
-            out = model(batch.before, batch.after)
+            out = model(batch.before, batch.after, key=drop_key)
             value = losses.contrastive_loss(out, batch.label, batch.valid, margin=margin)
         else:
-            out = model(batch.before, batch.after)
+            out = model(batch.before, batch.after, key=drop_key)
             value = losses.masked_bce(out, batch.label, batch.valid, pos_weight=pos_weight)
         return value, out
 

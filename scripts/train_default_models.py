@@ -192,6 +192,26 @@ images of every tile):
 """
 
 
+def apply_overrides(model_cfg, train_cfg, assignments: list[str]):
+    """``model.FIELD=VALUE`` / ``train.FIELD=VALUE`` (VALUE parsed as JSON, else a string)."""
+    changes: dict[str, dict] = {"model": {}, "train": {}}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        part, _, field = key.partition(".")
+        if not sep or part not in changes or not field:
+            raise SystemExit(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        changes[part][field] = tuple(value) if isinstance(value, list) else value
+    try:
+        return (dataclasses.replace(model_cfg, **changes["model"]),
+                dataclasses.replace(train_cfg, **changes["train"]))
+    except TypeError as err:  # an unknown field
+        raise SystemExit(f"--set: {err}") from None
+
+
 def train_one(name: str, args: argparse.Namespace) -> None:
     data = Path(args.data)
     scenes, folds = load_sentinel2(data) if name == "sentinel2" else load_rgb(data)
@@ -202,6 +222,7 @@ def train_one(name: str, args: argparse.Namespace) -> None:
         model_cfg, train_cfg = config.default(band_ids)
     train_cfg = dataclasses.replace(
         train_cfg, seed=args.seed, **({"num_epochs": args.epochs} if args.epochs else {}))
+    model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, args.set)
     log.info("%s: %d scenes, bands %s, %d folds", name, len(scenes), band_ids, FOLDS[name])
     only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
     workdir = Path(args.workdir) / name
@@ -265,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None,
                    help="override num_epochs (epochs of 100 steps)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="PART.FIELD=VALUE",
+                   help="override one field of the recipe, e.g. model.dropout=0.2 or "
+                   "train.weight_decay=0.01 (repeatable; recorded in the card's configs)")
     p.add_argument("--only-folds", help="cross-validate on these folds only (e.g. 0): cheaper, "
                    "partial estimate; the threshold comes from their held-out scenes")
     p.add_argument("--stage", choices=("all", "cv", "final", "report"), default="all",

@@ -139,3 +139,32 @@ def test_halo_bounds_the_receptive_field_empirically(head, upsample):
             reach = max(reach, int(cheb[influence > 0].max()))
     # Not grossly over-estimated: some input pixel near the computed radius matters.
     assert reach >= radius - 2, (reach, radius, halo)
+
+
+@pytest.mark.parametrize("head", ["msdiff", "diff"])
+def test_dropout_acts_in_training_only_and_keeps_the_parameter_tree(head):
+    small = dict(num_bands=3, features=(4, 8), embed_dim=4, convs_per_level=1, head_convs=1,
+                 head=head)
+    plain = SiameseNet(ModelConfig(**small), rngs=nnx.Rngs(0))
+    dropped = SiameseNet(ModelConfig(**small, dropout=0.3), rngs=nnx.Rngs(0))
+    # Same parameters (model files of dropout-free models load unchanged; dropout is not state).
+    p1 = jax.tree.leaves(nnx.state(plain))
+    p2 = jax.tree.leaves(nnx.state(dropped))
+    assert len(p1) == len(p2) and all(np.array_equal(a, b) for a, b in zip(p1, p2, strict=True))
+    b = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    a = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
+    # inference: no key, identical to the dropout-free network
+    np.testing.assert_array_equal(np.asarray(dropped(b, a)), np.asarray(plain(b, a)))
+    # training: a key drops channels, differently per key, reproducibly per key
+    key = jax.random.key(3)
+    out = np.asarray(dropped(b, a, key=key))
+    assert not np.allclose(out, np.asarray(plain(b, a)))
+    np.testing.assert_array_equal(out, np.asarray(dropped(b, a, key=key)))
+    assert not np.allclose(out, np.asarray(dropped(b, a, key=jax.random.key(4))))
+    # both dates of a pair lose the same channels: identical dates still give zero differences
+    # (and, with the zero-initialised biases, zero decoder activations to drop)
+    if head == "msdiff":
+        same = np.asarray(dropped(b, b, key=key))
+        np.testing.assert_allclose(same, np.asarray(plain(b, b)), atol=1e-5)
+    with pytest.raises(ConfigError, match="dropout"):
+        ModelConfig(dropout=1.0)

@@ -70,10 +70,28 @@ def depth_to_space_2x(x: jax.Array) -> jax.Array:
     return x.reshape(n, 2 * h, 2 * w, c)
 
 
-class ConvBlock(nnx.Module):
-    """``num_convs`` x (3x3 'SAME' conv -> optional per-pixel LayerNorm -> ReLU).
+def spatial_dropout(x: jax.Array, rate: float, key: jax.Array, *, tie: int = 1) -> jax.Array:
+    """Drops whole channels of ``(N, H, W, C)`` with probability ``rate`` (Dropout2d), scaling
+    the kept ones by ``1 / (1 - rate)``.
 
-    Maps ``(N, H, W, in_features)`` float32 to ``(N, H, W, out_features)``.
+    ``tie`` > 1: the batch is ``tie`` stacked copies of ``N / tie`` samples (the Siamese pair
+    batch ``[before, after]``); each copy gets the same mask, so both dates lose the same
+    channels and their difference stays a difference of like with like.
+    """
+    n = x.shape[0] // tie
+    keep = jax.random.bernoulli(key, 1.0 - rate, (n, 1, 1, x.shape[-1]))
+    if tie > 1:
+        keep = jnp.tile(keep, (tie, 1, 1, 1))
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class ConvBlock(nnx.Module):
+    """``num_convs`` x (3x3 'SAME' conv -> optional per-pixel LayerNorm -> ReLU
+    -> spatial dropout in training).
+
+    Maps ``(N, H, W, in_features)`` float32 to ``(N, H, W, out_features)``. Dropout acts only
+    when a ``key`` is passed (training steps); inference never passes one, so it is the
+    identity there and tiling stays exact.
     """
 
     def __init__(
@@ -83,8 +101,10 @@ class ConvBlock(nnx.Module):
         *,
         num_convs: int,
         norm: Norm = "none",
+        dropout: float = 0.0,
         rngs: nnx.Rngs,
     ) -> None:
+        self.dropout = float(dropout)
         self.convs = nnx.List()
         self.norms = nnx.List()
         for i in range(num_convs):
@@ -96,12 +116,16 @@ class ConvBlock(nnx.Module):
                 # Normalises over channels only, per pixel: no spatial pooling, so tiling stays exact.
                 self.norms.append(nnx.LayerNorm(out_features, rngs=rngs))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key: jax.Array | None = None, *, tie: int = 1) -> jax.Array:
+        """``key``: PRNG key of the training step's dropout (None: no dropout). ``tie``: see
+        :func:`spatial_dropout`."""
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if len(self.norms):
                 x = self.norms[i](x)
             x = jax.nn.relu(x)
+            if key is not None and self.dropout > 0.0:
+                x = spatial_dropout(x, self.dropout, jax.random.fold_in(key, i), tie=tie)
         return x
 
     def grow(self, fp: Footprint) -> Footprint:

@@ -60,16 +60,22 @@ def _decoder_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.List, nnx.Lis
     for level in range(len(f) - 1):
         up.append(Up(f[level + 1], f[level], mode=cfg.upsample, rngs=rngs))
         dec.append(ConvBlock(2 * f[level], f[level], num_convs=cfg.convs_per_level,
-                             norm=cfg.norm, rngs=rngs))
+                             norm=cfg.norm, dropout=cfg.dropout, rngs=rngs))
     return up, dec
 
 
-def _decode(up: nnx.List, dec: nnx.List, skips: list[jax.Array]) -> jax.Array:
+def _fold(key: jax.Array | None, data: int) -> jax.Array | None:
+    """An independent dropout key per block (None stays None: no dropout)."""
+    return None if key is None else jax.random.fold_in(key, data)
+
+
+def _decode(up: nnx.List, dec: nnx.List, skips: list[jax.Array],
+            key: jax.Array | None = None) -> jax.Array:
     """From the deepest map up: upsample, then convolve ``[skips[level], upsampled]``."""
     x = skips[-1]
     for level in reversed(range(len(up))):
         x = up[level](x)
-        x = dec[level](jnp.concatenate([skips[level], x], axis=-1))
+        x = dec[level](jnp.concatenate([skips[level], x], axis=-1), _fold(key, 100 + level))
     return x
 
 
@@ -96,25 +102,28 @@ class UNetEncoder(nnx.Module):
         self.down = nnx.List()
         for level, width in enumerate(f):
             in_features = cfg.num_bands if level == 0 else f[level - 1]
-            self.down.append(ConvBlock(in_features, width, num_convs=k, norm=cfg.norm, rngs=rngs))
+            self.down.append(ConvBlock(in_features, width, num_convs=k, norm=cfg.norm,
+                                       dropout=cfg.dropout, rngs=rngs))
         # Without ``decoder`` only the down path exists (the ``msdiff`` head decodes the
         # differences of its pyramid instead).
         self.up, self.dec = _decoder_layers(cfg, rngs) if decoder else (nnx.List(), nnx.List())
         self.out = nnx.Conv(f[0], cfg.embed_dim, (1, 1), rngs=rngs) if decoder else None
 
-    def pyramid(self, x: jax.Array) -> list[jax.Array]:
+    def pyramid(self, x: jax.Array, key: jax.Array | None = None, *,
+                tie: int = 1) -> list[jax.Array]:
         """The down path's feature maps, finest first: level ``i`` is ``(N, H/2**i, W/2**i,
-        features[i])``."""
+        features[i])``. ``key``/``tie``: training dropout (:class:`ConvBlock`)."""
         skips = []
         for level, block in enumerate(self.down):
             if level:
                 x = max_pool_2x(x)
-            x = block(x)
+            x = block(x, _fold(key, level), tie=tie)
             skips.append(x)
         return skips
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.out(_decode(self.up, self.dec, self.pyramid(x)))
+    def __call__(self, x: jax.Array, key: jax.Array | None = None, *, tie: int = 1) -> jax.Array:
+        levels = self.pyramid(x, key, tie=tie)
+        return self.out(_decode(self.up, self.dec, levels, _fold(key, 200)))
 
     def grow_pyramid(self, fp: Footprint) -> list[Footprint]:
         """Footprints of :meth:`pyramid`'s maps given the input's."""
@@ -145,8 +154,8 @@ class DiffDecoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
         self.up, self.dec = _decoder_layers(cfg, rngs)
 
-    def __call__(self, diffs: list[jax.Array]) -> jax.Array:
-        return _decode(self.up, self.dec, diffs)
+    def __call__(self, diffs: list[jax.Array], key: jax.Array | None = None) -> jax.Array:
+        return _decode(self.up, self.dec, diffs, key)
 
     def grow(self, skips: list[Footprint]) -> Footprint:
         """Footprint of the decoder output given the pyramid's footprints."""
@@ -160,14 +169,15 @@ class ChangeHead(nnx.Module):
     """
 
     def __init__(self, in_features: int, width: int, *, num_convs: int, norm: str,
-                 rngs: nnx.Rngs) -> None:
-        self.block = (ConvBlock(in_features, width, num_convs=num_convs, norm=norm, rngs=rngs)
+                 dropout: float = 0.0, rngs: nnx.Rngs) -> None:
+        self.block = (ConvBlock(in_features, width, num_convs=num_convs, norm=norm,
+                                dropout=dropout, rngs=rngs)
                       if num_convs else None)
         self.logit = nnx.Conv(width if num_convs else in_features, 1, (1, 1), rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
         if self.block is not None:
-            x = self.block(x)
+            x = self.block(x, key)
         return self.logit(x)[..., 0]
 
     def grow(self, fp: Footprint) -> Footprint:
@@ -210,16 +220,19 @@ class SiameseNet(nnx.Module):
                 self.head = None
             case "msdiff":
                 self.head = ChangeHead(cfg.features[0], cfg.features[0],
-                                       num_convs=cfg.head_convs, norm=cfg.norm, rngs=rngs)
+                                       num_convs=cfg.head_convs, norm=cfg.norm,
+                                       dropout=cfg.dropout, rngs=rngs)
             case "diff":
                 self.head = ChangeHead(cfg.embed_dim, width, num_convs=cfg.head_convs,
-                                       norm=cfg.norm, rngs=rngs)
+                                       norm=cfg.norm, dropout=cfg.dropout, rngs=rngs)
             case "conc":
                 self.head = ChangeHead(2 * cfg.embed_dim, width, num_convs=cfg.head_convs,
-                                       norm=cfg.norm, rngs=rngs)
+                                       norm=cfg.norm, dropout=cfg.dropout, rngs=rngs)
 
-    def embed(self, x: jax.Array) -> jax.Array:
+    def embed(self, x: jax.Array, key: jax.Array | None = None, *, tie: int = 1) -> jax.Array:
         """Per-pixel embeddings ``(N, H, W, D)`` float32 of normalised ``(N, H, W, bands)``.
+
+        ``key``: the training step's dropout key (None, as at inference: no dropout).
 
         Raises:
           ConfigError: If H or W is not a multiple of ``2**num_downsamplings`` or the band count
@@ -227,15 +240,18 @@ class SiameseNet(nnx.Module):
         """
         _check_input(self.cfg, x.shape)
         if self.decoder is not None:
-            return self.encoder.pyramid(x)[0]
-        return self.encoder(x)
+            return self.encoder.pyramid(x, key, tie=tie)[0]
+        return self.encoder(x, key, tie=tie)
 
-    def embed_pair(self, before: jax.Array, after: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Embeddings of both dates, computed in one encoder pass over a doubled batch."""
-        e = self.embed(_pair_batch(before, after))
+    def embed_pair(self, before: jax.Array, after: jax.Array,
+                   key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Embeddings of both dates, computed in one encoder pass over a doubled batch (both
+        dates of a pair share their dropout masks)."""
+        e = self.embed(_pair_batch(before, after), key, tie=2)
         return e[: before.shape[0]], e[before.shape[0]:]
 
-    def fuse(self, e_before: jax.Array, e_after: jax.Array) -> jax.Array:
+    def fuse(self, e_before: jax.Array, e_after: jax.Array,
+             key: jax.Array | None = None) -> jax.Array:
         """Head output ``(N, H, W)`` from two embeddings: distance, or change logits.
 
         Raises:
@@ -248,26 +264,29 @@ class SiameseNet(nnx.Module):
             case "distance":
                 return distance(e_before, e_after, self.cfg.distance)
             case "diff":
-                return self.head(jnp.abs(e_before - e_after))
+                return self.head(jnp.abs(e_before - e_after), key)
             case _:  # "conc"
                 fused = jnp.concatenate([e_before + e_after, jnp.abs(e_before - e_after)], -1)
-                return self.head(fused)
+                return self.head(fused, key)
 
-    def __call__(self, before: jax.Array, after: jax.Array) -> jax.Array:
+    def __call__(self, before: jax.Array, after: jax.Array, *,
+                 key: jax.Array | None = None) -> jax.Array:
         """Raw head output ``(N, H, W)`` float32: distance (distance head) or logits.
 
         Args:
           before: ``(N, H, W, bands)`` float32, normalised.
           after: Same shape as ``before``.
+          key: PRNG key of a training step: spatial dropout at rate ``cfg.dropout`` (the same
+            channels dropped for both dates of a pair). None (inference): deterministic.
         """
         if self.decoder is None:
-            return self.fuse(*self.embed_pair(before, after))
+            return self.fuse(*self.embed_pair(before, after, _fold(key, 0)), _fold(key, 1))
         batch = _pair_batch(before, after)
         _check_input(self.cfg, batch.shape)
         n = before.shape[0]
-        levels = self.encoder.pyramid(batch)
+        levels = self.encoder.pyramid(batch, _fold(key, 0), tie=2)
         diffs = [jnp.abs(p[:n] - p[n:]) for p in levels]
-        return self.head(self.decoder(diffs))
+        return self.head(self.decoder(diffs, _fold(key, 2)), _fold(key, 1))
 
     def change_score(self, before: jax.Array, after: jax.Array) -> jax.Array:
         """Change score ``(N, H, W)`` float32, higher = more change: the distance for the
