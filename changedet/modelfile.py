@@ -181,15 +181,16 @@ class ChangeModel:
         return detector.prepare_scene(self, scene)
 
     def predictor(self, *, tile_px: int = 512, batch_size: int | None = None,
-                  tta: int = 1) -> BlockPredictor:
+                  tta: int = 1, spread: bool = False) -> BlockPredictor:
         """The cached :class:`~changedet.inference.BlockPredictor` for these settings."""
-        key = (tile_px, batch_size, tta)
+        key = (tile_px, batch_size, tta, spread)
         with self._lock:
             if key not in self._predictors:
                 from changedet.inference import BlockPredictor
 
                 self._predictors[key] = BlockPredictor(self, tile_px=tile_px,
-                                                       batch_size=batch_size, tta=tta)
+                                                       batch_size=batch_size, tta=tta,
+                                                       spread=spread)
             return self._predictors[key]
 
     @property

@@ -25,7 +25,7 @@ from changedet import __version__, bands, clouds, io
 from changedet.calibrate import Calibration, calibrate_threshold
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
-from changedet.detector import QUALITY_TTA, PreparedModel, with_quality
+from changedet.detector import QUALITY_TTA, PreparedModel, with_quality, with_spread
 from changedet.errors import (
     BandMismatchError,
     CalibrationError,
@@ -37,6 +37,7 @@ from changedet.errors import (
 )
 from changedet.io.points import read_points
 from changedet.types import Grid
+from changedet.uncertainty import SPREAD_FLOOR, flip_probability
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,9 @@ def score_graph(
 
     Blocks of ``block_px`` (a multiple of the detector's alignment) are extended by the
     detector's halo (mirrored at the scene edge), scored, and cropped back, so the result does
-    not depend on ``block_px``.
+    not depend on ``block_px``. A detector with ``spread`` (:func:`changedet.detector.
+    with_spread`) gives ``(2, height, width)``: the score and its spread over the test-time
+    views, from one pass of the model.
     """
     halo = int(detector.halo_px)
     align = int(getattr(detector, "align_px", 1))  # pooling alignment of learned models
@@ -312,17 +315,20 @@ def score_graph(
             after = da.overlap.overlap(after, depth, boundary, allow_rechunk=False)
             valid_in = da.overlap.overlap(valid_in, {0: halo, 1: halo},
                                           {0: "reflect", 1: "reflect"}, allow_rechunk=False)
+    spread = bool(getattr(detector, "spread", False))
     score = da.map_blocks(
         _score_fn(detector, halo, pad_self=bool(small), fill=fill),
         before,
         after,
         valid_in,
-        drop_axis=0,
-        chunks=out_chunks,
+        # with spread the band axis becomes the (score, spread) axis
+        **({"chunks": ((2,), *out_chunks)} if spread else
+           {"drop_axis": 0, "chunks": out_chunks}),
         dtype=np.float32,
         token=f"changedet-score-{detector.name}",  # a prefix; dask hashes the inputs
     )
-    return da.where(valid.rechunk(score.chunks), score, np.float32(np.nan))
+    ok = valid.rechunk(out_chunks)
+    return da.where(ok[None] if spread else ok, score, np.float32(np.nan))
 
 
 def _threshold_for(score: da.Array, detector: Detector, threshold: float | None) -> float:
@@ -441,6 +447,7 @@ def detect(
     offset: float = 0.0,
     quality: Quality = "fast",
     coregister: bool = False,
+    uncertainty: bool = False,
 ) -> xr.Dataset:
     """Detects change between two co-registered scenes, lazily.
 
@@ -471,12 +478,17 @@ def detect(
         shifted date does not turn every edge into change. Pixels whose source falls outside
         ``after`` become nodata. Raises ``CoregistrationError`` when the shift cannot be
         measured (flat, tiny or nodata-only scenes).
+      uncertainty: Also return ``uncertainty``: per pixel, the probability that the decision
+        flips (:mod:`changedet.uncertainty`), from the spread of the score over the 8 dihedral
+        views of every tile and its distance to the threshold. Scores like ``quality="best"``
+        (8x the model time; the score and mask are that quality's). Learned models only.
 
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
       (uint8: 0 no change, 1 change, 255 nodata), both dask-backed, with the CRS and
       transform written (``ds.rio.crs``) and attributes ``threshold``, ``method``
-      (``"siamese"`` or ``"cva"``) and, for a learned model, ``model`` (its name).
+      (``"siamese"`` or ``"cva"``) and, for a learned model, ``model`` (its name); with
+      ``uncertainty``, also ``uncertainty`` (float32 in [0, 0.5], NaN = invalid).
 
     Example:
       >>> import changedet
@@ -490,12 +502,19 @@ def detect(
         coregister=coregister,
     )
     check_threshold(threshold, detector)
+    if uncertainty:
+        detector = with_spread(detector)
     score = score_graph(pair, detector, block_px=block_px)
+    extra = {}
+    if uncertainty:
+        score, spread = score[0], score[1]
     thr = _threshold_for(score, detector, threshold)
+    if uncertainty:
+        extra["uncertainty"] = (("y", "x"), flip_probability(score, spread, thr))
     mask = da.where(da.isnan(score), np.uint8(255), (score > thr).astype(np.uint8))
     coords = {"y": pair.before.coords["y"], "x": pair.before.coords["x"]}
     ds = xr.Dataset(
-        {"score": (("y", "x"), score), "mask": (("y", "x"), mask)},
+        {"score": (("y", "x"), score), "mask": (("y", "x"), mask)} | extra,
         coords=coords,
         attrs={"threshold": thr, "method": method_name(detector)}
         | ({"model": model_name(detector)} if model_name(detector) else {}),
@@ -524,6 +543,9 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
         tags["normalization"] = model.normalization
         names = {n: q for q, n in QUALITY_TTA.items()}
         tags["quality"] = names.get(detector.tta, f"tta{detector.tta}")
+        if detector.spread:
+            tags["uncertainty"] = (f"flip probability: Phi(-|score - threshold| / max(spread "
+                                   f"over {detector.tta} views, {SPREAD_FLOOR}))")
         if model.source_sha256:
             tags["model_sha256"] = model.source_sha256
     return tags
@@ -656,6 +678,7 @@ def run(
     coregister: bool = False,
     calibrate: str | Path | None = None,
     calibrate_property: str = "change",
+    uncertainty_path: str | Path | None = None,
 ) -> RunResult:
     """Detects change and writes the georeferenced mask (and optional score and vectors).
 
@@ -679,6 +702,11 @@ def run(
         is re-chosen on them (balanced accuracy, nearest the model's own among ties; see
         :mod:`changedet.calibrate`) and recorded in the tags. Not with ``threshold``.
       calibrate_property: The label property of ``calibrate``'s features.
+      uncertainty_path: Optional float32 GeoTIFF (nodata NaN) of the per-pixel uncertainty:
+        the probability that the pixel's decision flips, from the spread of the score over
+        the 8 dihedral views of every tile and its distance to the threshold (see
+        :mod:`changedet.uncertainty`; ``docs/uncertainty.md``). Scores at ``quality="best"``
+        (8x the model time), written in the same pass. Learned models only.
 
     Returns:
       A :class:`RunResult`.
@@ -688,7 +716,8 @@ def run(
     """
     start = time.perf_counter()
     inputs = (Path(before), Path(after))
-    extras = [Path(p) for p in (score_path, vector_path, quicklook_path) if p is not None]
+    extras = [Path(p) for p in (score_path, vector_path, quicklook_path, uncertainty_path)
+              if p is not None]
     outputs = [Path(out), *extras]
     for path in outputs:  # fail before any computation
         if vector_path is not None and path == Path(vector_path):
@@ -697,10 +726,13 @@ def run(
             io.check_raster_path(path, inputs=inputs, overwrite=overwrite)
         elif score_path is not None and path == Path(score_path):
             io.check_raster_path(path, inputs=inputs, overwrite=overwrite, what="score")
+        elif uncertainty_path is not None and path == Path(uncertainty_path):
+            io.check_raster_path(path, inputs=inputs, overwrite=overwrite, what="uncertainty")
         else:
             io.check_output_path(path, inputs=inputs, overwrite=overwrite)
     if len({p.resolve() for p in outputs}) != len(outputs):
-        raise ConfigError("the mask, score, vector and quicklook outputs must be different files.")
+        raise ConfigError("the mask, score, uncertainty, vector and quicklook outputs must be "
+                          "different files.")
     _check_extras(vector=vector_path is not None, quicklook=quicklook_path is not None)
 
     pair, detector, masks = open_for_detection(
@@ -716,12 +748,17 @@ def run(
                           "calibration chooses the threshold.")
     if calibrate is not None:
         _check_extras(vector=True, quicklook=False, vector_option="calibrate")
+    if uncertainty_path is not None:
+        detector = with_spread(detector)
     coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)
     with dask.config.set(**_scheduler_settings(detector, client)):
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
+        spread = None
+        if uncertainty_path is not None:
+            score, spread = score[0], score[1]
         thr = _threshold_for(score, detector, threshold)
         calibration_tags = {}
         if calibrate is not None:
@@ -741,6 +778,8 @@ def run(
                   | calibration_tags),
             overwrite=overwrite,
             progress=progress,
+            uncertainty=None if spread is None else flip_probability(score, spread, thr),
+            uncertainty_path=uncertainty_path,
         )
     written = [p for p in written if p != scratch]
     written_at = time.perf_counter()

@@ -102,7 +102,8 @@ def raster_format(path: str | Path, *, what: str = "mask") -> str:
 
     Args:
       path: Output path.
-      what: ``"mask"`` (GeoTIFF or PNG) or ``"score"`` (GeoTIFF only: PNG holds no float32).
+      what: ``"mask"`` (GeoTIFF or PNG), or ``"score"`` / ``"uncertainty"`` (GeoTIFF only: PNG
+        holds no float32).
 
     Returns:
       ``"GTiff"`` or ``"PNG"``.
@@ -118,7 +119,7 @@ def raster_format(path: str | Path, *, what: str = "mask") -> str:
     driver = RASTER_FORMATS.get(suffix)
     if driver is None or (driver == "PNG" and what != "mask"):
         allowed = ".tif or .tiff (GeoTIFF) or .png (8-bit PNG)" if what == "mask" else (
-            ".tif or .tiff (GeoTIFF; the float32 score does not fit a PNG)")
+            f".tif or .tiff (GeoTIFF; the float32 {what} does not fit a PNG)")
         raise OutputError(
             f"{path}: cannot write the {what} as {suffix or 'a file without extension'!r}; "
             f"name it with {allowed}.")
@@ -311,6 +312,8 @@ def write_outputs(
     overwrite: bool = False,
     progress: bool = True,
     block_batch: int | None = None,
+    uncertainty: da.Array | None = None,
+    uncertainty_path: str | Path | None = None,
 ) -> list[Path]:
     """Streams a lazy score map to a change-mask GeoTIFF (and optionally the score), atomically.
 
@@ -330,9 +333,13 @@ def write_outputs(
       overwrite: Replace existing outputs.
       progress: Show a tqdm progress bar over blocks.
       block_batch: Blocks computed per ``dask.compute`` call (default: 2 per worker thread).
+      uncertainty: Optional ``(y, x)`` float32 dask array on ``grid`` (NaN nodata), written
+        to ``uncertainty_path`` in the same pass: its blocks are computed in the same
+        ``dask.compute`` calls as the score's, so a graph they share runs once.
+      uncertainty_path: The uncertainty GeoTIFF (float32, nodata NaN).
 
     Returns:
-      The written paths, mask first.
+      The written paths, mask first (then score, then uncertainty).
 
     Raises:
       OutputError: An output exists (and not ``overwrite``) or cannot be written.
@@ -352,6 +359,16 @@ def write_outputs(
         if score_out == mask_out:
             raise OutputError(f"{score_out}: mask and score paths are the same; give two names.")
         outputs.append(score_out)
+    if (uncertainty is None) != (uncertainty_path is None):
+        raise ValueError("pass both uncertainty and uncertainty_path, or neither")
+    if uncertainty is not None:
+        if tuple(uncertainty.shape) != grid.shape or uncertainty.chunks != score.chunks:
+            raise ValueError(f"uncertainty {uncertainty.shape} must match the score's shape "
+                             f"{score.shape} and chunks")
+        unc_out = check_raster_path(uncertainty_path, overwrite=overwrite, what="uncertainty")
+        if unc_out in outputs:
+            raise OutputError(f"{unc_out}: the uncertainty needs its own file name.")
+        outputs.append(unc_out)
     score = score.astype(np.float32)
     all_tags = {**(tags or {}), "threshold": repr(float(threshold))}
     windows = list(_block_windows(score.chunks))
@@ -372,26 +389,41 @@ def write_outputs(
                 mask_ds = stack.enter_context(
                     rasterio.open(temps[0], "w", **_profile(grid, "uint8", MASK_NODATA))
                 )
-                score_ds = None
+                score_ds = unc_ds = None
                 if score_out is not None:
                     score_ds = stack.enter_context(
                         rasterio.open(temps[1], "w", **_profile(grid, "float32", np.nan))
+                    )
+                if uncertainty is not None:
+                    unc_ds = stack.enter_context(
+                        rasterio.open(temps[-1], "w", **_profile(grid, "float32", np.nan))
                     )
             bar = stack.enter_context(
                 tqdm(total=len(windows), desc="writing", unit="block", disable=not progress)
             )
             strips = _TileRowStrips(score.chunks, grid.width)
+            unc_blocks = None if uncertainty is None else uncertainty.to_delayed()
+            unc_strips = _TileRowStrips(score.chunks, grid.width)
             for group in _batched(windows, batch):
-                values = dask.compute(*[blocks[i, j] for (i, j), _ in group])
-                for ((key, _), block) in zip(group, values, strict=True):
+                wanted = [blocks[i, j] for (i, j), _ in group]
+                if unc_blocks is not None:
+                    wanted += [unc_blocks[i, j] for (i, j), _ in group]
+                values = dask.compute(*wanted)
+                for n, ((key, _), block) in enumerate(zip(group, values, strict=False)):
                     strips.add(key, np.asarray(block, dtype=np.float32))
+                    if unc_blocks is not None:
+                        unc_strips.add(key, np.asarray(values[len(group) + n], np.float32))
                 for row0, strip in strips.ready():
                     window = Window(0, row0, grid.width, strip.shape[0])
                     mask_ds.write(mask_from_score(strip, threshold), 1, window=window)
                     if score_ds is not None:
                         score_ds.write(strip, 1, window=window)
+                if unc_ds is not None:
+                    for row0, strip in unc_strips.ready():
+                        unc_ds.write(strip, 1, window=Window(0, row0, grid.width,
+                                                             strip.shape[0]))
                 bar.update(len(group))
-            for ds in (mask_ds, score_ds):
+            for ds in (mask_ds, score_ds, unc_ds):
                 if ds is not None:
                     ds.update_tags(**all_tags)
             if png_out is not None:

@@ -19,7 +19,6 @@ from flax import nnx
 from changedet.config import Norm, Upsample
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Footprint:
     """Receptive field of a feature map, as an upper bound.
