@@ -40,8 +40,8 @@ RUN_EXAMPLES = """examples: (from the repository root, on the sample pair in dat
       --bands B04,B03,B02 --model rgb                       # true colour: the rgb model
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o best.tif \\
       --quality best                                        # 8x the model time
-  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o best.tif \
-      --uncertainty doubt.tif --overwrite           # where to trust the map; 8x the model time
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif \
+      --uncertainty doubt.tif --overwrite           # where the map is likely wrong
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o fixed.tif \\
       --coregister                              # resample AFTER by its measured shift first
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o mine.tif \\
@@ -105,10 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quicklook", help="also write an overlay PNG here (needs matplotlib)")
     run.add_argument(
         "--uncertainty", metavar="U.tif",
-        help="also write the per-pixel uncertainty here (float32 .tif, 0 sure .. 0.5 a coin "
-        "toss: the probability that the pixel's decision flips, from the spread of the score "
-        "over the 8 rotations and mirror images of every tile); implies --quality best, 8x "
-        "the model time (docs/uncertainty.md)",
+        help="also write the per-pixel uncertainty here (float32 .tif): the probability that "
+        "the mask is wrong at each pixel, from the model's out-of-fold calibration of its "
+        "score; no extra model time (docs/uncertainty.md)",
     )
     run.add_argument("--align", action="store_true", help="resample AFTER onto BEFORE's grid")
     run.add_argument(

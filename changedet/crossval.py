@@ -27,6 +27,7 @@ from changedet import evaluate, metrics, training
 from changedet.config import ModelConfig, TrainConfig, to_dict
 from changedet.data import Scene
 from changedet.errors import ConfigError
+from changedet.uncertainty import ScoreCalibration, error_probability, fit_calibration
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class CVResult:
       cva: Pooled metrics of CVA + Otsu on the same pixels.
       seconds: Training + scoring wall time.
       model_paths: The fold models.
+      calibration: ``P(change | score)`` over every out-of-fold pixel
+        (:func:`changedet.uncertainty.fit_calibration`); the final model carries it.
     """
 
     threshold: float
@@ -98,6 +101,7 @@ class CVResult:
     cva: metrics.Metrics | None
     seconds: float
     model_paths: list[str]
+    calibration: ScoreCalibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -113,6 +117,7 @@ class CVResult:
             "cva": None if self.cva is None else self.cva._asdict(),
             "seconds": self.seconds,
             "model_paths": self.model_paths,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
 
 
@@ -215,8 +220,11 @@ def cross_validate(
                                    evaluate.score_scene(evaluate.cva_for_scene(scene), scene), None)
             counts.append(res.counts)
         cva = metrics.scores_from_counts(*metrics.sum_counts(*counts))
+    names = [n for fold in folds for n in fold]
+    calibration = fit_calibration([scores[n] for n in names], [by_name[n].label for n in names],
+                                  [by_name[n].valid for n in names])
     result = CVResult(thr, pooled, ap, per_scene, per_fold, folds, cva,
-                      time.perf_counter() - start, paths)
+                      time.perf_counter() - start, paths, calibration)
     record = result.to_dict() | {"model": to_dict(model_cfg), "train": to_dict(cfg)}
     (workdir / "cv.json").write_text(json.dumps(record, indent=2))
     log.info("CV %s: pooled OOF P %.3f R %.3f F1 %.3f AP %.3f at threshold %.3f (folds F1 %s)",
@@ -261,7 +269,8 @@ def train_with_cv(
                                               "per_scene", "per_fold_f1", "fold_f1_mean",
                                               "fold_f1_std", "folds", "cva")}
     summary["val_scenes"] = []
-    model = dataclasses.replace(model, threshold=result.threshold, training=summary)
+    model = dataclasses.replace(model, threshold=result.threshold, training=summary,
+                                calibration=result.calibration)
     return model, result
 
 
@@ -360,64 +369,73 @@ __all__ += ["band_set_report", "quality_report"]
 
 
 def uncertainty_report(
-    model_paths: Sequence[str | Path],
+    scores: dict[str, np.ndarray],
     scenes: Sequence[Scene],
     folds: Sequence[Sequence[str]],
     threshold: float,
 ) -> dict[str, Any]:
-    """How well ``run --uncertainty`` picks out the wrong pixels of held-out scenes.
+    """How well ``run --uncertainty`` finds the wrong pixels of scenes it has not seen.
 
-    Each fold model scores its held-out scenes as ``run --uncertainty`` does (the mean and
-    spread of the 8 dihedral views, :func:`changedet.detector.with_spread`); a labelled pixel
-    is *wrong* where ``mean > threshold`` disagrees with its label. Reported: the area under
-    the ROC curve (AUROC) of the uncertainty for the wrong pixels, pooled over every held-out
-    pixel and per scene, next to the two signals it combines alone (the margin ``-|m - t|``,
-    the spread ``s``); the error rate among the most uncertain 10 % of pixels vs the rest.
+    ``scores`` are out-of-fold (each scene scored by the model of the fold that held it out,
+    as ``cross_validate`` writes them to ``oof.npz``). For each fold, the calibration table is
+    fitted on the *other* folds' scenes only and applied to this fold's, so neither the model
+    nor the table has seen the pixels it is judged on. A labelled pixel is *wrong* where
+    ``score > threshold`` disagrees with its label.
 
     Returns:
-      ``{"auroc": {"uncertainty", "margin", "spread"}, "per_scene": {name: auroc},
-      "error_rate": {"overall", "top10", "rest"}, "pixels", "seconds"}``.
+      ``{"auroc", "auroc_per_fold", "auroc_margin", "predicted_error_rate",
+      "error_rate", "top10_error_rate", "rest_error_rate", "reliability", "pixels"}``:
+      the AUROC of the uncertainty for the wrong pixels (pooled, per fold, and that of the
+      bare margin ``-|score - threshold|`` for comparison), the mean uncertainty against the
+      real error rate per fold, the error rate among the most uncertain 10 % of pixels and
+      the rest, and a reliability table (uncertainty bins: mean uncertainty, error rate,
+      pixels).
     """
-    from changedet.detector import with_spread
-    from changedet.modelfile import load_model
-    from changedet.uncertainty import flip_probability
-
     by_name = {s.name: s for s in scenes}
-    start = time.perf_counter()
-    pooled: dict[str, list[np.ndarray]] = {"uncertainty": [], "margin": [], "spread": [],
-                                           "wrong": []}
-    per_scene = {}
-    for path, held_out in zip(model_paths, folds, strict=True):
-        model = load_model(path)
-        for name in held_out:
-            scene = by_name[name]
-            mean, spread = evaluate.score_scene(with_spread(model.prepare_scene(scene)), scene)
-            ok = scene.valid & np.isfinite(mean)
-            wrong = (mean[ok] > threshold) != scene.label[ok].astype(bool)
-            u = flip_probability(mean[ok], spread[ok], threshold)
-            pooled["uncertainty"].append(u)
-            pooled["margin"].append(-np.abs(mean[ok] - threshold))
-            pooled["spread"].append(spread[ok])
-            pooled["wrong"].append(wrong)
-            per_scene[name] = (metrics.auroc(u, wrong) if 0 < wrong.sum() < wrong.size
-                               else float("nan"))
-    wrong = np.concatenate(pooled.pop("wrong"))
-    signals = {k: np.concatenate(v) for k, v in pooled.items()}
-    u = signals["uncertainty"]
+
+    def pixels(names):
+        ok = [by_name[n].valid & np.isfinite(scores[n]) for n in names]
+        return (np.concatenate([scores[n][o] for n, o in zip(names, ok, strict=True)]),
+                np.concatenate([by_name[n].label[o] for n, o in zip(names, ok, strict=True)]))
+
+    u_all, wrong_all, margin_all, per_fold, predicted = [], [], [], [], []
+    for k, held_out in enumerate(folds):
+        others = [n for i, f in enumerate(folds) if i != k for n in f]
+        table = fit_calibration([scores[n] for n in others], [by_name[n].label for n in others],
+                                [by_name[n].valid for n in others])
+        score, label = pixels(held_out)
+        wrong = (score > threshold) != label.astype(bool)
+        u = error_probability(score, threshold, table)
+        u_all.append(u)
+        wrong_all.append(wrong)
+        margin_all.append(-np.abs(score - threshold))
+        per_fold.append(metrics.auroc(u, wrong))
+        predicted.append({"predicted": float(u.mean()), "actual": float(wrong.mean())})
+    u, wrong, margin = (np.concatenate(x) for x in (u_all, wrong_all, margin_all))
     top = u >= np.quantile(u, 0.9)
+    edges = [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0001]
+    reliability = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (u >= lo) & (u < hi)
+        if sel.any():
+            reliability.append({"bin": [lo, min(hi, 1.0)], "mean_uncertainty": float(u[sel].mean()),
+                                "error_rate": float(wrong[sel].mean()), "pixels": int(sel.sum())})
     report = {
-        "auroc": {k: metrics.auroc(v, wrong) for k, v in signals.items()},
-        "per_scene": per_scene,
-        "error_rate": {"overall": float(wrong.mean()), "top10": float(wrong[top].mean()),
-                       "rest": float(wrong[~top].mean())},
+        "auroc": metrics.auroc(u, wrong),
+        "auroc_per_fold": per_fold,
+        "auroc_margin": metrics.auroc(margin, wrong),
+        "predicted_error_rate": predicted,
+        "error_rate": float(wrong.mean()),
+        "top10_error_rate": float(wrong[top].mean()),
+        "rest_error_rate": float(wrong[~top].mean()),
+        "reliability": reliability,
         "pixels": int(wrong.size),
         "threshold": float(threshold),
-        "seconds": time.perf_counter() - start,
     }
-    log.info("uncertainty: AUROC for wrong pixels %.3f (margin alone %.3f, spread alone %.3f); "
-             "error rate %.3f in the top 10 %% vs %.3f", report["auroc"]["uncertainty"],
-             report["auroc"]["margin"], report["auroc"]["spread"],
-             report["error_rate"]["top10"], report["error_rate"]["rest"])
+    log.info("uncertainty: AUROC for the wrong pixels %.3f (folds %s; the bare margin %.3f); "
+             "error rate %.3f among the top 10 %% vs %.3f", report["auroc"],
+             ", ".join(f"{a:.3f}" for a in per_fold), report["auroc_margin"],
+             report["top10_error_rate"], report["rest_error_rate"])
     return report
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["QUALITY_TTA", "PreparedModel", "match_bands", "pair_statistics", "prepare",
-           "with_quality", "with_spread"]
+           "with_quality"]
 
 
 def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ...]:
@@ -97,8 +97,6 @@ class PreparedModel:
         date is standardised with.
       tta: Test-time augmentation, the dihedral transforms averaged per tile (1: none; see
         :func:`changedet.inference.predict_step`). :func:`with_quality` sets it.
-      spread: :meth:`score_block` returns ``(2, h, w)``: the score and its spread over the
-        ``tta`` transforms (:func:`with_spread` sets it, with ``tta`` 8).
     """
 
     model: ChangeModel
@@ -109,7 +107,6 @@ class PreparedModel:
     after_mean: np.ndarray
     after_std: np.ndarray
     tta: int = 1
-    spread: bool = False
 
     @property
     def name(self) -> str:
@@ -153,11 +150,11 @@ class PreparedModel:
     def score_block(self, before: np.ndarray, after: np.ndarray, *,
                     context_px: int = 0) -> np.ndarray:
         """``(h, w)`` float32 change score of raw ``(band, h, w)`` blocks (see
-        ``ChangeModel.score_block``); ``(2, h, w)`` score and spread with :attr:`spread`."""
+        ``ChangeModel.score_block``)."""
         b = self._expand(before, self.before_mean, self.before_std)
         a = self._expand(after, self.after_mean, self.after_std)
-        predictor = self.model.predictor(tta=self.tta, spread=self.spread)
-        return predictor.predict(b, a, context_px=context_px, normalized=True)
+        return self.model.predictor(tta=self.tta).predict(b, a, context_px=context_px,
+                                                          normalized=True)
 
 
 #: ``quality`` of :func:`changedet.run`/``--quality``: the test-time transforms per tile and
@@ -178,20 +175,6 @@ def with_quality(detector: Any, quality: str) -> Any:
     if not isinstance(detector, PreparedModel):
         return detector
     return dataclasses.replace(detector, tta=QUALITY_TTA[quality])
-
-
-def with_spread(detector: Any) -> PreparedModel:
-    """``detector`` scoring every tile under all 8 dihedral transforms (as ``quality="best"``)
-    and returning, per block, their mean and their standard deviation (``(2, h, w)``): the
-    input of :func:`changedet.uncertainty.flip_probability`.
-
-    Raises:
-      ConfigError: For a detector without a network (CVA has no views to disagree).
-    """
-    if not isinstance(detector, PreparedModel):
-        raise ConfigError("uncertainty needs a learned model (the spread of its scores over "
-                          f"test-time transforms); pass {option('model')} instead of CVA.")
-    return dataclasses.replace(detector, tta=QUALITY_TTA["best"], spread=True)
 
 
 #: A global-statistics model refuses input whose band mean lies this many training standard

@@ -55,16 +55,8 @@ def _untransform(x: jax.Array, turns: int, flip: bool) -> jax.Array:
     return jnp.flip(x, axis=2) if flip else x
 
 
-def _check_tta(tta: int, spread: bool) -> None:
-    if tta not in TTA_CHOICES:
-        raise ConfigError(f"tta must be one of {TTA_CHOICES}; got {tta}.")
-    if spread and tta == 1:
-        raise ConfigError("the score's spread is taken over test-time transforms: it needs "
-                          "tta > 1.")
-
-
 def predict_step(graphdef: nnx.GraphDef, state: nnx.State, before: jax.Array,
-                 after: jax.Array, tta: int = 1, spread: bool = False) -> jax.Array:
+                 after: jax.Array, tta: int = 1) -> jax.Array:
     """Change score ``(B, H, W)`` float32 of normalised NHWC ``before``/``after``. Pure.
 
     The score is the embedding distance (distance head) or the sigmoid change probability
@@ -72,26 +64,19 @@ def predict_step(graphdef: nnx.GraphDef, state: nnx.State, before: jax.Array,
     scores of the first ``tta`` :data:`DIHEDRAL` transforms of the tiles, each mapped back
     (one compiled network applied ``tta`` times in sequence, so memory stays one pass deep).
     Quarter turns need square tiles.
-
-    With ``spread`` (``tta > 1``) the result is ``(B, 2, H, W)``: that mean, and the standard
-    deviation of the ``tta`` scores around it (how much the answer depends on the view).
     """
-    _check_tta(tta, spread)
     model = nnx.merge(graphdef, state)
     if tta == 1:
         return model.change_score(before, after)
+    if tta not in TTA_CHOICES:
+        raise ConfigError(f"tta must be one of {TTA_CHOICES}; got {tta}.")
     if tta > 4 and before.shape[1] != before.shape[2]:
         raise ConfigError(f"tta={tta} rotates the tiles a quarter turn, which needs square "
                           f"tiles; got {before.shape[1]}x{before.shape[2]}.")
     transforms = DIHEDRAL[:tta]
     stacked = [jnp.stack([_transform(x, *t) for t in transforms]) for x in (before, after)]
     scores = jax.lax.map(lambda pair: model.change_score(*pair), stacked)
-    views = [_untransform(scores[i], *t) for i, t in enumerate(transforms)]
-    mean = sum(views) / tta
-    if not spread:
-        return mean
-    std = jnp.sqrt(sum(jnp.square(v - mean) for v in views) / tta)
-    return jnp.stack([mean, std], axis=1)
+    return sum(_untransform(scores[i], *t) for i, t in enumerate(transforms)) / tta
 
 
 class PredictStep:
@@ -109,15 +94,13 @@ class PredictStep:
         compilation (the launch of that first batch is included; its execution, dispatched
         asynchronously, mostly is not).
       tta: Test-time transforms averaged per tile (see :func:`predict_step`).
-      spread: Whether calls return ``(B, 2, H, W)``: the score and its spread over the
-        transforms (see :func:`predict_step`).
     """
 
     def __init__(self, graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None,
-                 *, tta: int = 1, spread: bool = False):
-        _check_tta(tta, spread)
+                 *, tta: int = 1):
+        if tta not in TTA_CHOICES:
+            raise ConfigError(f"tta must be one of {TTA_CHOICES}; got {tta}.")
         self.tta = tta
-        self.spread = spread
         devices = list(devices) if devices is not None else jax.local_devices()
         self.num_devices = len(devices)
         # Auto axis types: plain jit + NamedSharding propagation, no explicit-sharding typing.
@@ -137,7 +120,7 @@ class PredictStep:
 
         def step(state: nnx.State, before: jax.Array, after: jax.Array) -> jax.Array:
             self.num_traces += 1  # Python side effect: runs at trace time only
-            return predict_step(graphdef, state, before, after, tta, spread)
+            return predict_step(graphdef, state, before, after, tta)
 
         # out_shardings is pinned: the score stays split along the batch exactly like the
         # inputs, so every call (and every shape) gets the same, known output layout and the
@@ -159,8 +142,7 @@ class PredictStep:
 
     def __call__(self, state: Any, before: np.ndarray | jax.Array,
                  after: np.ndarray | jax.Array) -> jax.Array:
-        """Scores ``(B, H, W)`` float32 (``(B, 2, H, W)`` with :attr:`spread`), sharded along
-        ``B`` like the inputs."""
+        """Scores ``(B, H, W)`` float32, sharded along ``B`` like the inputs."""
         if before.shape[0] % self.num_devices:
             raise ConfigError(f"batch size {before.shape[0]} must be a multiple of the "
                               f"{self.num_devices} devices; pad the batch.")
@@ -180,9 +162,9 @@ class PredictStep:
 
 
 def make_predict_step(graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None,
-                      *, tta: int = 1, spread: bool = False) -> PredictStep:
+                      *, tta: int = 1) -> PredictStep:
     """A :class:`PredictStep` for the model ``graphdef`` over ``devices`` (default: all local)."""
-    return PredictStep(graphdef, devices, tta=tta, spread=spread)
+    return PredictStep(graphdef, devices, tta=tta)
 
 
 class BlockPredictor:
@@ -205,8 +187,6 @@ class BlockPredictor:
         every (square) tile, 1, 2, 4 or 8 (``tta`` times the cost). Tiles are transformed
         whole, halo included, so the result still equals the same transforms applied to one
         pass over the whole padded block.
-      spread: :meth:`predict` returns ``(2, h, w)``: the ``tta`` mean score and the standard
-        deviation of the ``tta`` scores (needs ``tta > 1``).
 
     Raises:
       ConfigError: If ``tile_px`` is not a positive multiple of ``2**num_downsamplings``,
@@ -215,8 +195,7 @@ class BlockPredictor:
     """
 
     def __init__(self, model: ChangeModel, *, tile_px: int = 256, batch_size: int | None = None,
-                 devices: Sequence[jax.Device] | None = None, tta: int = 1,
-                 spread: bool = False) -> None:
+                 devices: Sequence[jax.Device] | None = None, tta: int = 1) -> None:
         cfg = model.config
         self.align_px = 2**cfg.num_downsamplings
         if tile_px < 1 or tile_px % self.align_px:
@@ -228,8 +207,7 @@ class BlockPredictor:
         self.norm_mean = np.asarray(model.norm_mean, np.float64)
         self.norm_std = np.asarray(model.norm_std, np.float64)
         graphdef, state = nnx.split(model.module())
-        self.step = make_predict_step(graphdef, devices, tta=tta, spread=spread)
-        self.spread = spread
+        self.step = make_predict_step(graphdef, devices, tta=tta)
         n = self.step.num_devices
         self.batch_size = n if batch_size is None else batch_size
         if self.batch_size < 1 or self.batch_size % n:
@@ -257,8 +235,7 @@ class BlockPredictor:
             per-image statistics); skip the model's stored normalisation.
 
         Returns:
-          ``(h, w)`` float32 score (distance, or change probability), or the core's score;
-          ``(2, h, w)`` score and spread with ``spread``.
+          ``(h, w)`` float32 score (distance, or change probability), or the core's score.
 
         Raises:
           BandMismatchError: If the blocks do not have the model's band count.
@@ -292,7 +269,7 @@ class BlockPredictor:
                 padded_dates.append(np.pad(block, pads, mode=tiling.PAD_MODE))
             else:
                 padded_dates.append(tiling.pad_block(block, core, self.halo_px))
-        result = np.empty((2, *shape) if self.spread else shape, dtype=np.float32)
+        result = np.empty(shape, dtype=np.float32)
         # Tiles are cut, scored and stitched one batch at a time: memory holds one batch of
         # tiles, not the whole block twice over.
         for first in range(0, len(tiles), self.batch_size):
@@ -305,12 +282,7 @@ class BlockPredictor:
                 dates = [np.pad(d, pad) for d in dates]
             with self.step.run_lock:
                 scores = np.asarray(self.step(self.state, dates[0], dates[1]))
-            if self.spread:
-                for channel in range(2):
-                    tiling.stitch(scores[:, channel], batch_tiles, shape, self.halo_px,
-                                  out=result[channel])
-            else:
-                tiling.stitch(scores, batch_tiles, shape, self.halo_px, out=result)
+            tiling.stitch(scores, batch_tiles, shape, self.halo_px, out=result)
         return result
 
     __call__ = predict

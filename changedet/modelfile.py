@@ -4,7 +4,8 @@ packaged-model registry (``changedet/weights/<name>.msgpack`` + sha256 in ``regi
 A model file is ONE msgpack map (``flax.serialization``; no pickle)::
 
     {"format": "changedet-model", "format_version": 1,
-     "metadata": "<JSON: config, band_ids, norm_mean, norm_std, threshold, margin, name, training>",
+     "metadata": "<JSON: config, band_ids, norm_mean, norm_std, threshold, margin, name, training,
+                  normalization, required_bands, calibration>",
      "params": <nnx state as a nested dict of numpy arrays>}
 
 ``registry.json`` maps packaged names to files and hashes::
@@ -29,6 +30,7 @@ import numpy as np
 from changedet import bands
 from changedet.config import ModelConfig, model_config_from_dict, to_dict
 from changedet.errors import BandMismatchError, ModelFileError, option
+from changedet.uncertainty import ScoreCalibration
 
 if TYPE_CHECKING:
     from changedet.detector import PreparedModel
@@ -66,6 +68,9 @@ class ChangeModel:
       required_bands: Bands an input must have when the model accepts subsets of ``band_ids``
         (trained with band dropout; missing bands are filled with their mean). None: every
         band in ``band_ids`` is required.
+      calibration: ``P(change | score)`` measured on out-of-fold scenes when the model was
+        cross-validated (:class:`changedet.uncertainty.ScoreCalibration`); ``run
+        --uncertainty`` needs it. None for models trained without cross-validation.
 
     Detector protocol: ``name``, ``halo_px``, ``threshold``, ``band_ids``, ``align_px``,
     ``norm_mean``, ``prepare(pair)``, ``score_block(before, after)``.
@@ -82,6 +87,7 @@ class ChangeModel:
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     normalization: str = "global"
     required_bands: tuple[str, ...] | None = None
+    calibration: ScoreCalibration | None = None
     _predictors: dict[tuple[int, int | None, int], BlockPredictor] = dataclasses.field(
         default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
@@ -181,16 +187,15 @@ class ChangeModel:
         return detector.prepare_scene(self, scene)
 
     def predictor(self, *, tile_px: int = 512, batch_size: int | None = None,
-                  tta: int = 1, spread: bool = False) -> BlockPredictor:
+                  tta: int = 1) -> BlockPredictor:
         """The cached :class:`~changedet.inference.BlockPredictor` for these settings."""
-        key = (tile_px, batch_size, tta, spread)
+        key = (tile_px, batch_size, tta)
         with self._lock:
             if key not in self._predictors:
                 from changedet.inference import BlockPredictor
 
                 self._predictors[key] = BlockPredictor(self, tile_px=tile_px,
-                                                       batch_size=batch_size, tta=tta,
-                                                       spread=spread)
+                                                       batch_size=batch_size, tta=tta)
             return self._predictors[key]
 
     @property
@@ -330,6 +335,7 @@ def _metadata(model: ChangeModel) -> str:
         "training": model.training,
         "normalization": model.normalization,
         "required_bands": None if model.required_bands is None else list(model.required_bands),
+        "calibration": None if model.calibration is None else model.calibration.to_dict(),
     })
 
 
@@ -517,6 +523,8 @@ def load_model(path_or_name: str | os.PathLike[str], *,
             training=meta.get("training", {}),
             normalization=meta.get("normalization", "global"),
             required_bands=meta.get("required_bands"),
+            calibration=(None if meta.get("calibration") is None
+                         else ScoreCalibration.from_dict(meta["calibration"])),
         )
     except ModelFileError as err:
         raise ModelFileError(f"model file {path}: {err}") from err

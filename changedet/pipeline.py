@@ -25,7 +25,7 @@ from changedet import __version__, bands, clouds, io
 from changedet.calibrate import Calibration, calibrate_threshold
 from changedet.cva import CVADetector, otsu_threshold_dask
 from changedet.data import band_positions
-from changedet.detector import QUALITY_TTA, PreparedModel, with_quality, with_spread
+from changedet.detector import QUALITY_TTA, PreparedModel, with_quality
 from changedet.errors import (
     BandMismatchError,
     CalibrationError,
@@ -37,7 +37,7 @@ from changedet.errors import (
 )
 from changedet.io.points import read_points
 from changedet.types import Grid
-from changedet.uncertainty import SPREAD_FLOOR, flip_probability
+from changedet.uncertainty import error_probability
 
 log = logging.getLogger(__name__)
 
@@ -278,9 +278,7 @@ def score_graph(
 
     Blocks of ``block_px`` (a multiple of the detector's alignment) are extended by the
     detector's halo (mirrored at the scene edge), scored, and cropped back, so the result does
-    not depend on ``block_px``. A detector with ``spread`` (:func:`changedet.detector.
-    with_spread`) gives ``(2, height, width)``: the score and its spread over the test-time
-    views, from one pass of the model.
+    not depend on ``block_px``.
     """
     halo = int(detector.halo_px)
     align = int(getattr(detector, "align_px", 1))  # pooling alignment of learned models
@@ -315,20 +313,17 @@ def score_graph(
             after = da.overlap.overlap(after, depth, boundary, allow_rechunk=False)
             valid_in = da.overlap.overlap(valid_in, {0: halo, 1: halo},
                                           {0: "reflect", 1: "reflect"}, allow_rechunk=False)
-    spread = bool(getattr(detector, "spread", False))
     score = da.map_blocks(
         _score_fn(detector, halo, pad_self=bool(small), fill=fill),
         before,
         after,
         valid_in,
-        # with spread the band axis becomes the (score, spread) axis
-        **({"chunks": ((2,), *out_chunks)} if spread else
-           {"drop_axis": 0, "chunks": out_chunks}),
+        drop_axis=0,
+        chunks=out_chunks,
         dtype=np.float32,
         token=f"changedet-score-{detector.name}",  # a prefix; dask hashes the inputs
     )
-    ok = valid.rechunk(out_chunks)
-    return da.where(ok[None] if spread else ok, score, np.float32(np.nan))
+    return da.where(valid.rechunk(score.chunks), score, np.float32(np.nan))
 
 
 def _threshold_for(score: da.Array, detector: Detector, threshold: float | None) -> float:
@@ -478,17 +473,16 @@ def detect(
         shifted date does not turn every edge into change. Pixels whose source falls outside
         ``after`` become nodata. Raises ``CoregistrationError`` when the shift cannot be
         measured (flat, tiny or nodata-only scenes).
-      uncertainty: Also return ``uncertainty``: per pixel, the probability that the decision
-        flips (:mod:`changedet.uncertainty`), from the spread of the score over the 8 dihedral
-        views of every tile and its distance to the threshold. Scores like ``quality="best"``
-        (8x the model time; the score and mask are that quality's). Learned models only.
+      uncertainty: Also return ``uncertainty``: per pixel, the probability that the mask is
+        wrong there, from the model's out-of-fold calibration of its score
+        (:mod:`changedet.uncertainty`; no extra model time). Cross-validated models only.
 
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
       (uint8: 0 no change, 1 change, 255 nodata), both dask-backed, with the CRS and
       transform written (``ds.rio.crs``) and attributes ``threshold``, ``method``
       (``"siamese"`` or ``"cva"``) and, for a learned model, ``model`` (its name); with
-      ``uncertainty``, also ``uncertainty`` (float32 in [0, 0.5], NaN = invalid).
+      ``uncertainty``, also ``uncertainty`` (float32 in [0, 1], NaN = invalid).
 
     Example:
       >>> import changedet
@@ -502,15 +496,12 @@ def detect(
         coregister=coregister,
     )
     check_threshold(threshold, detector)
-    if uncertainty:
-        detector = with_spread(detector)
+    calibration = calibration_for(detector) if uncertainty else None
     score = score_graph(pair, detector, block_px=block_px)
-    extra = {}
-    if uncertainty:
-        score, spread = score[0], score[1]
     thr = _threshold_for(score, detector, threshold)
-    if uncertainty:
-        extra["uncertainty"] = (("y", "x"), flip_probability(score, spread, thr))
+    extra = {}
+    if calibration is not None:
+        extra["uncertainty"] = (("y", "x"), error_probability(score, thr, calibration))
     mask = da.where(da.isnan(score), np.uint8(255), (score > thr).astype(np.uint8))
     coords = {"y": pair.before.coords["y"], "x": pair.before.coords["x"]}
     ds = xr.Dataset(
@@ -543,12 +534,31 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
         tags["normalization"] = model.normalization
         names = {n: q for q, n in QUALITY_TTA.items()}
         tags["quality"] = names.get(detector.tta, f"tta{detector.tta}")
-        if detector.spread:
-            tags["uncertainty"] = (f"flip probability: Phi(-|score - threshold| / max(spread "
-                                   f"over {detector.tta} views, {SPREAD_FLOOR}))")
         if model.source_sha256:
             tags["model_sha256"] = model.source_sha256
     return tags
+
+
+def uncertainty_tags(calibration) -> dict[str, str]:
+    """What the uncertainty raster holds, for its tags (none without it)."""
+    if calibration is None:
+        return {}
+    return {"uncertainty": "P(mask wrong): 1 - P(change | score) where mapped change, "
+                           "P(change | score) elsewhere; P(change | score) measured on "
+                           f"{calibration.pixels} out-of-fold pixels"}
+
+
+def calibration_for(detector: Detector):
+    """The out-of-fold score calibration ``uncertainty`` needs, or a one-line error."""
+    model = detector.model if isinstance(detector, PreparedModel) else None
+    if model is None:
+        raise ConfigError(f"uncertainty needs a learned model with an out-of-fold score "
+                          f"calibration; pass {option('model')} instead of CVA.")
+    if model.calibration is None:
+        raise ConfigError(f"model {model.name!r} carries no out-of-fold score calibration, "
+                          "which uncertainty is measured with: train it with cross-validation "
+                          "(train --cv K) or use the packaged sentinel2 model.")
+    return model.calibration
 
 
 def _check_extras(*, vector: bool, quicklook: bool, vector_option: str = "vector_path") -> None:
@@ -703,10 +713,9 @@ def run(
         :mod:`changedet.calibrate`) and recorded in the tags. Not with ``threshold``.
       calibrate_property: The label property of ``calibrate``'s features.
       uncertainty_path: Optional float32 GeoTIFF (nodata NaN) of the per-pixel uncertainty:
-        the probability that the pixel's decision flips, from the spread of the score over
-        the 8 dihedral views of every tile and its distance to the threshold (see
-        :mod:`changedet.uncertainty`; ``docs/uncertainty.md``). Scores at ``quality="best"``
-        (8x the model time), written in the same pass. Learned models only.
+        the probability that the mask is wrong there, from the model's out-of-fold
+        calibration of its score (:mod:`changedet.uncertainty`, ``docs/uncertainty.md``);
+        written in the same pass, at no extra model time. Cross-validated models only.
 
     Returns:
       A :class:`RunResult`.
@@ -748,17 +757,13 @@ def run(
                           "calibration chooses the threshold.")
     if calibrate is not None:
         _check_extras(vector=True, quicklook=False, vector_option="calibrate")
-    if uncertainty_path is not None:
-        detector = with_spread(detector)
+    calibration = calibration_for(detector) if uncertainty_path is not None else None
     coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)
     with dask.config.set(**_scheduler_settings(detector, client)):
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
-        spread = None
-        if uncertainty_path is not None:
-            score, spread = score[0], score[1]
         thr = _threshold_for(score, detector, threshold)
         calibration_tags = {}
         if calibrate is not None:
@@ -775,10 +780,11 @@ def run(
             score_path=score_path or scratch,
             threshold=thr,
             tags=(provenance(detector, thr, pair) | cloud_tags(masks) | coreg_tags
-                  | calibration_tags),
+                  | calibration_tags | uncertainty_tags(calibration)),
             overwrite=overwrite,
             progress=progress,
-            uncertainty=None if spread is None else flip_probability(score, spread, thr),
+            uncertainty=(None if calibration is None
+                         else error_probability(score, thr, calibration)),
             uncertainty_path=uncertainty_path,
         )
     written = [p for p in written if p != scratch]

@@ -1,9 +1,8 @@
-"""``run --uncertainty``: a per-pixel flip probability that points at the wrong pixels."""
+"""``run --uncertainty``: a calibrated per-pixel probability that the mask is wrong."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import subprocess
 import sys
 
@@ -13,22 +12,32 @@ import rasterio
 
 import changedet
 from changedet import metrics
-from changedet.uncertainty import SPREAD_FLOOR, flip_probability
+from changedet.uncertainty import ScoreCalibration, error_probability, fit_calibration
 
 
-def test_flip_probability_is_one_half_on_the_threshold_and_falls_with_margin_over_spread():
-    t = 0.6
-    score = np.array([0.6, 0.7, 0.8, 0.7, 0.5, np.nan])
-    spread = np.array([0.3, 0.1, 0.1, 0.0, 0.1, 0.1])
-    u = flip_probability(score, spread, t)
-    assert u.dtype == np.float32
-    assert u[0] == pytest.approx(0.5)
-    assert u[1] > u[2]                        # further from the threshold: surer
-    assert u[1] == pytest.approx(u[4])        # symmetric about the threshold
-    assert u[3] < u[1]                        # views that agree: surer at the same margin
-    assert u[3] == pytest.approx(0.5 * (1 + math.erf(-0.1 / SPREAD_FLOOR / np.sqrt(2))),
-                                 abs=1e-7)    # the floor bounds that certainty
-    assert np.isnan(u[5])
+def test_calibration_measures_change_frequency_per_score_and_survives_a_model_file(tmp_path):
+    rng = np.random.default_rng(0)
+    score = rng.random((200, 200))
+    label = rng.random((200, 200)) < score**2        # P(change | s) = s^2
+    valid = rng.random((200, 200)) > 0.1
+    cal = fit_calibration([score], [label], [valid], num_bins=10)
+    centres = (np.asarray(cal.edges[:-1]) + np.asarray(cal.edges[1:])) / 2
+    np.testing.assert_allclose(cal.p_change, centres**2 + 1 / 1200, atol=0.03)
+    assert cal.pixels == int(valid.sum())
+    # u: P(change) where mapped unchanged, 1 - P(change) where mapped changed
+    u = error_probability(np.array([0.05, 0.95, np.nan]), 0.5, cal)
+    assert u[0] == pytest.approx(cal.p_change[0]) and u[1] == pytest.approx(1 - cal.p_change[-1])
+    assert np.isnan(u[2])
+    # the model file keeps it
+    from changedet.config import ModelConfig
+    from changedet.modelfile import random_init_model
+
+    model = dataclasses.replace(random_init_model(ModelConfig(num_bands=3, features=(4, 8)),
+                                                  ("1", "2", "3")), calibration=cal)
+    path = changedet.save_model(tmp_path / "m.msgpack", model)
+    assert changedet.load_model(path).calibration == cal
+    with pytest.raises(changedet.ChangedetError, match="increasing"):
+        ScoreCalibration((0.0, 0.0), (0.5,))
 
 
 def test_auroc_matches_the_pairwise_definition():
@@ -48,12 +57,11 @@ def _paris(sample_data):
     return city / "imgs_1", city / "imgs_2", city / "paris-cm.tif"
 
 
-def test_uncertainty_raster_lines_up_matches_best_quality_and_finds_the_wrong_pixels(
-        sample_data, tmp_path):
-    """The packaged model on the sample pair: the uncertainty GeoTIFF has the inputs' grid
-    and NaN nodata, is NaN exactly where the mask is nodata, comes from the same pass as the
-    ``quality="best"`` score and mask, and ranks the mask's wrong pixels (against the pair's
-    labels) far above the right ones."""
+def test_uncertainty_raster_lines_up_and_finds_the_wrong_pixels(sample_data, tmp_path):
+    """The packaged model on the sample pair: the uncertainty GeoTIFF has the inputs' grid and
+    NaN nodata, is NaN exactly where the mask is nodata, is the calibration applied to the
+    written score, ranks the mask's wrong pixels (against the pair's labels) far above the
+    right ones, and its mean is the right order of magnitude for the error rate."""
     before, after, labels = _paris(sample_data)
     out = {k: tmp_path / f"{k}.tif" for k in ("mask", "score", "u")}
     changedet.run(before, after, out["mask"], score_path=out["score"],
@@ -63,46 +71,26 @@ def test_uncertainty_raster_lines_up_matches_best_quality_and_finds_the_wrong_pi
     with rasterio.open(out["u"]) as ds:
         assert (ds.crs, ds.transform, ds.shape) == grid
         assert ds.dtypes == ("float32",) and np.isnan(ds.nodata)
-        assert "flip probability" in ds.tags()["uncertainty"]
-        assert ds.tags()["quality"] == "best"
+        assert "out-of-fold pixels" in ds.tags()["uncertainty"]
         u = ds.read(1)
     with rasterio.open(out["mask"]) as ds:
         mask = ds.read(1)
         threshold = float(ds.tags()["threshold"])
     with rasterio.open(out["score"]) as ds:
-        assert ds.tags()["quality"] == "best"
         score = ds.read(1)
-    np.testing.assert_array_equal(mask[mask != 255], score[mask != 255] > threshold)
     np.testing.assert_array_equal(np.isnan(u), mask == 255)
     ok = mask != 255
-    assert u[ok].min() >= 0 and u[ok].max() <= 0.5
-    assert u[ok].max() > 0.25  # some pixels sit on the fence
-    np.testing.assert_array_less(np.abs(score[ok & (u > 0.4999)] - threshold), 0.05)
+    calibration = changedet.load_model("sentinel2").calibration
+    np.testing.assert_allclose(u[ok], error_probability(score[ok], threshold, calibration))
     with rasterio.open(labels) as ds:
-        truth = ds.read(1) > 1 if ds.read(1).max() > 1 else ds.read(1) == 1
+        truth = ds.read(1) == 2  # OSCD: 1 no change, 2 change
     wrong = (mask[ok] == 1) != truth[ok]
     assert 50 < wrong.sum() < ok.sum() / 2
     assert metrics.auroc(u[ok], wrong) > 0.8
+    assert wrong.mean() / 3 < u[ok].mean() < 3 * wrong.mean()
 
 
-def test_uncertainty_does_not_depend_on_the_block_size(sample_data):
-    from changedet.config import ModelConfig
-    from changedet.modelfile import random_init_model
-
-    before, after, _ = _paris(sample_data)
-    pair = changedet.open_pair(before, after)
-    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), head="msdiff", head_convs=0)
-    model = dataclasses.replace(random_init_model(cfg, pair.band_ids, seed=3),
-                                normalization="per_image", threshold=0.5)
-    kw = dict(model=model, cloud_mask="none", uncertainty=True)
-    small = changedet.detect(before, after, block_px=64, **kw)
-    whole = changedet.detect(before, after, block_px=1024, **kw)
-    assert float(small.uncertainty.std()) > 1e-4  # a non-trivial map
-    np.testing.assert_allclose(small.uncertainty.values, whole.uncertainty.values, atol=1e-5)
-    np.testing.assert_allclose(small.score.values, whole.score.values, atol=3e-5)
-
-
-def test_uncertainty_with_cva_is_a_one_line_error(sample_data, tmp_path):
+def test_uncertainty_needs_a_calibrated_learned_model(sample_data, tmp_path):
     before, after, _ = _paris(sample_data)
     proc = subprocess.run(
         [sys.executable, "-m", "changedet", "run", str(before), str(after), "-o",
@@ -111,3 +99,10 @@ def test_uncertainty_with_cva_is_a_one_line_error(sample_data, tmp_path):
     assert proc.returncode == 2
     assert "learned model" in proc.stderr and "--model" in proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+    from changedet.config import ModelConfig
+    from changedet.modelfile import random_init_model
+
+    pair = changedet.open_pair(before, after)
+    model = random_init_model(ModelConfig(num_bands=13, features=(4, 8)), pair.band_ids)
+    with pytest.raises(changedet.ChangedetError, match="train --cv"):
+        changedet.detect(before, after, model=model, uncertainty=True, cloud_mask="none")
