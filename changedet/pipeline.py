@@ -757,7 +757,7 @@ def run(
                           "calibration chooses the threshold.")
     if calibrate is not None:
         _check_extras(vector=True, quicklook=False, vector_option="calibrate")
-    calibration = calibration_for(detector) if uncertainty_path is not None else None
+    score_table = calibration_for(detector) if uncertainty_path is not None else None
     coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)
@@ -780,11 +780,11 @@ def run(
             score_path=score_path or scratch,
             threshold=thr,
             tags=(provenance(detector, thr, pair) | cloud_tags(masks) | coreg_tags
-                  | calibration_tags | uncertainty_tags(calibration)),
+                  | calibration_tags | uncertainty_tags(score_table)),
             overwrite=overwrite,
             progress=progress,
-            uncertainty=(None if calibration is None
-                         else error_probability(score, thr, calibration)),
+            uncertainty=(None if score_table is None
+                         else error_probability(score, thr, score_table)),
             uncertainty_path=uncertainty_path,
         )
     written = [p for p in written if p != scratch]
