@@ -40,7 +40,7 @@ RUN_EXAMPLES = """examples: (from the repository root, on the sample pair in dat
       --bands B04,B03,B02 --model rgb                       # true colour: the rgb model
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o best.tif \\
       --quality best                                        # 8x the model time
-  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif \
+  python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o change.tif \\
       --uncertainty doubt.tif --overwrite           # where the map is likely wrong
   python -m changedet run data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 -o fixed.tif \\
       --coregister                              # resample AFTER by its measured shift first

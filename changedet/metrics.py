@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+from scipy.stats import rankdata
 
 from changedet.errors import ConfigError, EmptySceneError
 
@@ -371,8 +372,6 @@ def auroc(score: ArrayLike, positive: ArrayLike) -> float:
       >>> auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
       0.75
     """
-    from scipy.stats import rankdata
-
     s = np.asarray(score, np.float64).ravel()
     p = np.asarray(positive, bool).ravel()
     keep = np.isfinite(s)

@@ -37,7 +37,7 @@ from changedet.errors import (
 )
 from changedet.io.points import read_points
 from changedet.types import Grid
-from changedet.uncertainty import error_probability
+from changedet.uncertainty import ScoreCalibration, error_probability
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +496,7 @@ def detect(
         coregister=coregister,
     )
     check_threshold(threshold, detector)
-    calibration = calibration_for(detector) if uncertainty else None
+    calibration = score_calibration_for(detector) if uncertainty else None
     score = score_graph(pair, detector, block_px=block_px)
     thr = _threshold_for(score, detector, threshold)
     extra = {}
@@ -539,7 +539,7 @@ def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dic
     return tags
 
 
-def uncertainty_tags(calibration) -> dict[str, str]:
+def uncertainty_tags(calibration: ScoreCalibration | None) -> dict[str, str]:
     """What the uncertainty raster holds, for its tags (none without it)."""
     if calibration is None:
         return {}
@@ -548,7 +548,7 @@ def uncertainty_tags(calibration) -> dict[str, str]:
                            f"{calibration.pixels} out-of-fold pixels"}
 
 
-def calibration_for(detector: Detector):
+def score_calibration_for(detector: Detector) -> ScoreCalibration:
     """The out-of-fold score calibration ``uncertainty`` needs, or a one-line error."""
     model = detector.model if isinstance(detector, PreparedModel) else None
     if model is None:
@@ -757,7 +757,7 @@ def run(
                           "calibration chooses the threshold.")
     if calibrate is not None:
         _check_extras(vector=True, quicklook=False, vector_option="calibrate")
-    score_table = calibration_for(detector) if uncertainty_path is not None else None
+    score_table = score_calibration_for(detector) if uncertainty_path is not None else None
     coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)

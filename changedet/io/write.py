@@ -401,27 +401,25 @@ def write_outputs(
             bar = stack.enter_context(
                 tqdm(total=len(windows), desc="writing", unit="block", disable=not progress)
             )
-            strips = _TileRowStrips(score.chunks, grid.width)
-            unc_blocks = None if uncertainty is None else uncertainty.to_delayed()
-            unc_strips = _TileRowStrips(score.chunks, grid.width)
+            def write_mask_and_score(window: Window, strip: np.ndarray) -> None:
+                mask_ds.write(mask_from_score(strip, threshold), 1, window=window)
+                if score_ds is not None:
+                    score_ds.write(strip, 1, window=window)
+
+            # One stream per computed map: its blocks, its strip assembler, its writer. All
+            # streams' blocks of a group go to one dask.compute, so shared graph parts run once.
+            streams = [(blocks, _TileRowStrips(score.chunks, grid.width), write_mask_and_score)]
+            if uncertainty is not None:
+                streams.append((uncertainty.to_delayed(), _TileRowStrips(score.chunks, grid.width),
+                                lambda window, strip: unc_ds.write(strip, 1, window=window)))
             for group in _batched(windows, batch):
-                wanted = [blocks[i, j] for (i, j), _ in group]
-                if unc_blocks is not None:
-                    wanted += [unc_blocks[i, j] for (i, j), _ in group]
-                values = dask.compute(*wanted)
-                for n, ((key, _), block) in enumerate(zip(group, values, strict=False)):
-                    strips.add(key, np.asarray(block, dtype=np.float32))
-                    if unc_blocks is not None:
-                        unc_strips.add(key, np.asarray(values[len(group) + n], np.float32))
-                for row0, strip in strips.ready():
-                    window = Window(0, row0, grid.width, strip.shape[0])
-                    mask_ds.write(mask_from_score(strip, threshold), 1, window=window)
-                    if score_ds is not None:
-                        score_ds.write(strip, 1, window=window)
-                if unc_ds is not None:
-                    for row0, strip in unc_strips.ready():
-                        unc_ds.write(strip, 1, window=Window(0, row0, grid.width,
-                                                             strip.shape[0]))
+                values = iter(dask.compute(*[delayed[i, j] for delayed, _, _ in streams
+                                             for (i, j), _ in group]))
+                for _, strips, write in streams:
+                    for key, _ in group:
+                        strips.add(key, np.asarray(next(values), dtype=np.float32))
+                    for row0, strip in strips.ready():
+                        write(Window(0, row0, grid.width, strip.shape[0]), strip)
                 bar.update(len(group))
             for ds in (mask_ds, score_ds, unc_ds):
                 if ds is not None:
