@@ -17,9 +17,9 @@ Distance = Literal["euclidean", "manhattan", "cosine"]
 HEADS: tuple[str, ...] = ("distance", "diff", "conc", "msdiff")
 DISTANCES: tuple[str, ...] = ("euclidean", "manhattan", "cosine")
 Upsample = Literal["shuffle", "nearest"]
-Norm = Literal["none", "layer"]
+Norm = Literal["none", "layer", "batch"]
 UPSAMPLES: tuple[str, ...] = ("shuffle", "nearest")
-NORMS: tuple[str, ...] = ("none", "layer")
+NORMS: tuple[str, ...] = ("none", "layer", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +41,10 @@ class ModelConfig:
       upsample: Decoder upsampling: ``"shuffle"`` (1x1 conv + depth-to-space, i.e. a 2x2
         stride-2 transposed conv without XLA CPU's slow kernel; the fastest measured) or
         ``"nearest"`` (nearest resize + 3x3 conv).
-      norm: ``"none"`` or ``"layer"`` (per-pixel LayerNorm over channels after each conv; never
-        a norm that pools over space, which would break exact tiled inference).
+      norm: ``"none"``, ``"layer"`` (per-pixel LayerNorm over channels after each conv) or
+        ``"batch"`` (BatchNorm after each conv: batch statistics in training steps, their
+        running averages at inference, where it is a fixed per-channel affine map, so tiled
+        inference stays exact).
       head_convs: 3x3 convolutions in the ``diff``/``conc``/``msdiff`` head before its 1x1 logit.
       dropout: Spatial dropout (whole channels, as Dropout2d) after every 3x3 conv's ReLU, in
         training steps only; inference is unaffected. FC-Siam-diff uses 0.2.

@@ -118,6 +118,11 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 # ------------------------------------------------------------------------------ pure steps
 
 
+#: What a trained network is: its parameters and BatchNorm's running statistics (the optimiser
+#: updates only the former).
+_WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
+
+
 def _fold_key(key: jax.Array | None) -> jax.Array | None:
     return None if key is None else jax.random.fold_in(key, 1)
 
@@ -150,9 +155,10 @@ def train_step(
       ``(new_state, StepMetrics)``; counts are over the batch's valid pixels.
     """
     model, optimizer = nnx.merge(graphdef, state)
-    # Dropout draws from its own stream (none at all when the model has no dropout, so the
-    # triplet sampling of dropout-free models keeps its keys).
-    drop_key = jax.random.fold_in(key, 0x0D5) if model.cfg.dropout > 0 else None
+    # The blocks' training key (dropout, BatchNorm's batch statistics) is its own stream; none
+    # at all when neither is used, so the triplet sampling of plain models keeps its keys.
+    train_mode = model.cfg.dropout > 0 or model.cfg.norm == "batch"
+    drop_key = jax.random.fold_in(key, 0x0D5) if train_mode else None
 
     def loss_fn(model: SiameseNet) -> tuple[jax.Array, jax.Array]:
         if loss == "triplet":
@@ -531,7 +537,7 @@ def fit_model(
         best_params = payload["best_params"]
         log.info("resuming from %s after epoch %d", ckpt_path, prog.epoch)
     else:
-        best_params = _to_host(nnx.to_pure_dict(nnx.state(net, nnx.Param)))
+        best_params = _to_host(nnx.to_pure_dict(nnx.state(net, _WEIGHTS)))
 
     mesh = data_mesh(train_cfg.batch_size)
     replicated = NamedSharding(mesh, P())
@@ -580,7 +586,7 @@ def fit_model(
                 "steps_per_s": spe / seconds,
                 "lr": float(make_schedule(train_cfg)((epoch + 1) * spe - 1)),
             }
-            params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
+            params = nnx.state(nnx.merge(graphdef, state)[0], _WEIGHTS)
             if val_n:
                 val = validate(param_graphdef, params, val_n, align, train_cfg.num_thresholds)
                 record.update(val_precision=val.precision, val_recall=val.recall,
@@ -616,18 +622,18 @@ def fit_model(
             bar.close()
 
     best_net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
-    best_state = nnx.state(best_net, nnx.Param)
+    best_state = nnx.state(best_net, _WEIGHTS)
     nnx.replace_by_pure_dict(best_state, best_params)
     nnx.update(best_net, best_state)
 
     val_result = None
     threshold = prog.best_threshold
     if val_n:
-        g, p = nnx.split(best_net, nnx.Param)
+        g, p = nnx.split(best_net, _WEIGHTS)
         val_result = validate(g, p, val_n, align, train_cfg.num_thresholds)
         threshold = val_result.threshold
     if threshold is None:
-        g, p = nnx.split(best_net, nnx.Param)
+        g, p = nnx.split(best_net, _WEIGHTS)
         scores = [score_scene(g, p, s, align) for s in train_n]
         threshold = _otsu_threshold(scores, [s.valid for s in train_n], train_cfg.num_thresholds)
         log.info("no validation labels: Otsu threshold %.4g on the training scores", threshold)

@@ -124,3 +124,33 @@ def test_resume_equals_uninterrupted(paris_rgb, tmp_path):
     other = dataclasses.replace(tc, learning_rate=1.0)
     with pytest.raises(ModelFileError, match="other settings"):
         training.fit_model([train], [val], mc, other, tmp_path / "resumed", progress=False)
+
+
+def test_batchnorm_trains_on_batch_statistics_and_infers_with_the_running_ones(paris_rgb,
+                                                                                tmp_path):
+    """``model.norm="batch"``: training steps update the running statistics, the model file
+    carries them, and inference is a fixed per-pixel map (a sample scores the same alone as in
+    any batch, so tiling stays exact)."""
+    from changedet import evaluate, modelfile
+
+    mc, tc = config.tiny()
+    mc = dataclasses.replace(mc, norm="batch")
+    tc = dataclasses.replace(tc, num_epochs=1, steps_per_epoch=6)
+    train, val = paris_rgb
+    model = training.fit([train], [val], mc, tc, tmp_path, name="bn", progress=False)
+    stats = nnx.state(model.module(), nnx.BatchStat)
+    means = [np.asarray(v) for path, v in nnx.to_flat_state(stats) if path[-1] == "mean"]
+    assert means and all(np.abs(m).max() > 0 for m in means)  # moved off their zero init
+    loaded = modelfile.load_model(tmp_path / "bn.msgpack")
+    for a, b in zip(jax.tree.leaves(nnx.state(model.module())),
+                    jax.tree.leaves(nnx.state(loaded.module())), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    net = loaded.module()
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    y = np.random.default_rng(1).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    batched = np.asarray(net(x, y))
+    alone = np.asarray(net(x[1:2], y[1:2]))
+    np.testing.assert_allclose(alone[0], batched[1], rtol=1e-5, atol=1e-6)
+    # run's scoring path takes the loaded file
+    score = evaluate.score_scene(loaded.prepare_scene(val), val)
+    assert score.shape == val.valid.shape and np.isfinite(score[val.valid]).all()

@@ -1,7 +1,9 @@
 """Building blocks of the Siamese U-Net and their receptive-field arithmetic.
 
-Every block is tiling-exact: 'SAME' zero padding, 2x2/stride-2 max pooling, no normalisation that
-pools over space (only an optional per-pixel LayerNorm over channels). Each block also knows how
+Every block is tiling-exact: 'SAME' zero padding, 2x2/stride-2 max pooling, and no normalisation
+that pools over space at inference (an optional per-pixel LayerNorm over channels, or a BatchNorm
+that pools over the batch in training steps only and is a fixed per-channel affine map at
+inference). Each block also knows how
 much it grows the receptive field (:class:`Footprint`), so :func:`changedet.models.siamese.halo_px`
 is computed from the layers actually built.
 
@@ -85,12 +87,13 @@ def spatial_dropout(x: jax.Array, rate: float, key: jax.Array, *, tie: int = 1) 
 
 
 class ConvBlock(nnx.Module):
-    """``num_convs`` x (3x3 'SAME' conv -> optional per-pixel LayerNorm -> ReLU
+    """``num_convs`` x (3x3 'SAME' conv -> optional LayerNorm / BatchNorm -> ReLU
     -> spatial dropout in training).
 
-    Maps ``(N, H, W, in_features)`` float32 to ``(N, H, W, out_features)``. Dropout acts only
-    when a ``key`` is passed (training steps); inference never passes one, so it is the
-    identity there and tiling stays exact.
+    Maps ``(N, H, W, in_features)`` float32 to ``(N, H, W, out_features)``. A ``key`` marks a
+    training step: dropout acts and BatchNorm normalises by the batch's statistics (updating
+    its running averages). Inference never passes one: no dropout, BatchNorm applies its running
+    averages, and tiling stays exact.
     """
 
     def __init__(
@@ -114,14 +117,21 @@ class ConvBlock(nnx.Module):
             if norm == "layer":
                 # Normalises over channels only, per pixel: no spatial pooling, so tiling stays exact.
                 self.norms.append(nnx.LayerNorm(out_features, rngs=rngs))
+            elif norm == "batch":
+                self.norms.append(nnx.BatchNorm(out_features, momentum=0.9,
+                                                use_running_average=True, rngs=rngs))
 
     def __call__(self, x: jax.Array, key: jax.Array | None = None, *, tie: int = 1) -> jax.Array:
-        """``key``: PRNG key of the training step's dropout (None: no dropout). ``tie``: see
+        """``key``: PRNG key of a training step (None: inference). ``tie``: see
         :func:`spatial_dropout`."""
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if len(self.norms):
-                x = self.norms[i](x)
+                norm = self.norms[i]
+                if isinstance(norm, nnx.BatchNorm):
+                    x = norm(x, use_running_average=key is None)
+                else:
+                    x = norm(x)
             x = jax.nn.relu(x)
             if key is not None and self.dropout > 0.0:
                 x = spatial_dropout(x, self.dropout, jax.random.fold_in(key, i), tie=tie)
