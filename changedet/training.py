@@ -50,7 +50,6 @@ from changedet.data import (
     band_statistics,
     normalize_per_image,
     normalize_scene,
-    to_nhwc,
 )
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, ModelFileError
 from changedet.models.siamese import SiameseNet
@@ -183,13 +182,6 @@ def train_step(
     return nnx.state((model, optimizer)), StepMetrics(value, *counts)
 
 
-def score_step(graphdef: nnx.GraphDef, params: nnx.State, before: jax.Array,
-               after: jax.Array) -> jax.Array:
-    """Change score ``(N, H, W)`` of normalised NHWC inputs (sigmoid or distance). Pure."""
-    model = nnx.merge(graphdef, params)
-    return model.change_score(before, after)
-
-
 # ------------------------------------------------------------------------- devices / jit
 
 
@@ -225,32 +217,14 @@ def shard_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Batch:
     return Batch(*(jax.device_put(np.asarray(x), sharding) for x in batch))
 
 
-_score_jit = jax.jit(score_step, static_argnums=0)
+def validate(model: Any, scenes: Sequence[Scene], num_thresholds: int = 256) -> ValResult:
+    """Scores whole *raw* validation scenes with ``model`` (a ``ChangeModel``) through
+    ``changedet.run``'s scoring path (``evaluate.score_scene``: the same normalisation, nodata
+    fill, mirrored halo and tiling), and pools P/R/F1/IoU at the F1-best threshold, so the
+    threshold fit calibrates is one for the scores ``run`` produces."""
+    from changedet import evaluate
 
-
-def score_scene(graphdef: nnx.GraphDef, params: nnx.State, scene: Scene, align: int) -> np.ndarray:
-    """Change score ``(h, w)`` float32 of a *normalised* scene, run whole (reflect-padded to a
-    multiple of ``align``, at least 32 px, so few distinct shapes are compiled)."""
-    h, w = scene.valid.shape
-    m = max(align, 32)
-    ph, pw = (-h) % m, (-w) % m
-    mode = "reflect" if ph < h and pw < w else "symmetric"
-    pad = ((0, 0), (0, ph), (0, pw))
-    before = np.pad(scene.before, pad, mode=mode)
-    after = np.pad(scene.after, pad, mode=mode)
-    score = _score_jit(graphdef, params, to_nhwc(before), to_nhwc(after))
-    return np.asarray(score[0, :h, :w], dtype=np.float32)
-
-
-def validate(
-    graphdef: nnx.GraphDef,
-    params: nnx.State,
-    scenes: Sequence[Scene],
-    align: int,
-    num_thresholds: int = 256,
-) -> ValResult:
-    """Scores whole normalised validation scenes and pools P/R/F1/IoU at the F1-best threshold."""
-    scores = [score_scene(graphdef, params, s, align) for s in scenes]
+    scores = [evaluate.score_scene(model, s) for s in scenes]
     labels = [s.label for s in scenes]
     valids = [s.valid for s in scenes]
     curve = metrics.pr_curve(scores, labels, valids, num_thresholds)
@@ -494,11 +468,9 @@ def fit_model(
     if train_cfg.normalization == "per_image":
         mean, std = np.zeros(len(band_ids)), np.ones(len(band_ids))
         train_n = [normalize_per_image(s) for s in train_scenes]
-        val_n = [normalize_per_image(s) for s in val_scenes]
     else:
         mean, std = band_statistics(train_scenes)
         train_n = [normalize_scene(s, mean, std) for s in train_scenes]
-        val_n = [normalize_scene(s, mean, std) for s in val_scenes]
     sets = band_set_masks(band_ids) if train_cfg.band_drop else []
     if train_cfg.band_drop and not sets:
         raise ConfigError(
@@ -522,7 +494,14 @@ def fit_model(
     net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     optimizer = nnx.Optimizer(net, make_optimizer(train_cfg), wrt=nnx.Param)
     graphdef, state = nnx.split((net, optimizer))
-    param_graphdef, _ = nnx.split(net)
+
+    def as_model(network: SiameseNet) -> Any:
+        """The network as the ``ChangeModel`` run would use (validation scores it like run)."""
+        return to_change_model(TrainedModel(
+            net=network, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids, mean=mean,
+            std=std, threshold=0.5, margin=train_cfg.margin if model_cfg.head == "distance"
+            else None), "validation")
+
     prog = _Progress()
 
     if resume and ckpt_path.exists():
@@ -544,7 +523,6 @@ def fit_model(
     state = jax.device_put(state, replicated)
     step_fn = make_train_step(step_cfg, mesh)
     base_key = jax.random.key(train_cfg.seed)
-    align = 2**model_cfg.num_downsamplings
     spe = train_cfg.steps_per_epoch
 
     bar = None
@@ -586,9 +564,10 @@ def fit_model(
                 "steps_per_s": spe / seconds,
                 "lr": float(make_schedule(train_cfg)((epoch + 1) * spe - 1)),
             }
-            params = nnx.state(nnx.merge(graphdef, state)[0], _WEIGHTS)
-            if val_n:
-                val = validate(param_graphdef, params, val_n, align, train_cfg.num_thresholds)
+            current = nnx.merge(graphdef, state)[0]
+            params = nnx.state(current, _WEIGHTS)
+            if val_scenes:
+                val = validate(as_model(current), val_scenes, train_cfg.num_thresholds)
                 record.update(val_precision=val.precision, val_recall=val.recall,
                               val_f1=val.f1, val_iou=val.iou, threshold=val.threshold)
                 improved = val.f1 > prog.best_f1
@@ -628,14 +607,15 @@ def fit_model(
 
     val_result = None
     threshold = prog.best_threshold
-    if val_n:
-        g, p = nnx.split(best_net, _WEIGHTS)
-        val_result = validate(g, p, val_n, align, train_cfg.num_thresholds)
+    if val_scenes:
+        val_result = validate(as_model(best_net), val_scenes, train_cfg.num_thresholds)
         threshold = val_result.threshold
     if threshold is None:
-        g, p = nnx.split(best_net, _WEIGHTS)
-        scores = [score_scene(g, p, s, align) for s in train_n]
-        threshold = _otsu_threshold(scores, [s.valid for s in train_n], train_cfg.num_thresholds)
+        from changedet import evaluate
+
+        scores = [evaluate.score_scene(as_model(best_net), s) for s in train_scenes]
+        threshold = _otsu_threshold(scores, [s.valid for s in train_scenes],
+                                    train_cfg.num_thresholds)
         log.info("no validation labels: Otsu threshold %.4g on the training scores", threshold)
     trained = TrainedModel(
         net=best_net, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids,
@@ -710,7 +690,6 @@ __all__ = [
     "make_train_step",
     "plot_loss_curve",
     "save_checkpoint",
-    "score_scene",
     "shard_batch",
     "to_change_model",
     "training_summary",

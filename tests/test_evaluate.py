@@ -76,18 +76,19 @@ HELD_ASIDE = ("samples_DSIFN/0_2", "samples_DSIFN/3_4")
 
 def _untrained_best_f1(model_cfg, train_cfg, scenes) -> float:
     """F1 of the untrained network (the training's initial weights), at the threshold best in
-    hindsight on ``scenes``: an oracle threshold the trained model does not get. Scored by the
-    jitted whole-scene function ``fit`` compiled for the same network."""
+    hindsight on ``scenes``: an oracle threshold the trained model does not get. Scored through
+    run's scoring path, as the trained model is."""
+    import numpy as np
     from flax import nnx
 
-    from changedet.data import normalize_per_image
     from changedet.models.siamese import SiameseNet
 
     net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
-    graphdef, params = nnx.split(net, nnx.Param)
-    align = 2**model_cfg.num_downsamplings
-    scores = [training.score_scene(graphdef, params, normalize_per_image(s), align)
-              for s in scenes]
+    n = model_cfg.num_bands
+    untrained = training.to_change_model(training.TrainedModel(
+        net=net, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=scenes[0].band_ids,
+        mean=np.zeros(n), std=np.ones(n), threshold=0.5, margin=None), "untrained")
+    scores = [evaluate.score_scene(untrained, s) for s in scenes]
     return metrics.best_threshold(scores, [s.label for s in scenes], [s.valid for s in scenes],
                                   128)[1]
 
