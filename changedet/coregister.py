@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from changedet.data import band_positions
-from changedet.errors import BandMismatchError, CoregistrationError, EmptySceneError, option
+from changedet.errors import (
+    BandMismatchError,
+    ConfigError,
+    CoregistrationError,
+    EmptySceneError,
+    option,
+)
 from changedet.types import size_px
 
 log = logging.getLogger(__name__)
@@ -278,7 +284,7 @@ def estimate_shift(
         height, width = pair.grid.shape
     else:
         if before is None or after is None:
-            raise TypeError("pass a RasterPair, or both before= and after= arrays")
+            raise ConfigError("pass a RasterPair, or both before= and after= arrays")
         before_arr = before[None] if before.ndim == 2 else before
         after_arr = after[None] if after.ndim == 2 else after
         if before_arr.shape != after_arr.shape:

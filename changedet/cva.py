@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from changedet.errors import EmptySceneError
+from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, NotPreparedError
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -116,7 +116,8 @@ class CVADetector:
           RuntimeError: :meth:`prepare` was not called.
         """
         if self.before_stats is None or self.after_stats is None:
-            raise RuntimeError("CVADetector.score_block called before prepare(pair)")
+            raise NotPreparedError("CVADetector.score_block called before prepare(pair); call "
+                                   "prepare(pair) first (run and evaluate do).")
         if context_px:
             core = (slice(None), slice(context_px, -context_px), slice(context_px, -context_px))
             before, after = before[core], after[core]
@@ -128,7 +129,7 @@ class CVADetector:
 
 def _standardise(values: np.ndarray, stats: BandStats) -> np.ndarray:
     if values.shape[0] != stats.mean.shape[0]:
-        raise ValueError(f"block has {values.shape[0]} bands, statistics {stats.mean.shape[0]}")
+        raise BandMismatchError(f"block has {values.shape[0]} bands, statistics {stats.mean.shape[0]}")
     std = np.where(stats.std > _MIN_STD, stats.std, 1.0)
     mean = stats.mean.astype(np.float32)[:, None, None]
     scale = (1.0 / std).astype(np.float32)[:, None, None]
@@ -156,10 +157,10 @@ def otsu_threshold(hist_counts: np.ndarray, bin_edges: np.ndarray) -> float:
     counts = np.asarray(hist_counts, dtype=np.float64)
     edges = np.asarray(bin_edges, dtype=np.float64)
     if counts.ndim != 1 or edges.shape != (counts.size + 1,):
-        raise ValueError(f"need counts (n,) and edges (n+1,), got {counts.shape} and {edges.shape}")
+        raise ConfigError(f"need counts (n,) and edges (n+1,), got {counts.shape} and {edges.shape}")
     total = counts.sum()
     if total <= 0:
-        raise ValueError("histogram is empty: no values to threshold")
+        raise EmptySceneError("histogram is empty: no values to threshold")
     centres = 0.5 * (edges[:-1] + edges[1:])
     weight_low = np.cumsum(counts)[:-1]  # class 0 = bins [0, k]
     weight_high = total - weight_low

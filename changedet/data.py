@@ -64,7 +64,7 @@ def to_nhwc(block: np.ndarray) -> np.ndarray:
     if block.ndim == 3:
         block = block[None]
     if block.ndim != 4:
-        raise ValueError(f"to_nhwc expects (band, h, w) or (n, band, h, w); got {block.shape}")
+        raise ConfigError(f"to_nhwc expects (band, h, w) or (n, band, h, w); got {block.shape}")
     return np.ascontiguousarray(block.transpose(0, 2, 3, 1))
 
 

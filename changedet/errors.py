@@ -137,6 +137,10 @@ class CoregistrationError(ChangedetError, ValueError):
     """The misregistration cannot be measured (image too small, flat, or mostly nodata)."""
 
 
+class NotPreparedError(ChangedetError, RuntimeError):
+    """A detector was asked to score before it was prepared for a pair (call ``prepare``)."""
+
+
 class CalibrationError(ChangedetError, ValueError):
     """Calibration points cannot be used: unreadable, without the label property, with a bad
     label, off the scene or on nodata."""

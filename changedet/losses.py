@@ -25,6 +25,7 @@ import optax
 from jax.typing import ArrayLike
 
 from changedet.config import Distance
+from changedet.errors import ConfigError
 from changedet.models.siamese import distance as pixel_distance
 
 Mining = Literal["batch_hard", "semi_hard", "all"]
@@ -207,5 +208,5 @@ def triplet_loss(
         case "all":
             losses = jnp.mean(jax.nn.relu(d_ap[:, None] - d_an + margin), axis=1)
         case _:
-            raise ValueError(f"mining must be batch_hard, semi_hard or all; got {mining!r}")
+            raise ConfigError(f"mining must be batch_hard, semi_hard or all; got {mining!r}")
     return jnp.where(has_anchor & has_neg, jnp.mean(losses), 0.0)

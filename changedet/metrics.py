@@ -22,7 +22,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from scipy.stats import rankdata
 
-from changedet.errors import ConfigError, EmptySceneError
+from changedet.errors import ConfigError, EmptySceneError, GridMismatchError
 
 __all__ = [
     "Counts",
@@ -124,7 +124,7 @@ def confusion_counts_np(pred: np.ndarray, label: np.ndarray, valid: np.ndarray) 
     label = np.asarray(label).astype(bool)
     valid = np.asarray(valid).astype(bool)
     if not (pred.shape == label.shape == valid.shape):
-        raise ValueError(
+        raise GridMismatchError(
             f"pred, label and valid must have the same shape; got {pred.shape}, {label.shape}, "
             f"{valid.shape}: crop or pad them to the same grid first."
         )
@@ -300,7 +300,7 @@ def pr_curve(
     """
     scores, labels, valids = _as_list(score), _as_list(label), _as_list(valid)
     if not (len(scores) == len(labels) == len(valids)):
-        raise ValueError(
+        raise ConfigError(
             f"pr_curve needs as many label and valid maps as score maps; got {len(scores)}, "
             f"{len(labels)}, {len(valids)}."
         )

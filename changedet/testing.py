@@ -15,6 +15,8 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
+from changedet.errors import ConfigError
+
 __all__ = ["SyntheticPair", "write_synthetic_pair", "write_variant"]
 
 #: Top-left corner (metres, UTM) and pixel size of synthetic scenes.
@@ -112,7 +114,7 @@ def write_synthetic_pair(
     row0, col0, row1, col1 = change_box
     row1, col1 = min(row1, height), min(col1, width)  # clip the box to the raster
     if not (0 <= row0 < row1 and 0 <= col0 < col1):
-        raise ValueError(f"change_box {change_box} is empty inside a {shape} raster")
+        raise ConfigError(f"change_box {change_box} is empty inside a {shape} raster")
     label = np.zeros(shape, dtype=np.uint8)
     label[row0:row1, col0:col1] = 1
     for band in range(num_bands):

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from changedet.errors import ConfigError
+
 PAD_MODE = "symmetric"  # numpy's name for dask's boundary="reflect" (the edge pixel repeats)
 
 
@@ -44,7 +46,7 @@ def round_up(value: int, multiple: int) -> int:
       (48, 48, 0)
     """
     if multiple < 1:
-        raise ValueError(f"multiple must be >= 1; got {multiple}")
+        raise ConfigError(f"multiple must be >= 1; got {multiple}")
     return -(-value // multiple) * multiple
 
 
@@ -65,9 +67,9 @@ def plan_tiles(shape: tuple[int, int], core_px: int) -> list[Tile]:
     """
     height, width = shape
     if height < 1 or width < 1:
-        raise ValueError(f"block shape must be at least 1x1; got {shape}")
+        raise ConfigError(f"block shape must be at least 1x1; got {shape}")
     if core_px < 1:
-        raise ValueError(f"core_px must be >= 1; got {core_px}")
+        raise ConfigError(f"core_px must be >= 1; got {core_px}")
     return [
         Tile(row, col, min(core_px, height - row), min(core_px, width - col))
         for row in range(0, height, core_px)

@@ -114,7 +114,7 @@ def test_score_block_is_standardised_distance() -> None:
     score = cva.score_block(before, after)
     assert score.dtype == np.float32
     np.testing.assert_allclose(score[2, 3], 5.0, rtol=1e-5)
-    with pytest.raises(RuntimeError, match="prepare"):
+    with pytest.raises(RuntimeError, match="prepare"):  # NotPreparedError is one
         CVADetector().score_block(before, after)
 
 

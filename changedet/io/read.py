@@ -35,6 +35,7 @@ from rasterio.vrt import WarpedVRT
 from changedet.bands import SENTINEL2_BANDS, canonical_bands, is_positional, parse_band_names
 from changedet.errors import (
     BandMismatchError,
+    ConfigError,
     GridMismatchError,
     InputNotFoundError,
     NotARasterError,
@@ -234,7 +235,7 @@ def _scene_info(path: Path) -> _SceneInfo:
 
 def _chunks(chunks_px: int) -> dict[str, int]:
     if chunks_px < 1:
-        raise ValueError(f"chunks_px must be >= 1, got {chunks_px}")
+        raise ConfigError(f"chunks_px must be >= 1, got {chunks_px}")
     return {"band": -1, "y": chunks_px, "x": chunks_px}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from rasterio.crs import CRS
 
-from changedet.errors import OutputError
+from changedet.errors import GridMismatchError, OutputError
 from changedet.io.write import check_output_path, temporary_path
 from changedet.types import Grid
 
@@ -111,7 +111,7 @@ def write_vector(
     out = check_vector_path(path, overwrite=overwrite)
     driver = _DRIVERS[out.suffix.lower()]
     if mask.shape != grid.shape or (score is not None and score.shape != grid.shape):
-        raise ValueError(f"mask {mask.shape} / score {getattr(score, 'shape', None)} do not "
+        raise GridMismatchError(f"mask {mask.shape} / score {getattr(score, 'shape', None)} do not "
                          f"match grid {grid.shape}")
     changed = mask == 1
     labels, num_regions = ndimage.label(changed)  # 4-connectivity, as rasterio.features.shapes
@@ -194,7 +194,7 @@ def write_vector_from_rasters(
         _check_exists(Path(score_path))
         with _open_header(Path(score_path)) as ds:
             if ds.shape != mask.shape:
-                raise ValueError(f"{score_path}: size {ds.shape} differs from mask {mask.shape}")
+                raise GridMismatchError(f"{score_path}: size {ds.shape} differs from mask {mask.shape}")
             score = ds.read(1).astype(np.float32)
     else:
         score = None

@@ -27,7 +27,7 @@ import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from changedet.errors import OutputError, option
+from changedet.errors import ConfigError, GridMismatchError, OutputError, option
 from changedet.types import Grid
 
 logger = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ def write_outputs(
     if not isinstance(score, da.Array):
         score = getattr(score, "data", score)  # an xarray DataArray
     if score.ndim != 2 or tuple(score.shape) != grid.shape:
-        raise ValueError(f"score shape {score.shape} does not match the grid {grid.shape}")
+        raise GridMismatchError(f"score shape {score.shape} does not match the grid {grid.shape}")
     mask_out = check_raster_path(mask_path, overwrite=overwrite)
     outputs = [mask_out]
     score_out = None
@@ -360,10 +360,10 @@ def write_outputs(
             raise OutputError(f"{score_out}: mask and score paths are the same; give two names.")
         outputs.append(score_out)
     if (uncertainty is None) != (uncertainty_path is None):
-        raise ValueError("pass both uncertainty and uncertainty_path, or neither")
+        raise ConfigError("pass both uncertainty and uncertainty_path, or neither")
     if uncertainty is not None:
         if tuple(uncertainty.shape) != grid.shape or uncertainty.chunks != score.chunks:
-            raise ValueError(f"uncertainty {uncertainty.shape} must match the score's shape "
+            raise GridMismatchError(f"uncertainty {uncertainty.shape} must match the score's shape "
                              f"{score.shape} and chunks")
         unc_out = check_raster_path(uncertainty_path, overwrite=overwrite, what="uncertainty")
         if unc_out in outputs:
