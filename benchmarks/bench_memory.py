@@ -75,7 +75,7 @@ def main() -> None:
     check_idle(args.allow_busy)
     print(machine())
     print(measure_conditions("start"))
-    print(f"GDAL_CACHEMAX={os.environ.get('GDAL_CACHEMAX', '(GDAL default)')}; block "
+    print(f"GDAL_CACHEMAX={os.environ.get('GDAL_CACHEMAX', '(changedet default: 64)')}; block "
           f"{args.block} px")
     results = []
     for size in (int(s) for s in args.sizes.split(",")):

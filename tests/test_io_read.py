@@ -290,3 +290,22 @@ def test_folder_band_sets_must_match(sample_data: Path, tmp_path: Path) -> None:
             (partial / file.name).symlink_to(file)
     with pytest.raises(BandMismatchError, match="missing in after: B01, B10"):
         open_pair(sample_data / "oscd_paris" / "imgs_1", partial)
+
+
+def test_gdal_block_cache_is_capped_unless_the_user_sets_it():
+    """GDAL's default block cache (5 % of RAM) made resident memory grow with scene size; the
+    reader caps it, and a GDAL_CACHEMAX the user set wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import changedet.io, os; print(os.environ['GDAL_CACHEMAX'])"
+    env = {k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    from changedet.io.read import GDAL_CACHE_MB
+
+    assert out.stdout.strip() == str(GDAL_CACHE_MB)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**env, "GDAL_CACHEMAX": "300"})
+    assert out.stdout.strip() == "300"
