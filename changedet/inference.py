@@ -10,6 +10,7 @@ Must not import rasterio, rioxarray, xarray, dask or matplotlib.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -214,6 +215,14 @@ class BlockPredictor:
             raise ConfigError(f"batch_size must be a positive multiple of the {n} devices; "
                               f"got {self.batch_size}.")
         self.state = self.step.put_state(jax.tree.map(jnp.asarray, state))
+
+    def rebind(self, model: ChangeModel) -> BlockPredictor:
+        """A predictor for ``model``'s weights (same architecture and normalisation) on this
+        one's compiled step: nothing is compiled again."""
+        other = copy.copy(self)
+        _, state = nnx.split(model.module())
+        other.state = self.step.put_state(jax.tree.map(jnp.asarray, state))
+        return other
 
     def core_px(self, shape: tuple[int, int]) -> int:
         """Core edge used for a block of ``shape``: ``tile_px``, or less for a smaller block."""

@@ -198,6 +198,16 @@ class ChangeModel:
                                                        batch_size=batch_size, tta=tta)
             return self._predictors[key]
 
+    def with_weights(self, state: dict[str, Any]) -> ChangeModel:
+        """This model with other weights (same architecture): its predictors' compiled steps
+        are shared, so the new model scores without compiling again (``fit`` validates every
+        epoch's weights this way)."""
+        new = dataclasses.replace(self, state=state)
+        with self._lock:
+            for key, predictor in self._predictors.items():
+                new._predictors[key] = predictor.rebind(new)
+        return new
+
     @property
     def compile_seconds(self) -> float:
         """Seconds this process spent compiling this model's predictors so far (one-off:

@@ -494,13 +494,17 @@ def fit_model(
     net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     optimizer = nnx.Optimizer(net, make_optimizer(train_cfg), wrt=nnx.Param)
     graphdef, state = nnx.split((net, optimizer))
+    probe: list[Any] = []  # the first validation ChangeModel; later ones share its compiled steps
 
     def as_model(network: SiameseNet) -> Any:
         """The network as the ``ChangeModel`` run would use (validation scores it like run)."""
-        return to_change_model(TrainedModel(
+        if probe:
+            return probe[0].with_weights(_to_host(nnx.to_pure_dict(nnx.state(network))))
+        probe.append(to_change_model(TrainedModel(
             net=network, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids, mean=mean,
             std=std, threshold=0.5, margin=train_cfg.margin if model_cfg.head == "distance"
-            else None), "validation")
+            else None), "validation"))
+        return probe[0]
 
     prog = _Progress()
 

@@ -194,3 +194,18 @@ def test_invalid_format_versions_are_refused(tmp_path, version):
     path.write_bytes(serialization.msgpack_serialize(payload))
     with pytest.raises(ModelFileError, match="format_version"):
         load_model(path)
+
+
+def test_with_weights_scores_the_new_weights_without_compiling_again():
+    cfg = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4, head="diff")
+    first = random_init_model(cfg, BANDS, seed=0)
+    other = random_init_model(cfg, BANDS, seed=1)
+    rng = np.random.default_rng(0)
+    b, a = rng.normal(size=(2, 3, 40, 56)).astype(np.float32)
+    first.score_block(b, a)  # compiles the step for this tile shape
+    step = first.predictor().step
+    traces = step.num_traces
+    swapped = first.with_weights(other.state)
+    np.testing.assert_array_equal(swapped.score_block(b, a), other.score_block(b, a))
+    assert swapped.predictor().step is step and step.num_traces == traces  # no new compile
+    assert not np.array_equal(first.score_block(b, a), swapped.score_block(b, a))
