@@ -335,7 +335,7 @@ def test_quality_best_is_seam_free_recorded_and_differs_from_fast(sample_data, t
                                 normalization="per_image")
     kw = dict(model=model, cloud_mask="none", progress=False)
     changedet.run(city / "imgs_1", city / "imgs_2", tmp_path / "best.tif", quality="best",
-                  score_path=tmp_path / "best_score.tif", block_px=64, **kw)
+                  score_path=tmp_path / "best_score.tif", block_px=128, **kw)
     changedet.run(city / "imgs_1", city / "imgs_2", tmp_path / "fast.tif",
                   score_path=tmp_path / "fast_score.tif", **kw)
     with rasterio.open(tmp_path / "best.tif") as ds:
