@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -22,22 +22,11 @@ from changedet import metrics
 from changedet.data import Scene
 from changedet.errors import BandMismatchError, EmptySceneError
 from changedet.tiling import PAD_MODE
+from changedet.types import ScoringDetector
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EvalReport", "SceneResult", "cva_for_scene", "evaluate", "score_scene"]
-
-
-class ScoringDetector(Protocol):
-    """The part of the pipeline's detector protocol evaluation uses."""
-
-    name: str
-    halo_px: int
-    threshold: float | None
-
-    def score_block(
-        self, before: np.ndarray, after: np.ndarray, *, context_px: int = 0
-    ) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -36,7 +36,7 @@ from changedet.errors import (
     render,
 )
 from changedet.io.points import read_points
-from changedet.types import Grid
+from changedet.types import Detector, Grid
 from changedet.uncertainty import ScoreCalibration, error_probability
 
 log = logging.getLogger(__name__)
@@ -47,21 +47,6 @@ SENTINEL2_BANDS: tuple[str, ...] = bands.SENTINEL2_BANDS
 Method = Literal["auto", "siamese", "cva"]
 Quality = Literal["fast", "best"]
 DEFAULT_BLOCK_PX = 1024
-
-
-class Detector(Protocol):
-    """What the pipeline needs from a change detector (see docs/design.md)."""
-
-    name: str
-    halo_px: int
-    threshold: float | None
-    band_ids: tuple[str, ...] | None
-
-    def prepare(self, pair: io.RasterPair) -> Detector: ...
-
-    def score_block(
-        self, before: np.ndarray, after: np.ndarray, *, context_px: int = 0
-    ) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(frozen=True)

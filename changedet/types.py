@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 from affine import Affine
 
 
@@ -62,3 +63,25 @@ class Grid:
             "transform": list(self.transform)[:6],
             "crs": self.crs,
         }
+
+
+class ScoringDetector(Protocol):
+    """What scoring needs from a change detector (``evaluate.score_scene``): the score of a
+    raw ``(band, h, w)`` block pair that carries ``context_px`` of real context per side."""
+
+    name: str
+    halo_px: int
+    threshold: float | None
+
+    def score_block(
+        self, before: np.ndarray, after: np.ndarray, *, context_px: int = 0
+    ) -> np.ndarray: ...
+
+
+class Detector(ScoringDetector, Protocol):
+    """What the pipeline needs from a change detector (see docs/design.md): a scorer that binds
+    itself to a pair (``prepare``: bands matched, per-scene statistics computed)."""
+
+    band_ids: tuple[str, ...] | None
+
+    def prepare(self, pair: Any) -> Detector: ...
