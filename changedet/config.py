@@ -85,8 +85,14 @@ class ModelConfig:
 
     @property
     def num_downsamplings(self) -> int:
-        """Number of 2x poolings; input tiles are padded to multiples of ``2**num_downsamplings``."""
+        """Number of 2x poolings; input tiles are padded to multiples of :attr:`align_px`."""
         return len(self.features) - 1
+
+    @property
+    def align_px(self) -> int:
+        """``2**num_downsamplings``: tile and block origins and sizes must be multiples of this
+        so every tile lies on the same pooling grid."""
+        return 2**self.num_downsamplings
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -235,7 +241,7 @@ def check_compatible(model: ModelConfig, train: TrainConfig) -> None:
             f"model.head={model.head!r} outputs logits: use train.loss='bce' (the "
             f"{train.loss!r} loss needs model.head='distance')."
         )
-    align = 2**model.num_downsamplings
+    align = model.align_px
     if train.patch_px % align:
         raise ConfigError(
             f"train.patch_px must be a multiple of {align} (2**model.num_downsamplings); "

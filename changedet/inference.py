@@ -198,7 +198,7 @@ class BlockPredictor:
     def __init__(self, model: ChangeModel, *, tile_px: int = 256, batch_size: int | None = None,
                  devices: Sequence[jax.Device] | None = None, tta: int = 1) -> None:
         cfg = model.config
-        self.align_px = 2**cfg.num_downsamplings
+        self.align_px = cfg.align_px
         if tile_px < 1 or tile_px % self.align_px:
             raise ConfigError(f"tile_px must be a positive multiple of {self.align_px} for this "
                               f"model; got {tile_px}.")

@@ -166,7 +166,7 @@ class ChangeModel:
     @property
     def align_px(self) -> int:
         """Block/tile origins must be multiples of this (``2**num_downsamplings``)."""
-        return 2**self.config.num_downsamplings
+        return self.config.align_px
 
     # ------------------------------------------------------------------ detector protocol
     def prepare(self, pair: Any) -> PreparedModel:

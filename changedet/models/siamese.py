@@ -311,7 +311,7 @@ def _pair_batch(before: jax.Array, after: jax.Array) -> jax.Array:
 
 
 def _check_input(cfg: ModelConfig, shape: tuple[int, ...]) -> None:
-    align = 2**cfg.num_downsamplings
+    align = cfg.align_px
     if len(shape) != 4 or shape[-1] != cfg.num_bands:
         raise ConfigError(f"model input must be NHWC with {cfg.num_bands} bands; got shape "
                           f"{tuple(shape)}.")
@@ -340,6 +340,6 @@ def halo_px(cfg: ModelConfig) -> int:
       >>> halo_px(ModelConfig(num_bands=3, features=(8, 16), convs_per_level=2, head="distance"))
       10
     """
-    align = 2**cfg.num_downsamplings
+    align = cfg.align_px
     radius = receptive_radius_px(cfg)
     return -(-radius // align) * align
