@@ -36,7 +36,7 @@ from changedet.errors import (
     render,
 )
 from changedet.io.points import read_points
-from changedet.types import Detector, Grid
+from changedet.types import MASK_NODATA, Detector, Grid
 from changedet.uncertainty import ScoreCalibration, error_probability
 
 log = logging.getLogger(__name__)
@@ -487,7 +487,7 @@ def detect(
     extra = {}
     if calibration is not None:
         extra["uncertainty"] = (("y", "x"), error_probability(score, thr, calibration))
-    mask = da.where(da.isnan(score), np.uint8(255), (score > thr).astype(np.uint8))
+    mask = da.where(da.isnan(score), np.uint8(MASK_NODATA), (score > thr).astype(np.uint8))
     coords = {"y": pair.before.coords["y"], "x": pair.before.coords["x"]}
     ds = xr.Dataset(
         {"score": (("y", "x"), score), "mask": (("y", "x"), mask)} | extra,
@@ -495,7 +495,7 @@ def detect(
         attrs={"threshold": thr, "method": method_name(detector)}
         | ({"model": model_name(detector)} if model_name(detector) else {}),
     )
-    ds["mask"].attrs["_FillValue"] = 255
+    ds["mask"].attrs["_FillValue"] = MASK_NODATA
     if pair.grid.crs is not None:
         ds = ds.rio.write_crs(pair.grid.crs)
     return ds.rio.write_transform(pair.grid.transform)

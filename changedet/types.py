@@ -8,6 +8,9 @@ from typing import Any, Protocol
 import numpy as np
 from affine import Affine
 
+#: Nodata value of every change mask changedet writes (uint8: 0 no change, 1 change).
+MASK_NODATA = 255
+
 
 def size_px(height: int, width: int) -> str:
     """A raster size in the words every message uses: columns x rows, ``"W x H px"``.

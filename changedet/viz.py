@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from changedet.errors import ConfigError, GridMismatchError, InputNotFoundError
-from changedet.types import size_px
+from changedet.types import MASK_NODATA, size_px
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -58,7 +58,6 @@ NODATA_COLOUR = "#9e9e9e"
 #: Sentinel-2 true colour bands (red, green, blue).
 _S2_RGB = ("B04", "B03", "B02")
 _NAMED_RGB = ("red", "green", "blue")
-_MASK_NODATA = 255
 #: WGS84 semi-major axis (m) and first eccentricity squared, for geodesic pixel areas.
 _WGS84_A_M = 6378137.0
 _WGS84_E2 = 6.69437999014e-3
@@ -336,7 +335,7 @@ def overlay(
     changed = mask == 1 if mask.dtype != bool else mask
     out[changed] = (1 - alpha) * out[changed] + alpha * np.asarray(to_rgb(colour), np.float32)
     if nodata_colour is not None and mask.dtype != bool:
-        out[mask == _MASK_NODATA] = np.asarray(to_rgb(nodata_colour), np.float32)
+        out[mask == MASK_NODATA] = np.asarray(to_rgb(nodata_colour), np.float32)
     return np.clip(out, 0.0, 1.0)
 
 
@@ -403,7 +402,7 @@ def quicklook(
       for the score.
     """
     mask = np.asarray(getattr(mask, "values", mask))
-    valid = mask != _MASK_NODATA
+    valid = mask != MASK_NODATA
     before_rgb, after_rgb = true_colour_pair(before, after, bands, valid=valid)
     if before_rgb.shape[:2] != mask.shape:
         raise GridMismatchError(
@@ -519,7 +518,7 @@ def _decimate_mask(mask: Any, factor: int) -> np.ndarray:
     height, width = data.shape
     pad = ((0, -height % factor), (0, -width % factor))
     changed = da.pad(data == 1, pad, constant_values=False)
-    nodata = da.pad(data == _MASK_NODATA, pad, constant_values=True)
+    nodata = da.pad(data == MASK_NODATA, pad, constant_values=True)
     chunks = tuple(max(factor, (c // factor) * factor) for c in (1024, 1024))
     changed = changed.rechunk(chunks)
     nodata = nodata.rechunk(chunks)
@@ -527,7 +526,7 @@ def _decimate_mask(mask: Any, factor: int) -> np.ndarray:
     all_nodata = da.coarsen(np.all, nodata, {0: factor, 1: factor})
     any_changed, all_nodata = da.compute(any_changed, all_nodata)
     out = np.zeros(any_changed.shape, dtype=np.uint8)
-    out[all_nodata] = _MASK_NODATA
+    out[all_nodata] = MASK_NODATA
     out[any_changed] = 1
     return out
 
@@ -606,7 +605,7 @@ def write_quicklook(
             )
     tags = _read_tags(Path(mask_path))
     changed_px, area_ha = changed_area(mask)
-    valid_px = int((mask.isel(band=0) != _MASK_NODATA).sum().values)
+    valid_px = int((mask.isel(band=0) != MASK_NODATA).sum().values)
 
     height, width = pair.grid.shape
     display_px = min(max_px, panel_px)
@@ -812,7 +811,7 @@ def _target_image(target: Any) -> np.ndarray:
     arr = np.asarray(getattr(target, "values", target))
     image = np.zeros(arr.shape + (3,), dtype=np.float32)
     image[arr == 1] = 1.0
-    nodata = (arr == _MASK_NODATA) | ~np.isfinite(arr.astype(np.float64))
+    nodata = (arr == MASK_NODATA) | ~np.isfinite(arr.astype(np.float64))
     image[nodata] = 0.62
     return image
 

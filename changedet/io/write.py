@@ -28,7 +28,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from changedet.errors import ConfigError, GridMismatchError, OutputError, option
-from changedet.types import Grid
+from changedet.types import MASK_NODATA, Grid
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ __all__ = [
     "write_outputs",
 ]
 
-#: Mask value of invalid pixels (declared as the mask's nodata).
-MASK_NODATA = 255
 _TILE_PX = 256
 #: GDAL driver of each raster output extension (lower case).
 RASTER_FORMATS = {".tif": "GTiff", ".tiff": "GTiff", ".png": "PNG"}
