@@ -39,6 +39,7 @@ __all__ = [
     "COMMON_NAMES",
     "REQUIRED_BANDS",
     "SENTINEL2_BANDS",
+    "band_positions",
     "canonical_band",
     "canonical_bands",
     "band_sets_within",
@@ -156,3 +157,38 @@ def describe_band_set(ids: Sequence[str]) -> str:
         if tuple(ids) == members:
             return label
     return ",".join(ids)
+
+
+def band_positions(available: Sequence[str], requested: Sequence[str], *,
+                   where: str) -> list[int]:
+    """Positions of ``requested`` bands, given by id or by 1-based index, in ``available``.
+
+    Args:
+      available: The scene's band ids, in order.
+      requested: Band ids (``"B04"``) or 1-based indices (``"3"``), in the wanted order.
+      where: The scene, for the error message (a path or a scene name).
+
+    Returns:
+      0-based positions into ``available``, in the requested order.
+
+    Raises:
+      BandMismatchError: A requested band is neither an id nor a valid index.
+
+    Example:
+      >>> band_positions(["B02", "B03", "B04"], ["B04", "2"], where="x")
+      [2, 1]
+    """
+    ids = [str(b) for b in available]
+    positions = []
+    for band in requested:
+        band = str(band).strip()
+        if band in ids:
+            positions.append(ids.index(band))
+        elif band.isdigit() and 1 <= int(band) <= len(ids):
+            positions.append(int(band) - 1)
+        else:
+            raise BandMismatchError(
+                f"band {band!r} is not in {where}; its bands are {', '.join(ids)}. "
+                f"Pass {option('bands')} with ids or 1-based indices from that list."
+            )
+    return positions

@@ -26,7 +26,7 @@ import numpy as np
 
 from changedet import io
 from changedet.data import Scene
-from changedet.errors import BandMismatchError, DatasetError, InputNotFoundError
+from changedet.errors import DatasetError, InputNotFoundError
 from changedet.types import size_px
 
 log = logging.getLogger(__name__)
@@ -72,17 +72,9 @@ def _load_scene(
     with warnings.catch_warnings():
         _quiet_ungeoreferenced()
         pair = io.open_pair(before, after, align=align)
+    pair = io.select_bands(pair, bands)  # ids or 1-based indices, as run's --bands
     band_ids = pair.band_ids
     b, a = pair.before, pair.after
-    if bands is not None:
-        missing = [x for x in bands if x not in band_ids]
-        if missing:
-            raise BandMismatchError(
-                f"scene {name!r} ({before}) has bands {band_ids}, not {missing}: pick bands "
-                f"from those it has."
-            )
-        b, a = b.sel(band=list(bands)), a.sel(band=list(bands))
-        band_ids = tuple(bands)
     before_np = np.asarray(b.values, dtype=np.float32)
     after_np = np.asarray(a.values, dtype=np.float32)
     valid = np.asarray(pair.valid.values, dtype=bool)

@@ -24,7 +24,6 @@ import xarray as xr
 from changedet import __version__, bands, clouds, io
 from changedet.calibrate import Calibration, calibrate_threshold
 from changedet.cva import CVADetector, otsu_threshold_dask
-from changedet.data import band_positions
 from changedet.detector import QUALITY_TTA, PreparedModel, with_quality
 from changedet.errors import (
     BandMismatchError,
@@ -103,19 +102,8 @@ def describe_detector(detector: Detector) -> str:
     return method_name(detector) if model is None else f"siamese (model {model!r})"
 
 
-def select_bands(pair: io.RasterPair, bands: Sequence[str] | None) -> io.RasterPair:
-    """Keeps the given band ids (or 1-based indices) of both dates, in the order given.
-
-    Raises:
-      BandMismatchError: If a requested band is not in the scene.
-    """
-    if not bands:
-        return pair
-    positions = band_positions(pair.band_ids, bands, where=str(pair.before_path))
-    chosen = [pair.band_ids[i] for i in positions]
-    before = pair.before.sel(band=chosen)
-    after = pair.after.sel(band=chosen)
-    return dataclasses.replace(pair, before=before, after=after, band_ids=tuple(chosen))
+#: Band selection lives with the pair (``io.select_bands``); kept here under its old name.
+select_bands = io.select_bands
 
 
 def default_model_name(band_ids: Sequence[str]) -> str:

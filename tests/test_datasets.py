@@ -37,6 +37,11 @@ def test_oscd_resamples_mismatched_second_date_and_selects_bands(shared_data):
     assert int(scene.label.sum()) == 4346
     # The resampled second date is real imagery on the whole grid.
     assert float(scene.after[:, scene.valid].std()) > 10
+    # 1-based indices select the same bands, as run's --bands does (train --bands 4,3,2)
+    (by_index,) = datasets.load_oscd(shared_data / "oscd", cities=["saclay_e"],
+                                     bands=("4", "3", "2"))
+    assert by_index.band_ids == scene.band_ids
+    np.testing.assert_array_equal(by_index.before, scene.before)
 
 
 def test_oscd_errors(shared_data, tmp_path):

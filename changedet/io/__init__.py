@@ -11,6 +11,7 @@ from changedet.io.read import (
     open_pair,
     open_scene,
     scene_grid,
+    select_bands,
     shift_after,
 )
 from changedet.io.vector import check_vector_path, write_vector, write_vector_from_rasters
@@ -39,6 +40,7 @@ __all__ = [
     "raster_format",
     "remove_output",
     "scene_grid",
+    "select_bands",
     "shift_after",
     "write_outputs",
     "write_vector",

@@ -33,7 +33,13 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from changedet.bands import SENTINEL2_BANDS, canonical_bands, is_positional, parse_band_names
+from changedet.bands import (
+    SENTINEL2_BANDS,
+    band_positions,
+    canonical_bands,
+    is_positional,
+    parse_band_names,
+)
 from changedet.errors import (
     BandMismatchError,
     ConfigError,
@@ -61,6 +67,7 @@ __all__ = [
     "UngeoreferencedWarning",
     "describe_scene",
     "open_pair",
+    "select_bands",
     "open_scene",
     "scene_grid",
 ]
@@ -624,6 +631,22 @@ def _pair_band_ids(b_info: _SceneInfo, a_info: _SceneInfo,
         f"{b_info.path} ({len(b_ids)} bands) vs {a_info.path} ({len(a_ids)} bands): {detail}; "
         f"give both dates the same bands, or name them with {option('band_names')}."
     )
+
+
+def select_bands(pair: RasterPair, bands: Sequence[str] | None) -> RasterPair:
+    """``pair`` with only the given bands of both dates, in the order given: band ids
+    (``"B04"``) or 1-based indices (``"4"``), as ``--bands`` takes them everywhere (``run``,
+    ``train``, ``evaluate``). ``valid`` is unchanged. None or empty: the pair as it is.
+
+    Raises:
+      BandMismatchError: If a requested band is not in the scene (one line, with its bands).
+    """
+    if not bands:
+        return pair
+    positions = band_positions(pair.band_ids, bands, where=str(pair.before_path))
+    chosen = [pair.band_ids[i] for i in positions]
+    return dataclasses.replace(pair, before=pair.before.sel(band=chosen),
+                               after=pair.after.sel(band=chosen), band_ids=tuple(chosen))
 
 
 def open_pair(
