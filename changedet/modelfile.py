@@ -20,16 +20,15 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from changedet import bands
+from changedet import atomic, bands
 from changedet.config import ModelConfig, model_config_from_dict, to_dict
-from changedet.errors import BandMismatchError, ModelFileError, option
+from changedet.errors import ModelFileError, option
 from changedet.uncertainty import ScoreCalibration
 
 if TYPE_CHECKING:
@@ -378,19 +377,10 @@ def save_model(path: str | os.PathLike[str], model: ChangeModel) -> Path:
         "params": jax.tree.map(np.asarray, model.state),
     }
     data = serialization.msgpack_serialize(payload)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; model files are for sharing
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise ModelFileError(f"cannot write model file {path}: {err}.") from err
-        raise
+    try:  # readable by others, as any new file the umask allows: model files are for sharing
+        atomic.write_bytes(path, data, mode=0o666 & ~_umask())
+    except OSError as err:
+        raise ModelFileError(f"cannot write model file {path}: {err}.") from err
     log.info("saved model %r to %s (%d bytes)", model.name, path, len(data))
     return path
 
@@ -442,9 +432,7 @@ def register_model(path: str | os.PathLike[str], name: str,
     registry = _read_registry(folder)
     registry[name] = {"file": path.name, "sha256": sha256_file(path)}
     reg_path = folder / "registry.json"
-    tmp = reg_path.with_name(f"registry.tmp-{os.getpid()}.json")
-    tmp.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, reg_path)
+    atomic.write_bytes(reg_path, (json.dumps(registry, indent=2, sort_keys=True) + "\n").encode())
     return reg_path
 
 

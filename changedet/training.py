@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from flax import nnx, serialization
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from changedet import bands, losses, metrics
+from changedet import atomic, bands, losses, metrics
 from changedet.config import (
     ModelConfig,
     TrainConfig,
@@ -242,12 +241,7 @@ def _to_host(tree: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_bytes(path, data, fsync=False)  # a checkpoint, rewritten every epoch
 
 
 @dataclasses.dataclass
@@ -345,10 +339,11 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
         ax2.set_ylim(0, 1)
     ax.set_title("changedet training")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def _otsu_threshold(scores: Sequence[np.ndarray], valids: Sequence[np.ndarray],

@@ -17,7 +17,6 @@ import io as io_bytes
 import json
 import logging
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from changedet.atomic import atomic_path
 from changedet.errors import ConfigError, GridMismatchError, InputNotFoundError
 from changedet.types import MASK_NODATA, size_px
 
@@ -586,7 +586,6 @@ def write_quicklook(
         not on the grid of ``before``.
     """
     from changedet import io
-    from changedet.io.write import temporary_path
 
     out = io.check_output_path(path, inputs=(before, after, mask_path), overwrite=overwrite)
     if min(max_px, panel_px) < 16:
@@ -634,13 +633,8 @@ def write_quicklook(
         # scenes are enlarged to at least 3 inches so titles fit
         panel_in=max(3.0, 1.05 * max(mask_small.shape) / dpi),
     )
-    temp = temporary_path(out)
-    try:
+    with atomic_path(out) as temp:
         fig.savefig(temp, format="png", dpi=dpi)
-        os.replace(temp, out)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     logger.info("wrote quicklook %s (%s)", out, title)
     return out
 

@@ -7,7 +7,6 @@ geopandas), atomically (temporary name + rename). Must not import jax or flax.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from rasterio.crs import CRS
 
+from changedet.atomic import atomic_path
 from changedet.errors import GridMismatchError, OutputError
-from changedet.io.write import check_output_path, temporary_path
+from changedet.io.write import check_output_path
 from changedet.types import Grid
 
 logger = logging.getLogger(__name__)
@@ -133,25 +133,19 @@ def write_vector(
     wkb = np.array(shapely.to_wkb(geometries), dtype=object) if geometries else np.array([], dtype=object)
     crs_wkt = CRS.from_user_input(grid.crs).to_wkt() if grid.crs is not None else None
 
-    temp = temporary_path(out)
-    try:
-        with warnings.catch_warnings():
-            # no CRS is deliberate for ungeoreferenced images
-            warnings.filterwarnings("ignore", message="'crs' was not provided")
-            pyogrio.raw.write(
-                temp,
-                wkb,
-                field_data,
-                fields,
-                layer="change",
-                driver=driver,
-                geometry_type="Polygon",
-                crs=crs_wkt,
-            )
-        os.replace(temp, out)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as temp, warnings.catch_warnings():
+        # no CRS is deliberate for ungeoreferenced images
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        pyogrio.raw.write(
+            temp,
+            wkb,
+            field_data,
+            fields,
+            layer="change",
+            driver=driver,
+            geometry_type="Polygon",
+            crs=crs_wkt,
+        )
     logger.info("wrote %d change polygons to %s", len(geometries), out)
     return out
 

@@ -27,6 +27,7 @@ import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from changedet.atomic import temporary_path
 from changedet.errors import ConfigError, GridMismatchError, OutputError, option
 from changedet.types import MASK_NODATA, Grid
 
@@ -157,11 +158,6 @@ def remove_output(path: str | Path) -> None:
     """Deletes an output and its sidecar files (missing ones are fine)."""
     for p in (Path(path), *sidecar_paths(path)):
         p.unlink(missing_ok=True)
-
-
-def temporary_path(path: Path) -> Path:
-    """Hidden temporary name next to ``path``: ``.<name>.partial-<pid><suffix>``."""
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
 def mask_from_score(score: np.ndarray, threshold: float) -> np.ndarray:
