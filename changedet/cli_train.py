@@ -131,7 +131,7 @@ def load_dataset(spec: Sequence[str], *, bands: Sequence[str] | None = None,
 
 
 def _select_bands(scenes: list, bands: Sequence[str] | None) -> list:
-    from changedet.data import band_positions
+    from changedet.bands import band_positions
 
     if not bands:
         return scenes

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from changedet import metrics
+from changedet.cva import BandStats, CVADetector, otsu_threshold
 from changedet.data import Scene
+from changedet.detector import match_bands
 from changedet.errors import BandMismatchError, EmptySceneError
 from changedet.tiling import PAD_MODE
 from changedet.types import ScoringDetector
@@ -115,8 +117,6 @@ def score_scene(detector: ScoringDetector, scene: Scene) -> np.ndarray:
 def cva_for_scene(scene: Scene):
     """A :class:`changedet.cva.CVADetector` prepared with this scene's per-date statistics
     (mean and population std per band over the scene's valid pixels, as ``prepare`` computes)."""
-    from changedet.cva import BandStats, CVADetector
-
     if not scene.valid.any():
         raise EmptySceneError(f"scene {scene.name!r} has no valid pixel; drop it from the set.")
 
@@ -128,8 +128,6 @@ def cva_for_scene(scene: Scene):
 
 
 def _otsu(score: np.ndarray, valid: np.ndarray, num_bins: int = 256) -> float:
-    from changedet.cva import otsu_threshold
-
     values = score[valid & np.isfinite(score)].astype(np.float64)
     if values.size == 0:
         raise EmptySceneError("no valid pixel to compute an Otsu threshold on.")
@@ -145,8 +143,6 @@ def _result(scene: Scene, method: str, score: np.ndarray, threshold: float | Non
 
 
 def _bands_fit(detector: ScoringDetector, found: tuple[str, ...]) -> bool:
-    from changedet.detector import match_bands
-
     if not hasattr(detector, "prepare_scene"):
         wanted = tuple(getattr(detector, "band_ids", None) or found)
         return wanted == found

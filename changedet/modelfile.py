@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from changedet import atomic, bands
+from changedet import atomic, bands, detector
 from changedet.config import ModelConfig, model_config_from_dict, to_dict
 from changedet.errors import ModelFileError, option
 from changedet.uncertainty import ScoreCalibration
@@ -175,14 +175,10 @@ class ChangeModel:
         Raises:
           BandMismatchError: The pair's bands do not fit the model (one line, with the fix).
         """
-        from changedet import detector
-
         return detector.prepare(self, pair)
 
     def prepare_scene(self, scene: Any) -> PreparedModel:
         """:meth:`prepare` for an in-memory :class:`~changedet.data.Scene` (evaluation)."""
-        from changedet import detector
-
         return detector.prepare_scene(self, scene)
 
     def predictor(self, *, tile_px: int = 512, batch_size: int | None = None,
@@ -305,9 +301,7 @@ def check_bands(model: ChangeModel, band_ids: tuple[str, ...] | list[str]) -> No
     ``required_bands``; other named models need all their bands. A positional model
     (``"1".."n"``, e.g. ``rgb``: red, green, blue) takes any ``n`` bands in that order.
     """
-    from changedet.detector import match_bands
-
-    match_bands(model, band_ids)
+    detector.match_bands(model, band_ids)
 
 
 def random_init_model(cfg: ModelConfig, band_ids: tuple[str, ...] | list[str], seed: int = 0,

@@ -35,13 +35,14 @@ from flax import nnx, serialization
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from changedet import atomic, bands, losses, metrics
+from changedet import atomic, bands, evaluate, losses, metrics
 from changedet.config import (
     ModelConfig,
     TrainConfig,
     check_compatible,
     to_dict,
 )
+from changedet.cva import otsu_threshold
 from changedet.data import (
     Batch,
     PatchSampler,
@@ -51,6 +52,7 @@ from changedet.data import (
     normalize_scene,
 )
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, ModelFileError
+from changedet.modelfile import ChangeModel, save_model
 from changedet.models.siamese import SiameseNet
 
 log = logging.getLogger(__name__)
@@ -221,8 +223,6 @@ def validate(model: Any, scenes: Sequence[Scene], num_thresholds: int = 256) -> 
     ``changedet.run``'s scoring path (``evaluate.score_scene``: the same normalisation, nodata
     fill, mirrored halo and tiling), and pools P/R/F1/IoU at the F1-best threshold, so the
     threshold fit calibrates is one for the scores ``run`` produces."""
-    from changedet import evaluate
-
     scores = [evaluate.score_scene(model, s) for s in scenes]
     labels = [s.label for s in scenes]
     valids = [s.valid for s in scenes]
@@ -348,7 +348,6 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
 
 def _otsu_threshold(scores: Sequence[np.ndarray], valids: Sequence[np.ndarray],
                     num_bins: int) -> float:
-    from changedet.cva import otsu_threshold  # numpy only; imported where needed
 
     values = np.concatenate([s[v] for s, v in zip(scores, valids)]).astype(np.float64)
     if values.size == 0:
@@ -417,8 +416,6 @@ def fit(
       BandMismatchError: Scenes have different bands.
       ModelFileError: The checkpoint in ``workdir`` is unreadable or from other settings.
     """
-    from changedet.modelfile import save_model
-
     trained, result = fit_model(
         train_scenes, val_scenes, model_cfg, train_cfg, workdir, band_ids=band_ids,
         progress=progress, resume=resume, max_epochs_per_run=max_epochs_per_run,
@@ -610,8 +607,6 @@ def fit_model(
         val_result = validate(as_model(best_net), val_scenes, train_cfg.num_thresholds)
         threshold = val_result.threshold
     if threshold is None:
-        from changedet import evaluate
-
         scores = [evaluate.score_scene(as_model(best_net), s) for s in train_scenes]
         threshold = _otsu_threshold(scores, [s.valid for s in train_scenes],
                                     train_cfg.num_thresholds)
@@ -657,8 +652,6 @@ def training_summary(trained: TrainedModel, result: FitResult,
 
 def to_change_model(trained: TrainedModel, name: str, training: dict[str, Any] | None = None):
     """Packages a :class:`TrainedModel` as a ``changedet.modelfile.ChangeModel``."""
-    from changedet.modelfile import ChangeModel
-
     return ChangeModel(
         config=trained.model_cfg,
         state=_to_host(nnx.to_pure_dict(nnx.state(trained.net))),
