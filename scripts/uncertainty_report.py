@@ -42,7 +42,9 @@ def panel(scores, scenes, folds, threshold, name, path: Path) -> None:
     errors[pred & label] = (1, 1, 1)       # found change: white
     errors[pred & ~label] = (1, 0.2, 0.2)  # false alarm: red
     errors[~pred & label] = (0.2, 0.6, 1)  # missed change: blue
-    rgb = viz.true_colour(scene.after, [scene.band_ids.index(b) + 1 for b in ("B04", "B03", "B02")])
+    ids = scene.band_ids
+    display = ([ids.index(b) + 1 for b in ("B04", "B03", "B02")] if "B04" in ids else [1, 2, 3])
+    rgb = viz.true_colour(scene.after, display)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), constrained_layout=True)
     axes[0].imshow(rgb)
     axes[0].set_title(f"{name} (held out): after")
@@ -60,20 +62,30 @@ def panel(scores, scenes, folds, threshold, name, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("cv", type=Path, help="the cv/ folder of a training workdir (cv.json, oof.npz)")
-    p.add_argument("--data", type=Path, default=Path("../shared/data/oscd"))
+    p.add_argument("--data", type=Path, default=Path("../shared/data"),
+                   help="folder with oscd/, airchange/, levir_dsifn_samples/")
     p.add_argument("--out", type=Path, default=Path("docs/img"))
-    p.add_argument("--panel", default="oscd/beirut", help="scene of the picture")
+    p.add_argument("--panel", default=None,
+                   help="scene of the picture (default: oscd/beirut, or the first RGB scene)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cv = json.loads((args.cv / "cv.json").read_text())
     oof = np.load(args.cv / "oof.npz")
     scores = {k.replace("__", "/"): oof[k] for k in oof.files}
-    scenes = datasets.load_oscd(args.data)
+    names = [n for fold in cv["folds"] for n in fold]
+    if all(n.startswith("oscd/") for n in names):
+        scenes, panel_scene = datasets.load_oscd(args.data / "oscd"), "oscd/beirut"
+    else:  # the rgb model's sources (scripts/train_default_models.py)
+        scenes = (datasets.load_airchange(args.data / "airchange")
+                  + datasets.load_levir(args.data / "levir_dsifn_samples/samples_LEVIR")
+                  + datasets.load_levir(args.data / "levir_dsifn_samples/samples_DSIFN"))
+        panel_scene = names[0]
+    args.panel = args.panel or panel_scene
     report = crossval.uncertainty_report(scores, scenes, cv["folds"], cv["threshold"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "uncertainty.json").write_text(json.dumps(report, indent=1))
     panel(scores, scenes, cv["folds"], cv["threshold"], args.panel,
-          args.out / f"uncertainty_{args.panel.split('/')[-1]}.png")
+          args.out / f"uncertainty_{args.panel.replace('/', '_')}.png")
     print(json.dumps({k: report[k] for k in ("auroc", "auroc_per_fold", "auroc_margin",
                                              "top10_error_rate", "rest_error_rate")}))
     return 0
