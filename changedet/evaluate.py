@@ -28,7 +28,7 @@ from changedet.types import ScoringDetector
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalReport", "SceneResult", "cva_for_scene", "evaluate", "score_scene"]
+__all__ = ["EvalReport", "SceneResult", "cva_for_scene", "evaluate", "otsu_over", "score_scene"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +127,12 @@ def cva_for_scene(scene: Scene):
     return CVADetector(before_stats=stats(scene.before), after_stats=stats(scene.after))
 
 
-def _otsu(score: np.ndarray, valid: np.ndarray, num_bins: int = 256) -> float:
-    values = score[valid & np.isfinite(score)].astype(np.float64)
+def otsu_over(scores: Sequence[np.ndarray], valids: Sequence[np.ndarray],
+              num_bins: int = 256) -> float:
+    """Otsu's threshold of the finite scores at the valid pixels of all ``scores`` together
+    (per scene in :func:`evaluate`; over all training scenes in ``fit`` without validation)."""
+    values = np.concatenate([s[v & np.isfinite(s)] for s, v in zip(scores, valids, strict=True)]
+                            ).astype(np.float64)
     if values.size == 0:
         raise EmptySceneError("no valid pixel to compute an Otsu threshold on.")
     lo, hi = float(values.min()), float(values.max())
@@ -137,7 +141,7 @@ def _otsu(score: np.ndarray, valid: np.ndarray, num_bins: int = 256) -> float:
 
 
 def _result(scene: Scene, method: str, score: np.ndarray, threshold: float | None) -> SceneResult:
-    thr = _otsu(score, scene.valid) if threshold is None else float(threshold)
+    thr = otsu_over([score], [scene.valid]) if threshold is None else float(threshold)
     counts = metrics.confusion_counts_np(score > thr, scene.label, scene.valid)
     return SceneResult(scene.name, method, thr, counts, metrics.scores_from_counts(*counts))
 

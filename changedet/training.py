@@ -42,7 +42,6 @@ from changedet.config import (
     check_compatible,
     to_dict,
 )
-from changedet.cva import otsu_threshold
 from changedet.data import (
     Batch,
     PatchSampler,
@@ -346,17 +345,6 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
         plt.close(fig)
 
 
-def _otsu_threshold(scores: Sequence[np.ndarray], valids: Sequence[np.ndarray],
-                    num_bins: int) -> float:
-
-    values = np.concatenate([s[v] for s, v in zip(scores, valids)]).astype(np.float64)
-    if values.size == 0:
-        raise EmptySceneError("no valid training pixel to compute an Otsu threshold on.")
-    lo, hi = float(values.min()), float(values.max())
-    counts, edges = np.histogram(values, bins=num_bins, range=(lo, max(hi, lo + 1e-6)))
-    return float(otsu_threshold(counts, edges))
-
-
 class FitResult(NamedTuple):
     """What :func:`fit` produced besides the model: where it wrote and how validation went."""
 
@@ -603,13 +591,14 @@ def fit_model(
 
     val_result = None
     threshold = prog.best_threshold
+    best = as_model(best_net)
     if val_scenes:
-        val_result = validate(as_model(best_net), val_scenes, train_cfg.num_thresholds)
+        val_result = validate(best, val_scenes, train_cfg.num_thresholds)
         threshold = val_result.threshold
     if threshold is None:
-        scores = [evaluate.score_scene(as_model(best_net), s) for s in train_scenes]
-        threshold = _otsu_threshold(scores, [s.valid for s in train_scenes],
-                                    train_cfg.num_thresholds)
+        scores = [evaluate.score_scene(best, s) for s in train_scenes]
+        threshold = evaluate.otsu_over(scores, [s.valid for s in train_scenes],
+                                       train_cfg.num_thresholds)
         log.info("no validation labels: Otsu threshold %.4g on the training scores", threshold)
     trained = TrainedModel(
         net=best_net, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids,

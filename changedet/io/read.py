@@ -67,9 +67,9 @@ __all__ = [
     "UngeoreferencedWarning",
     "describe_scene",
     "open_pair",
-    "select_bands",
     "open_scene",
     "scene_grid",
+    "select_bands",
 ]
 
 #: Sentinel-2 band ids in canonical order (the order of a folder scene's ``band`` coord).

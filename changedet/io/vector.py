@@ -111,8 +111,8 @@ def write_vector(
     out = check_vector_path(path, overwrite=overwrite)
     driver = _DRIVERS[out.suffix.lower()]
     if mask.shape != grid.shape or (score is not None and score.shape != grid.shape):
-        raise GridMismatchError(f"mask {mask.shape} / score {getattr(score, 'shape', None)} do not "
-                         f"match grid {grid.shape}")
+        raise GridMismatchError(f"mask {mask.shape} / score {getattr(score, 'shape', None)} "
+                                f"do not match grid {grid.shape}")
     changed = mask == 1
     labels, num_regions = ndimage.label(changed)  # 4-connectivity, as rasterio.features.shapes
     pixel_counts = np.bincount(labels.ravel(), minlength=num_regions + 1)[1:]
@@ -188,7 +188,8 @@ def write_vector_from_rasters(
         _check_exists(Path(score_path))
         with _open_header(Path(score_path)) as ds:
             if ds.shape != mask.shape:
-                raise GridMismatchError(f"{score_path}: size {ds.shape} differs from mask {mask.shape}")
+                raise GridMismatchError(
+                    f"{score_path}: size {ds.shape} differs from mask {mask.shape}")
             score = ds.read(1).astype(np.float32)
     else:
         score = None
