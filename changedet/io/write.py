@@ -357,8 +357,8 @@ def write_outputs(
         raise ConfigError("pass both uncertainty and uncertainty_path, or neither")
     if uncertainty is not None:
         if tuple(uncertainty.shape) != grid.shape or uncertainty.chunks != score.chunks:
-            raise GridMismatchError(f"uncertainty {uncertainty.shape} must match the score's shape "
-                             f"{score.shape} and chunks")
+            raise GridMismatchError(f"uncertainty {uncertainty.shape} must match the score's "
+                                    f"shape {score.shape} and chunks")
         unc_out = check_raster_path(uncertainty_path, overwrite=overwrite, what="uncertainty")
         if unc_out in outputs:
             raise OutputError(f"{unc_out}: the uncertainty needs its own file name.")
