@@ -66,7 +66,7 @@ def test_data_parallel_step_matches_single_device_and_compiles_once(paris_rgb):
         mesh = jax.sharding.Mesh(np.array(devices), ("data",))
         step = training.make_train_step(tc, mesh)
         graphdef, state = fresh()
-        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        state = jax.device_put(state, training.placements(mesh)[0])
         for i in range(3):
             state, m = step(graphdef, state, training.shard_batch(batch, mesh),
                             jax.random.key(i))
