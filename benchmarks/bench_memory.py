@@ -44,8 +44,9 @@ def child(before: str, after: str, out: str, method: str, block_px: int) -> None
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from changedet import modelfile, pipeline
+    from changedet import pipeline
     from changedet.config import ModelConfig
+    from changedet.detectors import modelfile
 
     start = time.perf_counter()
     if method == "cva":

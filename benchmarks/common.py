@@ -230,8 +230,8 @@ def benchmark_model(num_bands: int = 13, network: str = "packaged"):
     Returns:
       ``(ChangeModel, description)``.
     """
-    from changedet import modelfile
     from changedet.config import ModelConfig, default
+    from changedet.detectors import modelfile
 
     bands = S2_BANDS if num_bands == 13 else tuple(str(i + 1) for i in range(num_bands))
     match network:

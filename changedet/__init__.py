@@ -11,6 +11,8 @@ The names in ``__all__`` are the documented API.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from changedet.errors import (  # noqa: E402
@@ -27,6 +29,14 @@ from changedet.errors import (  # noqa: E402
 )
 from changedet.types import Grid  # noqa: E402
 
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time these load on first use
+    from changedet.config import ModelConfig
+    from changedet.coregister import Shift, estimate_shift
+    from changedet.detectors.cva import CVADetector
+    from changedet.detectors.modelfile import ChangeModel, load_model, save_model
+    from changedet.io import RasterPair, open_pair, open_scene
+    from changedet.pipeline import RunResult, detect, run
+
 _LAZY = {
     "open_scene": ("changedet.io", "open_scene"),
     "open_pair": ("changedet.io", "open_pair"),
@@ -34,10 +44,10 @@ _LAZY = {
     "detect": ("changedet.pipeline", "detect"),
     "run": ("changedet.pipeline", "run"),
     "RunResult": ("changedet.pipeline", "RunResult"),
-    "CVADetector": ("changedet.cva", "CVADetector"),
-    "ChangeModel": ("changedet.modelfile", "ChangeModel"),
-    "load_model": ("changedet.modelfile", "load_model"),
-    "save_model": ("changedet.modelfile", "save_model"),
+    "CVADetector": ("changedet.detectors.cva", "CVADetector"),
+    "ChangeModel": ("changedet.detectors.modelfile", "ChangeModel"),
+    "load_model": ("changedet.detectors.modelfile", "load_model"),
+    "save_model": ("changedet.detectors.modelfile", "save_model"),
     "ModelConfig": ("changedet.config", "ModelConfig"),
     "estimate_shift": ("changedet.coregister", "estimate_shift"),
     "Shift": ("changedet.coregister", "Shift"),
@@ -74,5 +84,18 @@ __all__ = [
     "NotARasterError",
     "OutputError",
     "__version__",
-    *_LAZY,
+    # loaded on first use (_LAZY):
+    "CVADetector",
+    "ChangeModel",
+    "ModelConfig",
+    "RasterPair",
+    "RunResult",
+    "Shift",
+    "detect",
+    "estimate_shift",
+    "load_model",
+    "open_pair",
+    "open_scene",
+    "run",
+    "save_model",
 ]

@@ -19,15 +19,23 @@ thresholds it takes the one nearest the model's own (the prior), so a few points
 as far as they must. With fewer than ``min_per_class`` pixels of either class it keeps the
 prior and says so.
 
-NumPy only.
+:func:`calibrate_threshold` is NumPy only; :func:`calibrate_on_points` evaluates a run's lazy
+score map (dask) at the points and on a few sampled blocks, in the run's own graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
+import dask
+import dask.array as da
 import numpy as np
+
+from changedet import io
+from changedet.errors import CalibrationError
+from changedet.io.points import read_points
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +152,47 @@ def calibrate_threshold(scores: np.ndarray, labels: np.ndarray, prior: float, *,
     choice = tied[np.argmin(np.abs(candidates[tied] - prior))]
     return dataclasses.replace(keep, threshold=float(candidates[choice]), used=True,
                                balanced_accuracy=float(ba[choice]))
+
+
+#: Blocks of the score map sampled for the scene's score distribution in calibration.
+CALIBRATION_BLOCKS = 8
+
+
+def _sample_blocks(score: da.Array) -> list[da.Array]:
+    """Up to :data:`CALIBRATION_BLOCKS` whole blocks of the score map, spread over the scene
+    (all of a small scene), for the scene's score distribution."""
+    rows, cols = score.numblocks
+    picks = np.unique(np.linspace(0, rows * cols - 1, min(CALIBRATION_BLOCKS, rows * cols))
+                      .round().astype(int))
+    return [score.blocks[int(i) // cols, int(i) % cols] for i in picks]
+
+
+def calibrate_on_points(score: da.Array, pair: io.RasterPair, points: str | Path, prior: float,
+                        *, prop: str = "change") -> Calibration:
+    """The scene's threshold from labelled points (see :mod:`changedet.calibrate`): the score
+    is computed at their pixels (the blocks holding them) and on a few sampled blocks, in one
+    dask pass over the same graph the outputs are written from.
+
+    Raises:
+      CalibrationError: A point (or a whole polygon) on nodata, or as :func:`io.read_points`.
+    """
+    pixels = read_points(points, pair.grid, prop=prop)
+    valid, values, *sample = dask.compute(pair.valid.data.vindex[pixels.rows, pixels.cols],
+                                          score.vindex[pixels.rows, pixels.cols],
+                                          *_sample_blocks(score))
+    scene = np.concatenate([np.ravel(b) for b in sample])
+    ok = np.asarray(valid, bool) & np.isfinite(values)
+    usable = np.bincount(pixels.feature[ok], minlength=pixels.num_features)
+    if (usable == 0).any():
+        first = int(np.flatnonzero(usable == 0)[0])
+        raise CalibrationError(
+            f"{points}: feature {first} lies on nodata (a cloud, a nodata pixel or outside one "
+            "date's footprint); move it onto clear ground or remove it.")
+    cal = calibrate_threshold(values[ok], pixels.labels[ok], prior,
+                              scene_scores=scene[np.isfinite(scene)],
+                              num_features=pixels.num_features)
+    log.info("calibration on %d labelled features (%d changed, %d unchanged px): threshold "
+             "%.4g (model %.4g); balanced accuracy on them %.3f (model's threshold %.3f)",
+             cal.num_features, cal.num_changed, cal.num_unchanged, cal.threshold, cal.prior,
+             cal.balanced_accuracy, cal.prior_balanced_accuracy)
+    return cal

@@ -65,7 +65,8 @@ class ModelConfig:
         if self.num_bands < 1:
             raise ConfigError(f"model.num_bands must be >= 1; got {self.num_bands}.")
         if not self.features or any(f < 1 for f in self.features):
-            raise ConfigError(f"model.features must be positive channel counts; got {self.features}.")
+            raise ConfigError(
+                f"model.features must be positive channel counts; got {self.features}.")
         if self.embed_dim < 1:
             raise ConfigError(f"model.embed_dim must be >= 1; got {self.embed_dim}.")
         if self.convs_per_level < 1:
@@ -197,7 +198,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0; got {getattr(self, name)}.")
         if not 0.0 <= self.end_lr_fraction <= 1.0:
-            raise ConfigError(f"train.end_lr_fraction must be in [0, 1]; got {self.end_lr_fraction}.")
+            raise ConfigError(
+                f"train.end_lr_fraction must be in [0, 1]; got {self.end_lr_fraction}.")
         if not 0.0 <= self.changed_fraction <= 1.0:
             raise ConfigError(
                 f"train.changed_fraction must be in [0, 1]; got {self.changed_fraction}."

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from changedet.data import band_positions
+from changedet.bands import band_positions
 from changedet.errors import (
     BandMismatchError,
     ConfigError,

@@ -114,7 +114,8 @@ class EmptySceneError(ChangedetError, ValueError):
 
 
 class OutputError(ChangedetError, OSError):
-    """An output cannot be written: it exists, its folder is missing or read-only, or it is an input."""
+    """An output cannot be written: it exists, its folder is missing or read-only, or it is an
+    input."""
 
 
 class ModelFileError(ChangedetError, ValueError):

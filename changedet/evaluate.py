@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from changedet import metrics
-from changedet.cva import BandStats, CVADetector, otsu_threshold
 from changedet.data import Scene
-from changedet.detector import match_bands
+from changedet.detectors.cva import BandStats, CVADetector, otsu_threshold
+from changedet.detectors.prepare import match_bands
 from changedet.errors import BandMismatchError, EmptySceneError
 from changedet.tiling import PAD_MODE
 from changedet.types import ScoringDetector
@@ -108,14 +108,14 @@ def score_scene(detector: ScoringDetector, scene: Scene) -> np.ndarray:
     fills = fill() if fill is not None else (np.float32(0), np.float32(0))
     before, after = (
         np.pad(np.where(ok, x.astype(np.float32), np.reshape(f, (-1, 1, 1))), pad, mode=PAD_MODE)
-        for x, f in zip((scene.before, scene.after), fills)
+        for x, f in zip((scene.before, scene.after), fills, strict=True)
     )
     score = detector.score_block(before, after, context_px=halo)
     return np.asarray(score, dtype=np.float32)
 
 
 def cva_for_scene(scene: Scene):
-    """A :class:`changedet.cva.CVADetector` prepared with this scene's per-date statistics
+    """A :class:`changedet.detectors.cva.CVADetector` prepared with this scene's per-date statistics
     (mean and population std per band over the scene's valid pixels, as ``prepare`` computes)."""
     if not scene.valid.any():
         raise EmptySceneError(f"scene {scene.name!r} has no valid pixel; drop it from the set.")
@@ -167,7 +167,7 @@ def evaluate(
     """Evaluates ``detector`` (and the CVA baseline) on labelled scenes, on the same pixels.
 
     Args:
-      detector: A pipeline detector, e.g. a :class:`changedet.modelfile.ChangeModel`. Its
+      detector: A pipeline detector, e.g. a :class:`changedet.detectors.modelfile.ChangeModel`. Its
         ``band_ids`` (if set) must equal each scene's.
       scenes: Labelled scenes (raw values); ``valid=False`` pixels (nodata, unlabelled) are
         ignored by every method.

@@ -30,7 +30,7 @@ from changedet.errors import BandMismatchError, ConfigError, option
 from changedet.types import size_px
 
 if TYPE_CHECKING:
-    from changedet.modelfile import ChangeModel
+    from changedet.detectors.modelfile import ChangeModel
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,8 @@ def make_predict_step(graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | No
 
 
 class BlockPredictor:
-    """Scores raw numpy block pairs with a :class:`~changedet.modelfile.ChangeModel`, tile by tile.
+    """Scores raw numpy block pairs with a :class:`~changedet.detectors.modelfile.ChangeModel`,
+    tile by tile.
 
     The block is normalised (the model's per-band mean/std), mirrored-padded by the model's halo
     (and bottom/right to whole tiles), cut into tiles of ``tile_px`` core + halo with core

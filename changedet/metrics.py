@@ -264,7 +264,7 @@ def _threshold_grid(
         raise ConfigError(f"num_thresholds must be >= 2; got {num_thresholds}.")
     if score_range is None:
         lo, hi = np.inf, -np.inf
-        for s, v in zip(scores, valids):
+        for s, v in zip(scores, valids, strict=True):
             s = np.asarray(s, dtype=np.float64)[np.asarray(v, bool) & np.isfinite(s)]
             if s.size:
                 lo, hi = min(lo, float(s.min())), max(hi, float(s.max()))
@@ -307,7 +307,7 @@ def pr_curve(
     thresholds = _threshold_grid(scores, valids, num_thresholds, score_range)
     changed = np.zeros(num_thresholds + 1, np.int64)
     unchanged = np.zeros(num_thresholds + 1, np.int64)
-    for s, lab, v in zip(scores, labels, valids):
+    for s, lab, v in zip(scores, labels, valids, strict=True):
         c, u = score_histograms(s, lab, v, thresholds)
         changed += c
         unchanged += u

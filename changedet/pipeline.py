@@ -21,30 +21,38 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from changedet import __version__, bands, clouds, io
-from changedet.calibrate import Calibration, calibrate_threshold
-from changedet.cva import CVADetector, otsu_threshold_dask
-from changedet.detector import QUALITY_TTA, PreparedModel, with_quality
+from changedet import bands, clouds, io
+from changedet.calibrate import calibrate_on_points
+from changedet.detectors.choice import (
+    Method,
+    check_threshold,
+    describe_detector,
+    method_name,
+    model_name,
+    resolve_detector,
+    score_calibration_for,
+)
+from changedet.detectors.cva import otsu_threshold_dask
+from changedet.detectors.prepare import PreparedModel, with_quality
 from changedet.errors import (
-    BandMismatchError,
-    CalibrationError,
-    ChangedetError,
     ConfigError,
     EmptySceneError,
     option,
-    render,
 )
-from changedet.io.points import read_points
+from changedet.provenance import cloud_tags, coregistration_tags, provenance, uncertainty_tags
 from changedet.types import MASK_NODATA, Detector, Grid
-from changedet.uncertainty import ScoreCalibration, error_probability
+from changedet.uncertainty import error_probability
 
 log = logging.getLogger(__name__)
+
 
 #: Sentinel-2 MSI band ids in canonical order (as ``io.open_scene`` orders a band folder).
 SENTINEL2_BANDS: tuple[str, ...] = bands.SENTINEL2_BANDS
 
-Method = Literal["auto", "siamese", "cva"]
+
 Quality = Literal["fast", "best"]
+
+
 DEFAULT_BLOCK_PX = 1024
 
 
@@ -81,115 +89,8 @@ class RunResult:
     compile_seconds: float = 0.0
 
 
-# --------------------------------------------------------------------------- detector choice
-
-
-def method_name(detector: Detector) -> str:
-    """``"siamese"`` for a learned model, else the detector's own name (``"cva"``)."""
-    from changedet.modelfile import ChangeModel
-
-    return "siamese" if isinstance(detector, (PreparedModel, ChangeModel)) else detector.name
-
-
-def model_name(detector: Detector) -> str | None:
-    """The learned model's name, or None for a detector without a model (CVA)."""
-    return detector.name if method_name(detector) == "siamese" else None
-
-
-def describe_detector(detector: Detector) -> str:
-    """``"siamese (model 'sentinel2')"`` or ``"cva"``, for messages."""
-    model = model_name(detector)
-    return method_name(detector) if model is None else f"siamese (model {model!r})"
-
-
 #: Band selection lives with the pair (``io.select_bands``); kept here under its old name.
 select_bands = io.select_bands
-
-
-def default_model_name(band_ids: Sequence[str]) -> str:
-    """The packaged model for these bands: ``sentinel2`` for named Sentinel-2 / Landsat bands
-    holding blue, green and red (any subset of the 13: L1C, L2A, 4-band exports, Landsat via
-    common names), ``rgb`` for 3 unnamed bands (photos, 8-bit or not).
-
-    Raises:
-      BandMismatchError: Neither fits; the message says how to name or pick bands.
-    """
-    ids = bands.canonical_bands(band_ids)
-    if ids is not None and set(bands.REQUIRED_BANDS) <= set(ids):
-        return "sentinel2"
-    if len(band_ids) == 3:
-        return "rgb"
-    found = f"{len(band_ids)} band{'s' if len(band_ids) != 1 else ''} ({', '.join(band_ids)})"
-    packaged = ("'sentinel2' takes named bands holding blue, green and red (Sentinel-2 ids, "
-                "Earth Engine ids or common names), 'rgb' takes 3 bands in red, green, blue order")
-    if len(band_ids) < 3:  # no choice of bands or names makes blue, green and red of fewer
-        raise BandMismatchError(
-            f"no packaged model fits the input's {found}: {packaged}. Use "
-            f"{option('method', 'cva')} (change vector analysis takes any number of bands), or "
-            f"pass a model trained on these bands with {option('model')}."
-        )
-    raise BandMismatchError(
-        f"no packaged model fits the input's {found}: {packaged}. Name the bands with "
-        f"{option('band_names', 'blue,green,red,nir,swir16,swir22')} (Landsat TM), pick 3 "
-        f"with {option('bands')}, pass a model file with {option('model')}, or use "
-        f"{option('method', 'cva')}."
-    )
-
-
-#: Pixels coarser than this (metres) are not what the packaged learned models were trained on
-#: (10 m Sentinel-2 urban change; 1.5 m aerial photos): ``method="auto"`` uses CVA there.
-MAX_MODEL_PIXEL_M = 20.0
-
-
-def pixel_size_m(grid) -> float | None:
-    """Pixel width in metres (geographic CRSs converted at the scene's latitude), or None
-    without a CRS."""
-    if grid.crs is None:
-        return None
-    from pyproj import CRS
-
-    crs = CRS.from_user_input(grid.crs)
-    width = abs(grid.transform.a)
-    if crs.is_geographic:
-        lat = grid.transform.f + grid.transform.e * grid.height / 2
-        return width * 111_320.0 * math.cos(math.radians(lat))
-    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return width * factor
-
-
-def resolve_detector(
-    pair: io.RasterPair, *, method: Method = "auto", model: Any = None
-) -> Detector:
-    """Chooses the detector for a pair: CVA, a model file/name, or the packaged default.
-
-    ``model`` may be a ``ChangeModel``, a packaged name (``"sentinel2"``, ``"rgb"``) or a path.
-    With ``method="auto"`` and no model: 13 Sentinel-2 band ids use ``sentinel2``, 3 bands
-    use ``rgb``; anything else is an error naming ``--model``, ``--bands`` and ``--method cva``.
-    """
-    if method == "cva":
-        return CVADetector()
-    if method not in ("auto", "siamese"):
-        raise ConfigError(f"method must be 'auto', 'siamese' or 'cva'; got {method!r}.")
-    from changedet import modelfile
-
-    if model is None:
-        name = default_model_name(pair.band_ids)
-        gsd = pixel_size_m(pair.grid)
-        if method == "auto" and gsd is not None and gsd > MAX_MODEL_PIXEL_M:
-            log.info(render(
-                "%.0f m pixels: the packaged models learned 10 m urban change; at this "
-                "resolution change vector analysis was more accurate (Landsat Taizhou, F1 "
-                f"0.91 vs 0.76), so {option('method', 'auto')} uses CVA. Pass "
-                f"{option('method', 'siamese')} for the %s model."), gsd, name)
-            return CVADetector()
-        model = name
-    if not isinstance(model, modelfile.ChangeModel):
-        model = modelfile.load_model(model)
-    modelfile.check_bands(model, pair.band_ids)
-    return model
-
-
-# --------------------------------------------------------------------------- the graph
 
 
 def _block_chunks(size: int, block_px: int, halo_px: int) -> tuple[int, ...]:
@@ -309,50 +210,6 @@ def _threshold_for(score: da.Array, detector: Detector, threshold: float | None)
     if not math.isfinite(value):
         raise EmptySceneError("the change score has no valid pixel to threshold.")
     return float(value)
-
-
-#: Blocks of the score map sampled for the scene's score distribution in calibration.
-CALIBRATION_BLOCKS = 8
-
-
-def _sample_blocks(score: da.Array) -> list[da.Array]:
-    """Up to :data:`CALIBRATION_BLOCKS` whole blocks of the score map, spread over the scene
-    (all of a small scene), for the scene's score distribution."""
-    rows, cols = score.numblocks
-    picks = np.unique(np.linspace(0, rows * cols - 1, min(CALIBRATION_BLOCKS, rows * cols))
-                      .round().astype(int))
-    return [score.blocks[int(i) // cols, int(i) % cols] for i in picks]
-
-
-def calibrate_on_points(score: da.Array, pair: io.RasterPair, points: str | Path, prior: float,
-                        *, prop: str = "change") -> Calibration:
-    """The scene's threshold from labelled points (see :mod:`changedet.calibrate`): the score
-    is computed at their pixels (the blocks holding them) and on a few sampled blocks, in one
-    dask pass over the same graph the outputs are written from.
-
-    Raises:
-      CalibrationError: A point (or a whole polygon) on nodata, or as :func:`io.read_points`.
-    """
-    pixels = read_points(points, pair.grid, prop=prop)
-    valid, values, *sample = dask.compute(pair.valid.data.vindex[pixels.rows, pixels.cols],
-                                          score.vindex[pixels.rows, pixels.cols],
-                                          *_sample_blocks(score))
-    scene = np.concatenate([np.ravel(b) for b in sample])
-    ok = np.asarray(valid, bool) & np.isfinite(values)
-    usable = np.bincount(pixels.feature[ok], minlength=pixels.num_features)
-    if (usable == 0).any():
-        first = int(np.flatnonzero(usable == 0)[0])
-        raise CalibrationError(
-            f"{points}: feature {first} lies on nodata (a cloud, a nodata pixel or outside one "
-            "date's footprint); move it onto clear ground or remove it.")
-    cal = calibrate_threshold(values[ok], pixels.labels[ok], prior,
-                              scene_scores=scene[np.isfinite(scene)],
-                              num_features=pixels.num_features)
-    log.info("calibration on %d labelled features (%d changed, %d unchanged px): threshold "
-             "%.4g (model %.4g); balanced accuracy on them %.3f (model's threshold %.3f)",
-             cal.num_features, cal.num_changed, cal.num_unchanged, cal.threshold, cal.prior,
-             cal.balanced_accuracy, cal.prior_balanced_accuracy)
-    return cal
 
 
 def _check_not_empty(pair: io.RasterPair) -> None:
@@ -489,51 +346,6 @@ def detect(
     return ds.rio.write_transform(pair.grid.transform)
 
 
-def provenance(detector: Detector, threshold: float, pair: io.RasterPair) -> dict[str, str]:
-    """GeoTIFF tags that make every map traceable to its inputs and settings."""
-    tags = {
-        "changedet_version": __version__,
-        "method": method_name(detector),
-        "threshold": repr(float(threshold)),
-        "before": str(pair.before_path),
-        "after": str(pair.after_path),
-        "bands": ",".join(pair.band_ids),
-    }
-    if isinstance(detector, PreparedModel):
-        model = detector.model
-        tags["model"] = model.name
-        tags["model_head"] = model.config.head
-        tags["model_bands"] = ",".join(detector.model_bands)
-        tags["normalization"] = model.normalization
-        names = {n: q for q, n in QUALITY_TTA.items()}
-        tags["quality"] = names.get(detector.tta, f"tta{detector.tta}")
-        if model.source_sha256:
-            tags["model_sha256"] = model.source_sha256
-    return tags
-
-
-def uncertainty_tags(calibration: ScoreCalibration | None) -> dict[str, str]:
-    """What the uncertainty raster holds, for its tags (none without it)."""
-    if calibration is None:
-        return {}
-    return {"uncertainty": "P(mask wrong): 1 - P(change | score) where mapped change, "
-                           "P(change | score) elsewhere; P(change | score) measured on "
-                           f"{calibration.pixels} out-of-fold pixels"}
-
-
-def score_calibration_for(detector: Detector) -> ScoreCalibration:
-    """The out-of-fold score calibration ``uncertainty`` needs, or a one-line error."""
-    model = detector.model if isinstance(detector, PreparedModel) else None
-    if model is None:
-        raise ConfigError(f"uncertainty needs a learned model with an out-of-fold score "
-                          f"calibration; pass {option('model')} instead of CVA.")
-    if model.calibration is None:
-        raise ConfigError(f"model {model.name!r} carries no out-of-fold score calibration, "
-                          "which uncertainty is measured with: train it with cross-validation "
-                          "(train --cv K) or use the packaged sentinel2 model.")
-    return model.calibration
-
-
 def _check_extras(*, vector: bool, quicklook: bool, vector_option: str = "vector_path") -> None:
     """Fails before any computation when an asked-for output needs a missing optional package
     (``vector_option``: the option that needs the vector extra)."""
@@ -550,66 +362,6 @@ def _check_extras(*, vector: bool, quicklook: bool, vector_option: str = "vector
             raise ConfigError(
                 f"{what} needs {module}, which is not installed: pip install "
                 f"'changedet[{extra}]' (or drop {what}).")
-
-
-def check_threshold(threshold: float | None, detector: Detector) -> None:
-    """Refuses a threshold outside the score's range: (0, 1) for a probability, > 0 for a
-    distance or CVA magnitude; NaN never.
-
-    Raises:
-      ConfigError: With the valid range.
-    """
-    if threshold is None:
-        return
-    value = float(threshold)
-    probability = isinstance(detector, PreparedModel) and detector.model.config.head != "distance"
-    if not math.isfinite(value):
-        raise ConfigError(f"{option('threshold')} must be a finite number; got {threshold!r}.")
-    if probability and not 0.0 < value < 1.0:
-        raise ConfigError(
-            f"{option('threshold', value)} is outside (0, 1): model {detector.name!r} scores a "
-            f"change probability; its calibrated threshold is {detector.threshold:.3g}.")
-    if not probability and value <= 0:
-        raise ConfigError(f"{option('threshold', value)} must be > 0 for a distance score.")
-
-
-def cloud_tags(masks: clouds.CloudMasks) -> dict[str, str]:
-    """GeoTIFF tags recording the cloud masking of a run."""
-    return {"cloud_mask": masks.source,
-            "cloud_fraction_before": f"{masks.before_fraction:.4f}",
-            "cloud_fraction_after": f"{masks.after_fraction:.4f}"}
-
-
-#: A measured misregistration above this (in pixels, with a clear correlation peak) is warned of.
-MISREGISTRATION_WARN_PX = 0.5
-
-
-def coregistration_tags(pair: io.RasterPair) -> dict[str, str]:
-    """Measures the pair's misregistration cheaply (a few blocks, see
-    :func:`changedet.coregister.estimate_shift`), warns above
-    :data:`MISREGISTRATION_WARN_PX`, and returns the GeoTIFF tags recording it (none when it
-    cannot be measured: the run goes on)."""
-    from changedet import coregister
-
-    try:
-        shift = coregister.estimate_shift(pair, max_blocks=9)
-    except ChangedetError as err:
-        log.info("misregistration not measured: %s", err)
-        return {}
-    applied = {}
-    if pair.shift_px is not None:  # after was resampled by --coregister: this is the residual
-        applied = {"coregistration_applied_dx_px": f"{pair.shift_px[0]:.3f}",
-                   "coregistration_applied_dy_px": f"{pair.shift_px[1]:.3f}"}
-    if shift.magnitude_px > MISREGISTRATION_WARN_PX and shift.quality >= 3:
-        log.warning(render(
-            "the dates are misregistered by dx %+.2f px, dy %+.2f px (where before's content is "
-            "in after; spread %.2f px): expect false change along edges. Pass "
-            f"{option('coregister', True)} to resample after by it; see docs/coregister.md"),
-            shift.dx_px, shift.dy_px, shift.spread_px)
-    return {"coregistration_dx_px": f"{shift.dx_px:.3f}",
-            "coregistration_dy_px": f"{shift.dy_px:.3f}",
-            "coregistration_quality": f"{shift.quality:.2f}",
-            "coregistration_spread_px": f"{shift.spread_px:.3f}"} | applied
 
 
 def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:

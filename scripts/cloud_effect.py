@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from changedet import clouds, datasets, io, metrics
+from changedet import clouds, io, metrics
+from changedet.io import datasets
 
 HERE = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,9 @@ import json
 import logging
 from pathlib import Path
 
-from changedet import config, crossval, datasets
+from changedet import config
+from changedet.io import datasets
+from changedet.training import crossval
 
 log = logging.getLogger("cv_experiments")
 

@@ -1,6 +1,6 @@
 """Trains the packaged changedet models, reproducibly, and writes weights, model cards, registry.
 
-Each model is cross-validated by scene first (``changedet.crossval.train_with_cv``: one model
+Each model is cross-validated by scene first (``changedet.training.crossval.train_with_cv``: one model
 per fold predicts its held-out scenes through ``run``'s scoring path; the pooled out-of-fold F1
 picks the threshold), then trained on all its scenes with the same recipe
 (``changedet.config.default``). The model card reports the out-of-fold figures.
@@ -39,8 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from changedet import (__version__, bands, config, crossval, datasets, evaluate, modelfile,
-                       training)
+from changedet import __version__, bands, config, evaluate, training
+from changedet.detectors import modelfile
+from changedet.io import datasets
+from changedet.training import crossval
 
 log = logging.getLogger("train_default_models")
 

@@ -2,7 +2,7 @@
 
 Uses the out-of-fold scores a cross-validation wrote (``<workdir>/<model>/cv/oof.npz`` and
 ``cv.json`` from ``scripts/train_default_models.py``); the calibration table of each fold is
-fitted on the other folds only (``changedet.crossval.uncertainty_report``)::
+fitted on the other folds only (``changedet.training.crossval.uncertainty_report``)::
 
     python scripts/uncertainty_report.py runs/ms/sentinel2/cv --out docs/img
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from changedet import crossval, datasets
+from changedet.io import datasets
+from changedet.training import crossval
 from changedet.uncertainty import error_probability, fit_calibration
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from changedet import modelfile
 from changedet.config import ModelConfig
+from changedet.detectors import modelfile
 
 torch = pytest.importorskip("torch")
 

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from changedet import config, crossval, datasets, evaluate, metrics
+from changedet import config, evaluate, metrics
 from changedet.cli import main
+from changedet.detectors.modelfile import load_model
 from changedet.errors import ConfigError
-from changedet.modelfile import load_model
+from changedet.io import datasets
+from changedet.training import crossval
 
 
 def test_folds_partition_the_scenes_deterministically():

@@ -1,4 +1,4 @@
-"""Tests for changedet.cva: CVA finds planted and real change; Otsu is right on known histograms."""
+"""Tests for changedet.detectors.cva: CVA finds planted and real change; Otsu is right on known histograms."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from changedet import metrics
-from changedet.cva import BandStats, CVADetector, otsu_threshold, otsu_threshold_dask
+from changedet.detectors.cva import BandStats, CVADetector, otsu_threshold, otsu_threshold_dask
 from changedet.errors import EmptySceneError
 from changedet.io import RasterPair, open_pair
 from changedet.testing import write_synthetic_pair

@@ -1,4 +1,4 @@
-"""Tests for changedet.datasets on the real benchmark layouts (skipped without shared data)."""
+"""Tests for changedet.io.datasets on the real benchmark layouts (skipped without shared data)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from changedet import datasets
 from changedet.errors import BandMismatchError, DatasetError
+from changedet.io import datasets
 
 
 def _read(path) -> np.ndarray:

@@ -13,8 +13,9 @@ import cloudpickle
 import dask
 import pytest
 
-from changedet import io, modelfile, pipeline
+from changedet import io, pipeline
 from changedet.config import ModelConfig
+from changedet.detectors import modelfile
 
 distributed = pytest.importorskip("distributed")
 
@@ -108,7 +109,7 @@ def test_cluster_outputs_equal_threaded_bytes(name, paris, model_path, threaded,
     if name == "model":
         # each worker rebuilt the model once (from its file) and compiled once per tile shape
         def compiled() -> list[int]:
-            from changedet import modelfile as mf
+            from changedet.detectors import modelfile as mf
 
             return [p.step.num_traces for m in mf._SHARED.values()
                     for p in m._predictors.values()]

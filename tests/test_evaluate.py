@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from changedet import config, datasets, evaluate, metrics, training
+from changedet import config, evaluate, metrics, training
 from changedet.data import Scene
 from changedet.errors import BandMismatchError
+from changedet.io import datasets
 
 
 @dataclasses.dataclass

@@ -22,7 +22,6 @@ from changedet.errors import ChangedetError, EmptySceneError, GridMismatchError
 from changedet.testing import write_synthetic_pair
 
 
-
 def fuzz(max_examples: int) -> settings:
     """Bounded, deadline-free settings; no example database written into the repo."""
     return settings(max_examples=max_examples, deadline=None, database=None,

@@ -15,9 +15,9 @@ from rasterio.windows import Window
 from changedet import tiling
 from changedet.config import ModelConfig
 from changedet.data import normalize, to_nhwc
+from changedet.detectors.modelfile import ChangeModel, random_init_model
 from changedet.errors import BandMismatchError, ConfigError
 from changedet.inference import BlockPredictor, make_predict_step
-from changedet.modelfile import ChangeModel, random_init_model
 
 BANDS = ("B02", "B03", "B04", "B08")  # the 10 m bands: one grid, no resampling needed
 

@@ -1,4 +1,4 @@
-"""Tests for changedet.io.read: scenes and pairs open lazily, on the right grid, or fail clearly."""
+"""Tests for changedet.io.scene and changedet.io.pair: scenes and pairs open lazily, on the right grid, or fail clearly."""
 
 from __future__ import annotations
 
@@ -303,7 +303,7 @@ def test_gdal_block_cache_is_capped_unless_the_user_sets_it():
     env = {k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)
-    from changedet.io.read import GDAL_CACHE_MB
+    from changedet.io.scene import GDAL_CACHE_MB
 
     assert out.stdout.strip() == str(GDAL_CACHE_MB)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

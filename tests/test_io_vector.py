@@ -156,3 +156,30 @@ def test_mean_score_is_the_exact_mean_of_each_regions_finite_scores(tmp_path: Pa
         tmp_path / "r.gpkg", mask_path=paths["mask"], score_path=paths["score"]))
     _, from_rasters = _regions(geoms, from_rasters)
     np.testing.assert_array_equal(from_rasters["mean_score"], columns["mean_score"])
+
+
+def test_vector_area_and_quicklook_hectares_agree_on_a_geographic_grid(tmp_path):
+    """One geodesy (changedet.io.area): the polygons' area_m2 summed equals the quicklook's
+    hectares for the same mask, on a geographic grid at 60 N where planar degrees would be far
+    off."""
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    from changedet import viz
+    from changedet.io import write_vector
+    from changedet.types import Grid
+
+    transform = Affine(1e-4, 0, 10.0, 0, -1e-4, 60.0)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:15, 10:30] = 1
+    mask[20:38, 2:9] = 1
+    grid = Grid(40, 50, transform, "EPSG:4326")
+    path = write_vector(tmp_path / "v.gpkg", mask, None, grid)
+    meta, _, _, fields = pyogrio.raw.read(path)
+    total_m2 = float(np.sum(fields[list(meta["fields"]).index("area_m2")]))
+    arr = xr.DataArray(mask, dims=("y", "x")).rio.write_crs("EPSG:4326").rio.write_transform(
+        transform)
+    changed_px, area_ha = viz.changed_area(arr)
+    assert changed_px == int(mask.sum())
+    assert area_ha * 1e4 == pytest.approx(total_m2, rel=1e-6)
+    assert 30 < total_m2 / changed_px < 80  # ~5.6 m x 11.1 m pixels at 60 N

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from changedet.losses import contrastive_loss, masked_bce, triplet_loss
+from changedet.training.losses import contrastive_loss, masked_bce, triplet_loss
 
 SHAPE = (2, 4, 4)
 KEY = jax.random.key(0)

@@ -11,8 +11,7 @@ import pytest
 from flax import serialization
 
 from changedet.config import ModelConfig
-from changedet.errors import BandMismatchError, ModelFileError
-from changedet.modelfile import (
+from changedet.detectors.modelfile import (
     ChangeModel,
     check_bands,
     load_model,
@@ -20,6 +19,7 @@ from changedet.modelfile import (
     register_model,
     save_model,
 )
+from changedet.errors import BandMismatchError, ModelFileError
 
 BANDS = ("B04", "B03", "B02")
 
@@ -151,8 +151,8 @@ def test_model_validation(model):
 
 def test_positional_models_take_any_bands_of_the_right_count():
     from changedet.config import ModelConfig
+    from changedet.detectors.modelfile import check_bands, random_init_model
     from changedet.errors import BandMismatchError
-    from changedet.modelfile import check_bands, random_init_model
 
     rgb = random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("1", "2", "3"))
     check_bands(rgb, ("B04", "B03", "B02"))  # Sentinel-2 true colour feeds an RGB model
@@ -168,7 +168,7 @@ def test_saved_model_file_is_readable_by_others(tmp_path):
     import stat
 
     from changedet.config import ModelConfig
-    from changedet.modelfile import random_init_model, save_model
+    from changedet.detectors.modelfile import random_init_model, save_model
 
     old = os.umask(0o022)
     try:
@@ -184,8 +184,8 @@ def test_invalid_format_versions_are_refused(tmp_path, version):
     from flax import serialization
 
     from changedet.config import ModelConfig
+    from changedet.detectors.modelfile import load_model, random_init_model, save_model
     from changedet.errors import ModelFileError
-    from changedet.modelfile import load_model, random_init_model, save_model
 
     path = save_model(tmp_path / "m.msgpack",
                       random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("1", "2", "3")))

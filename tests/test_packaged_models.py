@@ -15,8 +15,9 @@ import pytest
 import rasterio
 
 import changedet
-from changedet import clouds, io, metrics, modelfile
+from changedet import clouds, io, metrics
 from changedet.cli import main
+from changedet.detectors import modelfile
 
 PARIS = "oscd_paris"
 #: Two DSIFN samples (256 x 256 RGB, no georeference). The rgb model's out-of-fold

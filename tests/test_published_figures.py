@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import changedet
-from changedet import datasets, evaluate, metrics
+from changedet import evaluate, metrics
+from changedet.io import datasets
 
 WEIGHTS = Path(changedet.__file__).parent / "weights"
 README = Path(__file__).resolve().parents[1] / "README.md"

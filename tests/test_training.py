@@ -11,10 +11,12 @@ import optax
 import pytest
 from flax import nnx
 
-from changedet import config, datasets, training
-from changedet.data import PatchSampler, band_statistics, normalize_scene
+from changedet import config, training
+from changedet.data import band_statistics, normalize_scene
 from changedet.errors import ConfigError, ModelFileError
+from changedet.io import datasets
 from changedet.models.siamese import SiameseNet
+from changedet.training.sampling import PatchSampler
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,8 @@ def test_batchnorm_trains_on_batch_statistics_and_infers_with_the_running_ones(p
     """``model.norm="batch"``: training steps update the running statistics, the model file
     carries them, and inference is a fixed per-pixel map (a sample scores the same alone as in
     any batch, so tiling stays exact)."""
-    from changedet import evaluate, modelfile
+    from changedet import evaluate
+    from changedet.detectors import modelfile
 
     mc, tc = config.tiny()
     mc = dataclasses.replace(mc, norm="batch")

@@ -302,7 +302,7 @@ def test_write_quicklook_ungeoreferenced_pixels(tmp_path: Path, caplog):
 
 
 def test_decimated_mask_keeps_small_changes():
-    from changedet.viz import _decimate_mask
+    from changedet.viz.quicklook import _decimate_mask
 
     data = np.zeros((10, 13), np.uint8)
     data[4, 7] = 1  # one changed pixel

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from rasterio.crs import CRS
 
-from changedet.atomic import atomic_path
 from changedet.errors import GridMismatchError, OutputError
+from changedet.io.area import polygon_areas_m2
+from changedet.io.atomic import atomic_path
 from changedet.io.write import check_output_path
 from changedet.types import Grid
 
@@ -24,21 +25,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["check_vector_path", "write_vector", "write_vector_from_rasters"]
 
 _DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-
-
-def _areas_m2(geometries: list, grid: Grid, pixel_counts: np.ndarray) -> np.ndarray:
-    """Area of each polygon in m² (pixel count when the grid has no CRS)."""
-    if grid.crs is None:
-        return pixel_counts.astype(np.float64)
-    crs = CRS.from_user_input(grid.crs)
-    if crs.is_geographic:
-        import pyproj
-
-        geod = pyproj.CRS.from_user_input(crs.to_wkt()).get_geod()
-        assert geod is not None  # noqa: S101  (a geographic CRS has an ellipsoid)
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geometries])
-    _, factor = crs.linear_units_factor
-    return np.array([g.area for g in geometries]) * factor**2
 
 
 def _region_means(score: np.ndarray, labels: np.ndarray, changed: np.ndarray,
@@ -124,13 +110,14 @@ def write_vector(
         ids.append(int(value))
         geometries.append(shapely.geometry.shape(geojson))
     region = np.asarray(ids, dtype=np.int64) - 1  # label k -> row k-1 of the per-region arrays
-    areas = _areas_m2(geometries, grid, pixel_counts[region])
+    areas = polygon_areas_m2(geometries, grid, pixel_counts[region])
     fields = ["area_m2", "area_px"]
     field_data = [areas.astype(np.float64), pixel_counts[region].astype(np.int64)]
     if score is not None:
         fields.append("mean_score")
         field_data.append(_region_means(score, labels, changed, num_regions)[region])
-    wkb = np.array(shapely.to_wkb(geometries), dtype=object) if geometries else np.array([], dtype=object)
+    wkb = (np.array(shapely.to_wkb(geometries), dtype=object) if geometries
+           else np.array([], dtype=object))
     crs_wkt = CRS.from_user_input(grid.crs).to_wkt() if grid.crs is not None else None
 
     with atomic_path(out) as temp, warnings.catch_warnings():
@@ -177,7 +164,7 @@ def write_vector_from_rasters(
       InputNotFoundError / NotARasterError: ``mask_path`` or ``score_path`` cannot be read.
       OutputError: As :func:`write_vector`.
     """
-    from changedet.io.read import _check_exists, _open_header
+    from changedet.io.scene import _check_exists, _open_header
 
     check_output_path(path, inputs=[p for p in (mask_path, score_path) if p], overwrite=overwrite)
     _check_exists(Path(mask_path))

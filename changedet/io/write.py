@@ -27,8 +27,8 @@ import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from changedet.atomic import temporary_path
 from changedet.errors import ConfigError, GridMismatchError, OutputError, option
+from changedet.io.atomic import temporary_path
 from changedet.types import MASK_NODATA, Grid
 
 logger = logging.getLogger(__name__)
@@ -239,7 +239,8 @@ def _num_workers() -> int:
     return max(sum(client.nthreads().values()), 1)
 
 
-def _block_windows(chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> Iterator[tuple[tuple[int, int], Window]]:
+def _block_windows(chunks: tuple[tuple[int, ...], tuple[int, ...]]
+                   ) -> Iterator[tuple[tuple[int, int], Window]]:
     row_starts = [0, *accumulate(chunks[0])]
     col_starts = [0, *accumulate(chunks[1])]
     for i, height in enumerate(chunks[0]):

@@ -115,7 +115,8 @@ class ConvBlock(nnx.Module):
                          padding="SAME", rngs=rngs)
             )
             if norm == "layer":
-                # Normalises over channels only, per pixel: no spatial pooling, so tiling stays exact.
+                # Normalises over channels only, per pixel: no spatial pooling, so tiling
+                # stays exact.
                 self.norms.append(nnx.LayerNorm(out_features, rngs=rngs))
             elif norm == "batch":
                 self.norms.append(nnx.BatchNorm(out_features, momentum=0.9,

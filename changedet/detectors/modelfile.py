@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from changedet import atomic, bands, detector
+from changedet import bands
 from changedet.config import ModelConfig, model_config_from_dict, to_dict
+from changedet.detectors import prepare as detector
 from changedet.errors import ModelFileError, option
+from changedet.io import atomic
 from changedet.uncertainty import ScoreCalibration
 
 if TYPE_CHECKING:
-    from changedet.detector import PreparedModel
+    from changedet.detectors.prepare import PreparedModel
     from changedet.inference import BlockPredictor
     from changedet.models.siamese import SiameseNet
 
@@ -42,7 +44,7 @@ FORMAT = "changedet-model"
 FORMAT_VERSION = 1
 #: Environment variable overriding the packaged-weights folder (tests, private model zoos).
 WEIGHTS_DIR_ENV = "CHANGEDET_WEIGHTS_DIR"
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # changedet/weights
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -19,10 +19,8 @@ only to draw the loss curve).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,45 +28,41 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-import optax
-from flax import nnx, serialization
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+from flax import nnx
 
-from changedet import atomic, bands, evaluate, losses, metrics
+from changedet import bands, evaluate, metrics
 from changedet.config import (
     ModelConfig,
     TrainConfig,
     check_compatible,
     to_dict,
 )
-from changedet.data import (
-    Batch,
-    PatchSampler,
-    Scene,
-    band_statistics,
-    normalize_per_image,
-    normalize_scene,
-)
+from changedet.data import Scene, band_statistics, normalize_per_image, normalize_scene
+from changedet.detectors.modelfile import ChangeModel, save_model
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, ModelFileError
-from changedet.modelfile import ChangeModel, save_model
 from changedet.models.siamese import SiameseNet
+from changedet.training.checkpoints import (
+    CHECKPOINT_NAME,
+    _atomic_write,
+    _Progress,
+    _run_signature,
+    _to_host,
+    load_checkpoint,
+    save_checkpoint,
+)
+from changedet.training.sampling import PatchSampler
+from changedet.training.steps import (
+    _WEIGHTS,
+    StepMetrics,
+    data_mesh,
+    make_optimizer,
+    make_schedule,
+    make_train_step,
+    placements,
+    shard_batch,
+)
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "checkpoint.msgpack"
-CHECKPOINT_FORMAT = "changedet-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-class StepMetrics(NamedTuple):
-    """Summable per-step training metrics (device scalars): loss and confusion counts."""
-
-    loss: jax.Array
-    tp: jax.Array
-    fp: jax.Array
-    fn: jax.Array
-    tn: jax.Array
 
 
 class ValResult(NamedTuple):
@@ -80,155 +74,6 @@ class ValResult(NamedTuple):
     f1: float
     iou: float
     num_pixels: int
-
-
-# ------------------------------------------------------------------------------- optimiser
-
-
-def make_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """Learning rate per step: linear warmup, then cosine decay (or constant)."""
-    warmup = min(cfg.warmup_steps, max(cfg.total_steps - 1, 0))
-    if cfg.schedule == "constant":
-        if warmup == 0:
-            return optax.constant_schedule(cfg.learning_rate)
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, cfg.learning_rate, warmup),
-             optax.constant_schedule(cfg.learning_rate)],
-            [warmup],
-        )
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else cfg.learning_rate,
-        peak_value=cfg.learning_rate,
-        warmup_steps=warmup,
-        decay_steps=max(cfg.total_steps, warmup + 1),
-        end_value=cfg.learning_rate * cfg.end_lr_fraction,
-    )
-
-
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with the :func:`make_schedule` learning rate and global-norm gradient clipping."""
-    parts = []
-    if cfg.grad_clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-    parts.append(optax.adamw(make_schedule(cfg), weight_decay=cfg.weight_decay))
-    return optax.chain(*parts)
-
-
-# ------------------------------------------------------------------------------ pure steps
-
-
-#: What a trained network is: its parameters and BatchNorm's running statistics (the optimiser
-#: updates only the former).
-_WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
-
-
-def _fold_key(key: jax.Array | None) -> jax.Array | None:
-    return None if key is None else jax.random.fold_in(key, 1)
-
-
-def train_step(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    batch: Batch,
-    key: jax.Array,
-    *,
-    loss: str,
-    pos_weight: float,
-    margin: float,
-    mining: str,
-) -> tuple[nnx.State, StepMetrics]:
-    """One optimiser update of ``(model, optimizer)``. Pure: new state and summable metrics.
-
-    Args:
-      graphdef: Static graph of ``(SiameseNet, nnx.Optimizer)`` from ``nnx.split``.
-      state: Their state (donated by the jitted caller).
-      batch: NHWC float32 ``before``/``after``, int32 ``label``, bool ``valid``.
-      key: PRNG key (triplet sampling, dropout); fold the global step into it.
-      loss: ``"bce"``, ``"contrastive"`` or ``"triplet"``.
-      pos_weight: BCE weight of changed pixels.
-      margin: Contrastive/triplet margin; distance-head pixels count as changed above
-        ``margin / 2`` in the returned confusion counts.
-      mining: Triplet mining strategy.
-
-    Returns:
-      ``(new_state, StepMetrics)``; counts are over the batch's valid pixels.
-    """
-    model, optimizer = nnx.merge(graphdef, state)
-    # The blocks' training key (dropout, BatchNorm's batch statistics) is its own stream; none
-    # at all when neither is used, so the triplet sampling of plain models keeps its keys.
-    train_mode = model.cfg.dropout > 0 or model.cfg.norm == "batch"
-    drop_key = jax.random.fold_in(key, 0x0D5) if train_mode else None
-
-    def loss_fn(model: SiameseNet) -> tuple[jax.Array, jax.Array]:
-        if loss == "triplet":
-            e_before, e_after = model.embed_pair(batch.before, batch.after, drop_key)
-            out = model.fuse(e_before, e_after, _fold_key(drop_key))
-            value = losses.triplet_loss(
-                e_before, e_after, batch.label, batch.valid, margin=margin, key=key,
-                mining=mining, distance=model.cfg.distance,
-            )
-        elif loss == "contrastive":
-            out = model(batch.before, batch.after, key=drop_key)
-            value = losses.contrastive_loss(out, batch.label, batch.valid, margin=margin)
-        else:
-            out = model(batch.before, batch.after, key=drop_key)
-            value = losses.masked_bce(out, batch.label, batch.valid, pos_weight=pos_weight)
-        return value, out
-
-    (value, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
-    pred = out > (0.0 if loss == "bce" else margin / 2)
-    counts = metrics.confusion_counts(pred, batch.label, batch.valid)
-    return nnx.state((model, optimizer)), StepMetrics(value, *counts)
-
-
-# ------------------------------------------------------------------------- devices / jit
-
-
-def data_mesh(batch_size: int) -> jax.sharding.Mesh:
-    """A 1-D ``("data",)`` mesh over as many local devices as evenly divide ``batch_size``."""
-    devices = jax.local_devices()
-    n = math.gcd(len(devices), batch_size)
-    if n < len(devices):
-        log.warning("batch_size %d is not a multiple of the %d local devices: using %d",
-                    batch_size, len(devices), n)
-    return jax.sharding.Mesh(np.array(devices[:n]), ("data",))
-
-
-def placements(mesh: jax.sharding.Mesh) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding]:
-    """``(replicated, batch)`` shardings of the train step's state and batch on ``mesh``.
-
-    On a one-device mesh both are that device (``SingleDeviceSharding``): a step annotated
-    with ``NamedSharding`` goes through XLA's SPMD partitioner, whose backward convolutions
-    are ~2.7x slower on CPU (the packaged recipe's step, batch 8 of 96 px: 1069 ms against
-    381 ms on one core, 681 against 260 ms on two; ``docs/benchmarks.md``).
-    """
-    if mesh.size == 1:
-        one = jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
-        return one, one
-    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
-
-@functools.lru_cache(maxsize=8)
-def make_train_step(cfg: TrainConfig, mesh: jax.sharding.Mesh):
-    """``train_step`` jitted once for ``cfg``: batch sharded on ``mesh``, state replicated.
-
-    Cached per ``(cfg, mesh)`` so repeated ``fit`` calls in one process reuse the compilation.
-
-    Returns:
-      ``step(graphdef, state, batch, key) -> (state, StepMetrics)``; ``state`` is donated.
-    """
-    replicated, _ = placements(mesh)
-    fn = functools.partial(train_step, loss=cfg.loss, pos_weight=cfg.pos_weight,
-                           margin=cfg.margin, mining=cfg.mining)
-    return jax.jit(fn, static_argnums=0, donate_argnums=1,
-                   out_shardings=(replicated, replicated))
-
-
-def shard_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Batch:
-    """Places a host batch on the mesh, split along the batch axis."""
-    _, sharding = placements(mesh)
-    return Batch(*(jax.device_put(np.asarray(x), sharding) for x in batch))
 
 
 def validate(model: Any, scenes: Sequence[Scene], num_thresholds: int = 256) -> ValResult:
@@ -244,72 +89,6 @@ def validate(model: Any, scenes: Sequence[Scene], num_thresholds: int = 256) -> 
     m = metrics.scores_from_counts(curve.tp[k], curve.fp[k], curve.fn[k], curve.tn[k])
     num = int(sum(v.sum() for v in valids))
     return ValResult(float(curve.thresholds[k]), m.precision, m.recall, m.f1, m.iou, num)
-
-
-# ------------------------------------------------------------------------------ checkpoints
-
-
-def _to_host(tree: Any) -> Any:
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic.write_bytes(path, data, fsync=False)  # a checkpoint, rewritten every epoch
-
-
-@dataclasses.dataclass
-class _Progress:
-    """Loop state saved in every checkpoint (besides the arrays)."""
-
-    epoch: int = 0  # epochs completed
-    best_f1: float = -1.0
-    best_epoch: int = -1
-    best_threshold: float | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-
-def _run_signature(model_cfg: ModelConfig, train_cfg: TrainConfig, band_ids, names) -> dict:
-    return {"model": to_dict(model_cfg), "train": to_dict(train_cfg),
-            "band_ids": list(band_ids), "train_scenes": sorted(names)}
-
-
-def save_checkpoint(path: Path, state: nnx.State, best_params: dict, progress: _Progress,
-                    signature: dict, mean: np.ndarray, std: np.ndarray) -> None:
-    """Writes the training state atomically (msgpack; a crash never leaves half a file)."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "signature": json.dumps(signature, sort_keys=True),
-        "progress": json.dumps(dataclasses.asdict(progress)),
-        "mean": np.asarray(mean, np.float64),
-        "std": np.asarray(std, np.float64),
-        "state": _to_host(nnx.to_pure_dict(state)),
-        "best_params": best_params,
-    }
-    _atomic_write(path, serialization.msgpack_serialize(payload))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Reads a checkpoint written by :func:`save_checkpoint` (arrays as numpy)."""
-    try:
-        payload = serialization.msgpack_restore(path.read_bytes())
-    except Exception as err:  # corrupt msgpack raises several types
-        raise ModelFileError(
-            f"{path}: not a readable changedet checkpoint ({err}); delete it or pass resume=False."
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(f"{path}: not a changedet checkpoint; delete it or use another workdir.")
-    if payload.get("format_version") != CHECKPOINT_VERSION:
-        raise ModelFileError(
-            f"{path}: checkpoint format {payload.get('format_version')} (expected "
-            f"{CHECKPOINT_VERSION}); restart with resume=False."
-        )
-    return payload
-
-
-# ------------------------------------------------------------------------------------ fit
 
 
 def band_set_masks(band_ids: Sequence[str]) -> list[np.ndarray]:
@@ -330,33 +109,6 @@ def _check_scenes(scenes: Sequence[Scene], band_ids: tuple[str, ...], what: str)
 def _write_history(workdir: Path, history: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(h) + "\n" for h in history)
     _atomic_write(workdir / "metrics.jsonl", text.encode())
-
-
-def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
-    """Training loss and validation F1 per epoch as a PNG (matplotlib, imported here only)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, [h["loss"] for h in history], "o-", label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    if any(h.get("val_f1") is not None for h in history):
-        ax2 = ax.twinx()
-        ax2.plot(epochs, [h.get("val_f1") for h in history], "s--", color="tab:orange",
-                 label="val F1")
-        ax2.set_ylabel("validation F1")
-        ax2.set_ylim(0, 1)
-    ax.set_title("changedet training")
-    fig.tight_layout()
-    try:
-        with atomic.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=80)
-    finally:
-        plt.close(fig)
 
 
 class FitResult(NamedTuple):
@@ -408,7 +160,7 @@ def fit(
         return the best model so far; a later call with ``resume=True`` continues.
 
     Returns:
-      ``changedet.modelfile.ChangeModel`` (also saved to ``workdir/<name>.msgpack``); its
+      ``changedet.detectors.modelfile.ChangeModel`` (also saved to ``workdir/<name>.msgpack``); its
       ``training`` dict holds the summary (scenes, epochs, seed, validation P/R/F1/threshold);
       per-epoch figures are in ``workdir/metrics.jsonl``. Use :func:`fit_model` to get the
       network and :class:`FitResult` instead.
@@ -481,7 +233,8 @@ def fit_model(
         num_valid = sampler.num_valid_pixels
         num_changed = max(sampler.num_changed_pixels, 1)
         ratio = (num_valid - num_changed) / num_changed
-        step_cfg = dataclasses.replace(train_cfg, pos_weight=float(ratio**train_cfg.pos_weight_power))
+        step_cfg = dataclasses.replace(
+            train_cfg, pos_weight=float(ratio**train_cfg.pos_weight_power))
         log.info("automatic pos_weight %.3g (unchanged/changed %.3g ^ %g)", step_cfg.pos_weight,
                  ratio, train_cfg.pos_weight_power)
 
@@ -590,7 +343,9 @@ def fit_model(
             save_checkpoint(ckpt_path, state, best_params, prog, signature, mean, std)
             _write_history(workdir, prog.history)
             try:
-                plot_loss_curve(prog.history, workdir / "loss_curve.png")
+                from changedet.viz.plots import write_loss_curve  # matplotlib: only here
+
+                write_loss_curve(prog.history, workdir / "loss_curve.png")
             except ImportError:
                 log.warning("matplotlib is not installed: no loss_curve.png")
             epochs_this_run += 1
@@ -654,7 +409,7 @@ def training_summary(trained: TrainedModel, result: FitResult,
 
 
 def to_change_model(trained: TrainedModel, name: str, training: dict[str, Any] | None = None):
-    """Packages a :class:`TrainedModel` as a ``changedet.modelfile.ChangeModel``."""
+    """Packages a :class:`TrainedModel` as a ``changedet.detectors.modelfile.ChangeModel``."""
     return ChangeModel(
         config=trained.model_cfg,
         state=_to_host(nnx.to_pure_dict(nnx.state(trained.net))),
@@ -669,26 +424,3 @@ def to_change_model(trained: TrainedModel, name: str, training: dict[str, Any] |
         required_bands=(tuple(b for b in bands.REQUIRED_BANDS if b in trained.band_ids)
                         if trained.train_cfg.band_drop else None),
     )
-
-
-__all__ = [
-    "FitResult",
-    "StepMetrics",
-    "TrainedModel",
-    "ValResult",
-    "data_mesh",
-    "fit",
-    "fit_model",
-    "load_checkpoint",
-    "make_optimizer",
-    "make_schedule",
-    "make_train_step",
-    "placements",
-    "plot_loss_curve",
-    "save_checkpoint",
-    "shard_batch",
-    "to_change_model",
-    "training_summary",
-    "train_step",
-    "validate",
-]

@@ -35,7 +35,8 @@ beside this project's checkout: point them at your own OSCD or LEVIR-CD download
   python -m changedet train --dataset levir ../shared/data/levir_dsifn_samples/samples_LEVIR \\
       --val test_2_0000_0000 -o my_rgb.msgpack --set train.num_epochs=10
 """
-EVALUATE_EXAMPLES = """examples: (from the repository root; tiny.msgpack is the first `train` example's)
+EVALUATE_EXAMPLES = """examples: (from the repository root; tiny.msgpack is the first `train`
+example's)
   python -m changedet evaluate --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
       data/oscd_paris/paris-cm.tif --change-values 2 --json report.json
   python -m changedet evaluate --dataset pair data/oscd_paris/imgs_1 data/oscd_paris/imgs_2 \\
@@ -61,7 +62,8 @@ def add_commands(sub: argparse._SubParsersAction, add_common: Callable) -> None:
         "threshold; then the final model trains on all scenes (K+1 trainings; excludes --val)",
     )
     train.add_argument("-o", "--output", required=True, help="model file to write (.msgpack)")
-    train.add_argument("--workdir", help="checkpoints and logs (default: OUTPUT without suffix + '.run')")
+    train.add_argument("--workdir",
+                       help="checkpoints and logs (default: OUTPUT without suffix + '.run')")
     train.add_argument("--preset", choices=("default", "tiny"), default="default")
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -105,7 +107,7 @@ def _split(text: str | None) -> list[str]:
 def load_dataset(spec: Sequence[str], *, bands: Sequence[str] | None = None,
                  align: bool = False, change_values: Sequence[int] | None = None) -> list:
     """Scenes of a ``--dataset KIND PATH...`` specification."""
-    from changedet import datasets
+    from changedet.io import datasets
 
     kind, *paths = spec
     if kind not in DATASET_ARITY:
@@ -197,8 +199,9 @@ def apply_overrides(model_cfg: Any, train_cfg: Any, overrides: Sequence[str]) ->
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from changedet import config, datasets, modelfile, training
-    from changedet.io import check_output_path
+    from changedet import config, training
+    from changedet.detectors import modelfile
+    from changedet.io import check_output_path, datasets
 
     out = Path(args.output)
     check_output_path(out, overwrite=args.overwrite)
@@ -215,7 +218,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.cv:
         if val_names:
             raise ConfigError("--cv chooses the threshold on out-of-fold predictions; drop --val.")
-        from changedet import crossval
+        from changedet.training import crossval
 
         workdir = Path(args.workdir) if args.workdir else out.with_suffix(".run")
         model, result = crossval.train_with_cv(
@@ -247,13 +250,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from changedet import evaluate, modelfile, pipeline
+    from changedet import evaluate, pipeline
+    from changedet.detectors import modelfile
 
     scenes = load_dataset(args.dataset, bands=_split(args.bands), align=args.align,
                           change_values=[int(v) for v in _split(args.change_values)])
     wanted = _split(args.scenes)
     if wanted:
-        from changedet import datasets
+        from changedet.io import datasets
 
         _, scenes = datasets.split_by_scene(scenes, wanted)
     band_ids = scenes[0].band_ids

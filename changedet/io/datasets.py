@@ -358,6 +358,6 @@ def split_by_scene(
                 f"validation scene {v!r} is not among the scenes {names}; check the name."
             )
     is_val = [any(matches(s, v) for v in wanted) for s in scenes]
-    val = [s for s, f in zip(scenes, is_val) if f]
-    train = [s for s, f in zip(scenes, is_val) if not f]
+    val = [s for s, f in zip(scenes, is_val, strict=True) if f]
+    train = [s for s, f in zip(scenes, is_val, strict=True) if not f]
     return train, val

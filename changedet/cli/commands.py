@@ -71,7 +71,8 @@ def _bands(text: str) -> list[str]:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("-q", "--quiet", action="store_true", 
+                        help="no progress bars, warnings only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
-    from changedet import cli_train
+    from changedet.cli import train as cli_train
 
     cli_train.add_commands(sub, _add_common)
 

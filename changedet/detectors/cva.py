@@ -19,7 +19,7 @@ from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, No
 if TYPE_CHECKING:
     import dask.array as da
 
-    from changedet.io.read import RasterPair
+    from changedet.io.pair import RasterPair
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class CVADetector:
         """Computes per-band mean/std of each date over pixels valid in both, in one dask pass.
 
         Args:
-          pair: An opened :class:`~changedet.io.read.RasterPair`.
+          pair: An opened :class:`~changedet.io.pair.RasterPair`.
 
         Returns:
           A new detector carrying the statistics.
@@ -129,7 +129,8 @@ class CVADetector:
 
 def _standardise(values: np.ndarray, stats: BandStats) -> np.ndarray:
     if values.shape[0] != stats.mean.shape[0]:
-        raise BandMismatchError(f"block has {values.shape[0]} bands, statistics {stats.mean.shape[0]}")
+        raise BandMismatchError(
+            f"block has {values.shape[0]} bands, statistics {stats.mean.shape[0]}")
     std = np.where(stats.std > _MIN_STD, stats.std, 1.0)
     mean = stats.mean.astype(np.float32)[:, None, None]
     scale = (1.0 / std).astype(np.float32)[:, None, None]
@@ -157,7 +158,8 @@ def otsu_threshold(hist_counts: np.ndarray, bin_edges: np.ndarray) -> float:
     counts = np.asarray(hist_counts, dtype=np.float64)
     edges = np.asarray(bin_edges, dtype=np.float64)
     if counts.ndim != 1 or edges.shape != (counts.size + 1,):
-        raise ConfigError(f"need counts (n,) and edges (n+1,), got {counts.shape} and {edges.shape}")
+        raise ConfigError(
+            f"need counts (n,) and edges (n+1,), got {counts.shape} and {edges.shape}")
     total = counts.sum()
     if total <= 0:
         raise EmptySceneError("histogram is empty: no values to threshold")

@@ -37,7 +37,7 @@ from changedet.errors import (
 
 if TYPE_CHECKING:
     from changedet.data import Scene
-    from changedet.modelfile import ChangeModel
+    from changedet.detectors.modelfile import ChangeModel
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ..
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PreparedModel:
-    """A :class:`~changedet.modelfile.ChangeModel` bound to one pair's bands and statistics.
+    """A :class:`~changedet.detectors.modelfile.ChangeModel` bound to one pair's bands and
+    statistics.
 
     Attributes:
       model: The model.

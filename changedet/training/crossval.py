@@ -176,7 +176,7 @@ def cross_validate(
     Returns:
       A :class:`CVResult` (also written to ``workdir/cv.json``; OOF scores to ``oof.npz``).
     """
-    from changedet.modelfile import load_model, save_model
+    from changedet.detectors.modelfile import load_model, save_model
 
     start = time.perf_counter()
     workdir = Path(workdir)
@@ -310,7 +310,7 @@ def band_set_report(
       Band-set label -> ``{"precision", "recall", "f1", "average_precision", "best_f1",
       "best_threshold"}``.
     """
-    from changedet.modelfile import load_model
+    from changedet.detectors.modelfile import load_model
 
     by_name = {s.name: s for s in scenes}
     models = [load_model(p) for p in model_paths]
@@ -345,8 +345,8 @@ def quality_report(
       Quality -> ``{"precision", "recall", "f1", "average_precision", "best_f1",
       "best_threshold", "seconds"}``.
     """
-    from changedet.detector import with_quality
-    from changedet.modelfile import load_model
+    from changedet.detectors.modelfile import load_model
+    from changedet.detectors.prepare import with_quality
 
     by_name = {s.name: s for s in scenes}
     models = [load_model(p) for p in model_paths]

@@ -1,0 +1,223 @@
+"""Training patches: ``PatchSampler`` draws square patches from scenes (uniformly or centred on
+change), with flips/rotations, date swaps, per-date radiometric jitter and band dropout.
+
+Pure numpy; every draw comes from the ``numpy.random.Generator`` the caller passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from changedet.data import Batch, Scene, to_nhwc
+from changedet.errors import ConfigError, EmptySceneError
+
+log = logging.getLogger(__name__)
+
+
+def augment(
+    before: np.ndarray,
+    after: np.ndarray,
+    label: np.ndarray,
+    valid: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    swap_dates: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A random dihedral transform (flip + 90° rotation) applied identically to all four arrays,
+    then a random before/after swap (change is symmetric, so the label is kept).
+
+    Args:
+      before, after: ``(band, height, width)`` arrays (square if a rotation may apply).
+      label, valid: ``(height, width)`` arrays.
+      rng: Draws exactly three numbers, whatever the outcome.
+      swap_dates: Allow the before/after swap.
+
+    Returns:
+      The transformed ``(before, after, label, valid)``.
+    """
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    swap = bool(rng.integers(2)) and swap_dates
+
+    def tf(x: np.ndarray) -> np.ndarray:
+        if flip:
+            x = x[..., ::-1]
+        return np.rot90(x, k, axes=(-2, -1))
+
+    before, after, label, valid = tf(before), tf(after), tf(label), tf(valid)
+    if swap:
+        before, after = after, before
+    return before, after, label, valid
+
+
+def radiometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: float
+                       ) -> np.ndarray:
+    """A random per-band gain, offset and smooth haze on one *normalised* date.
+
+    Gain ``exp(U(-s, s))``, offset ``U(-s, s)`` and a linear ramp (haze/illumination gradient)
+    of amplitude ``U(0, s)`` across the patch, drawn per band: the illumination and season
+    differences between two dates that are not change. Always draws the same numbers.
+    """
+    num_bands, height, width = image.shape
+    gain = np.exp(rng.uniform(-strength, strength, num_bands)).astype(np.float32)
+    offset = rng.uniform(-strength, strength, num_bands).astype(np.float32)
+    ramp_amp = rng.uniform(0.0, strength, num_bands).astype(np.float32)
+    angle = rng.uniform(0.0, 2 * np.pi)
+    rows = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
+    cols = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
+    ramp = np.float32(np.cos(angle)) * rows + np.float32(np.sin(angle)) * cols
+    return image * gain[:, None, None] + offset[:, None, None] + ramp_amp[:, None, None] * ramp
+
+
+def _crop_padded(
+    arr: np.ndarray, row0: int, col0: int, size: int, fill: float | bool = 0
+) -> np.ndarray:
+    """``arr[..., row0:row0+size, col0:col0+size]`` padded with ``fill`` past the edges."""
+    out = np.full(arr.shape[:-2] + (size, size), fill, dtype=arr.dtype)
+    h, w = arr.shape[-2:]
+    r1, c1 = min(row0 + size, h), min(col0 + size, w)
+    out[..., : r1 - row0, : c1 - col0] = arr[..., row0:r1, col0:c1]
+    return out
+
+
+class PatchSampler:
+    """Draws class-balanced, augmented square patches from in-memory scenes.
+
+    A fraction ``changed_fraction`` of each batch (rounded) is centred, up to a random jitter of
+    a quarter patch, on a changed valid pixel drawn uniformly over all scenes; the rest on a valid
+    pixel drawn uniformly over all scenes. Patches stay inside a scene when it is large enough;
+    scenes smaller than the patch are padded with ``valid=False``. If no scene has a changed pixel,
+    every patch is a uniform one.
+
+    Example:
+      >>> import numpy as np
+      >>> s = Scene("s", np.zeros((2, 40, 40), np.float32), np.ones((2, 40, 40), np.float32),
+      ...           np.eye(40, dtype=np.uint8), np.ones((40, 40), bool), ("1", "2"))
+      >>> batch = PatchSampler([s], patch_px=16).sample(4, np.random.default_rng(0))
+      >>> batch.before.shape, batch.label.dtype.name, batch.valid.dtype.name
+      ((4, 16, 16, 2), 'int32', 'bool')
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        patch_px: int,
+        *,
+        changed_fraction: float = 0.5,
+        augment: bool = True,
+        swap_dates: bool = True,
+        radiometric: float = 0.0,
+        band_drop: float = 0.0,
+        band_sets: Sequence[Sequence[bool]] = (),
+    ) -> None:
+        """Indexes the scenes' valid and changed pixels.
+
+        Args:
+          scenes: Scenes (already normalised if the batches should be), same bands.
+          patch_px: Patch edge in pixels.
+          changed_fraction: Share of patches centred on changed pixels, in [0, 1].
+          augment: Apply :func:`augment` to each patch.
+          swap_dates: Allow random before/after swaps when augmenting.
+          radiometric: Strength of :func:`radiometric_jitter`, applied to each date on its own
+            (0 = off).
+          band_drop: Probability that a patch keeps only the bands of one of ``band_sets``
+            (drawn uniformly); the others are set to 0, the band mean after normalisation, in
+            both dates — how a model learns to work on any of those band sets.
+          band_sets: Masks (one bool per band) of the band sets to train for.
+
+        Raises:
+          ConfigError: On a bad ``patch_px`` or ``changed_fraction``.
+          EmptySceneError: If no scene has a valid pixel.
+        """
+        if patch_px < 1:
+            raise ConfigError(f"patch_px must be >= 1; got {patch_px}.")
+        if not 0.0 <= changed_fraction <= 1.0:
+            raise ConfigError(f"changed_fraction must be in [0, 1]; got {changed_fraction}.")
+        self.scenes = list(scenes)
+        self.patch_px = int(patch_px)
+        self.changed_fraction = float(changed_fraction)
+        self.augment = augment
+        self.swap_dates = swap_dates
+        self.radiometric = float(radiometric)
+        self.band_drop = float(band_drop)
+        self.band_sets = [np.asarray(m, bool) for m in band_sets]
+        if self.band_drop and not self.band_sets:
+            raise ConfigError("band_drop > 0 needs at least one band set to drop to.")
+        self._valid_idx = [np.flatnonzero(s.valid) for s in self.scenes]
+        self._changed_idx = [np.flatnonzero(s.valid & (s.label > 0)) for s in self.scenes]
+        self._valid_cum = np.cumsum([len(i) for i in self._valid_idx])
+        self._changed_cum = np.cumsum([len(i) for i in self._changed_idx])
+        if not len(self._valid_cum) or self._valid_cum[-1] == 0:
+            raise EmptySceneError("PatchSampler: no valid pixel in any training scene.")
+
+    @property
+    def num_valid_pixels(self) -> int:
+        """Valid pixels over all scenes."""
+        return int(self._valid_cum[-1])
+
+    @property
+    def num_changed_pixels(self) -> int:
+        """Changed valid pixels over all scenes."""
+        return int(self._changed_cum[-1])
+
+    def _draw_pixel(self, rng: np.random.Generator, changed: bool) -> tuple[int, int, int]:
+        cum, idx = (
+            (self._changed_cum, self._changed_idx) if changed
+            else (self._valid_cum, self._valid_idx)
+        )
+        j = int(rng.integers(int(cum[-1])))
+        scene_i = int(np.searchsorted(cum, j, side="right"))
+        start = int(cum[scene_i - 1]) if scene_i else 0
+        flat = int(idx[scene_i][j - start])
+        width = self.scenes[scene_i].valid.shape[1]
+        return scene_i, flat // width, flat % width
+
+    def patch(
+        self, rng: np.random.Generator, changed: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One ``(before, after, label, valid)`` patch, ``(band, P, P)`` / ``(P, P)``."""
+        changed = changed and self.num_changed_pixels > 0
+        scene_i, row, col = self._draw_pixel(rng, changed)
+        s = self.scenes[scene_i]
+        size = self.patch_px
+        jitter = size // 4
+        h, w = s.valid.shape
+        row0 = row - size // 2 + int(rng.integers(-jitter, jitter + 1))
+        col0 = col - size // 2 + int(rng.integers(-jitter, jitter + 1))
+        row0 = min(max(row0, 0), max(h - size, 0))
+        col0 = min(max(col0, 0), max(w - size, 0))
+        before = _crop_padded(s.before, row0, col0, size, 0)
+        after = _crop_padded(s.after, row0, col0, size, 0)
+        label = _crop_padded(s.label, row0, col0, size, 0)
+        valid = _crop_padded(s.valid, row0, col0, size, False)
+        if self.augment:
+            before, after, label, valid = augment(
+                before, after, label, valid, rng, swap_dates=self.swap_dates
+            )
+        if self.radiometric:
+            before = radiometric_jitter(before, rng, self.radiometric)
+            after = radiometric_jitter(after, rng, self.radiometric)
+        if self.band_drop:
+            drop = rng.random() < self.band_drop
+            keep = self.band_sets[int(rng.integers(len(self.band_sets)))]
+            if drop:
+                zero = ~keep[:, None, None]
+                before = np.where(zero, np.float32(0), before)
+                after = np.where(zero, np.float32(0), after)
+        if self.radiometric or self.band_drop:
+            before = np.where(valid[None], before, np.float32(0)).astype(np.float32)
+            after = np.where(valid[None], after, np.float32(0)).astype(np.float32)
+        return before, after, label, valid
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        """A :class:`Batch` of ``batch_size`` patches, NHWC float32 / int32 / bool."""
+        num_changed = int(round(self.changed_fraction * batch_size))
+        patches = [self.patch(rng, changed=i < num_changed) for i in range(batch_size)]
+        before = to_nhwc(np.stack([p[0] for p in patches]).astype(np.float32))
+        after = to_nhwc(np.stack([p[1] for p in patches]).astype(np.float32))
+        label = np.stack([p[2] for p in patches]).astype(np.int32)
+        valid = np.stack([p[3] for p in patches]).astype(bool)
+        return Batch(before, after, label, valid)

@@ -1,0 +1,179 @@
+"""The pure training step and its placement: optimiser and schedule, ``train_step`` (a pure
+function of ``(graphdef, state, batch, key)``), the data mesh and the jitted, device-placed step.
+
+Must not import rasterio, rioxarray, xarray, dask or matplotlib.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from changedet import metrics
+from changedet.config import (
+    TrainConfig,
+)
+from changedet.data import Batch
+from changedet.models.siamese import SiameseNet
+from changedet.training import losses
+
+log = logging.getLogger(__name__)
+
+
+class StepMetrics(NamedTuple):
+    """Summable per-step training metrics (device scalars): loss and confusion counts."""
+
+    loss: jax.Array
+    tp: jax.Array
+    fp: jax.Array
+    fn: jax.Array
+    tn: jax.Array
+
+
+def make_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Learning rate per step: linear warmup, then cosine decay (or constant)."""
+    warmup = min(cfg.warmup_steps, max(cfg.total_steps - 1, 0))
+    if cfg.schedule == "constant":
+        if warmup == 0:
+            return optax.constant_schedule(cfg.learning_rate)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.learning_rate, warmup),
+             optax.constant_schedule(cfg.learning_rate)],
+            [warmup],
+        )
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else cfg.learning_rate,
+        peak_value=cfg.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(cfg.total_steps, warmup + 1),
+        end_value=cfg.learning_rate * cfg.end_lr_fraction,
+    )
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with the :func:`make_schedule` learning rate and global-norm gradient clipping."""
+    parts = []
+    if cfg.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    parts.append(optax.adamw(make_schedule(cfg), weight_decay=cfg.weight_decay))
+    return optax.chain(*parts)
+
+
+#: What a trained network is: its parameters and BatchNorm's running statistics (the optimiser
+#: updates only the former).
+_WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
+
+
+def _fold_key(key: jax.Array | None) -> jax.Array | None:
+    return None if key is None else jax.random.fold_in(key, 1)
+
+
+def train_step(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    batch: Batch,
+    key: jax.Array,
+    *,
+    loss: str,
+    pos_weight: float,
+    margin: float,
+    mining: str,
+) -> tuple[nnx.State, StepMetrics]:
+    """One optimiser update of ``(model, optimizer)``. Pure: new state and summable metrics.
+
+    Args:
+      graphdef: Static graph of ``(SiameseNet, nnx.Optimizer)`` from ``nnx.split``.
+      state: Their state (donated by the jitted caller).
+      batch: NHWC float32 ``before``/``after``, int32 ``label``, bool ``valid``.
+      key: PRNG key (triplet sampling, dropout); fold the global step into it.
+      loss: ``"bce"``, ``"contrastive"`` or ``"triplet"``.
+      pos_weight: BCE weight of changed pixels.
+      margin: Contrastive/triplet margin; distance-head pixels count as changed above
+        ``margin / 2`` in the returned confusion counts.
+      mining: Triplet mining strategy.
+
+    Returns:
+      ``(new_state, StepMetrics)``; counts are over the batch's valid pixels.
+    """
+    model, optimizer = nnx.merge(graphdef, state)
+    # The blocks' training key (dropout, BatchNorm's batch statistics) is its own stream; none
+    # at all when neither is used, so the triplet sampling of plain models keeps its keys.
+    train_mode = model.cfg.dropout > 0 or model.cfg.norm == "batch"
+    drop_key = jax.random.fold_in(key, 0x0D5) if train_mode else None
+
+    def loss_fn(model: SiameseNet) -> tuple[jax.Array, jax.Array]:
+        if loss == "triplet":
+            e_before, e_after = model.embed_pair(batch.before, batch.after, drop_key)
+            out = model.fuse(e_before, e_after, _fold_key(drop_key))
+            value = losses.triplet_loss(
+                e_before, e_after, batch.label, batch.valid, margin=margin, key=key,
+                mining=mining, distance=model.cfg.distance,
+            )
+        elif loss == "contrastive":
+            out = model(batch.before, batch.after, key=drop_key)
+            value = losses.contrastive_loss(out, batch.label, batch.valid, margin=margin)
+        else:
+            out = model(batch.before, batch.after, key=drop_key)
+            value = losses.masked_bce(out, batch.label, batch.valid, pos_weight=pos_weight)
+        return value, out
+
+    (value, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    pred = out > (0.0 if loss == "bce" else margin / 2)
+    counts = metrics.confusion_counts(pred, batch.label, batch.valid)
+    return nnx.state((model, optimizer)), StepMetrics(value, *counts)
+
+
+def data_mesh(batch_size: int) -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over as many local devices as evenly divide ``batch_size``."""
+    devices = jax.local_devices()
+    n = math.gcd(len(devices), batch_size)
+    if n < len(devices):
+        log.warning("batch_size %d is not a multiple of the %d local devices: using %d",
+                    batch_size, len(devices), n)
+    return jax.sharding.Mesh(np.array(devices[:n]), ("data",))
+
+
+def placements(mesh: jax.sharding.Mesh) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding]:
+    """``(replicated, batch)`` shardings of the train step's state and batch on ``mesh``.
+
+    On a one-device mesh both are that device (``SingleDeviceSharding``): a step annotated
+    with ``NamedSharding`` goes through XLA's SPMD partitioner, whose backward convolutions
+    are ~2.7x slower on CPU (the packaged recipe's step, batch 8 of 96 px: 1069 ms against
+    381 ms on one core, 681 against 260 ms on two; ``docs/benchmarks.md``).
+    """
+    if mesh.size == 1:
+        one = jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
+        return one, one
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+@functools.lru_cache(maxsize=8)
+def make_train_step(cfg: TrainConfig, mesh: jax.sharding.Mesh):
+    """``train_step`` jitted once for ``cfg``: batch sharded on ``mesh``, state replicated.
+
+    Cached per ``(cfg, mesh)`` so repeated ``fit`` calls in one process reuse the compilation.
+
+    Returns:
+      ``step(graphdef, state, batch, key) -> (state, StepMetrics)``; ``state`` is donated.
+    """
+    replicated, _ = placements(mesh)
+    fn = functools.partial(train_step, loss=cfg.loss, pos_weight=cfg.pos_weight,
+                           margin=cfg.margin, mining=cfg.mining)
+    return jax.jit(fn, static_argnums=0, donate_argnums=1,
+                   out_shardings=(replicated, replicated))
+
+
+def shard_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Batch:
+    """Places a host batch on the mesh, split along the batch axis."""
+    _, sharding = placements(mesh)
+    return Batch(*(jax.device_put(np.asarray(x), sharding) for x in batch))
