@@ -28,3 +28,13 @@ def shared_data() -> Path:
 def sample_data() -> Path:
     """The small real sample pair committed in ``data/``."""
     return SAMPLE_DATA
+
+
+@pytest.fixture
+def synthetic_pair(tmp_path):
+    """A small generated 4-band pair (45 x 61 px, UTM, nodata border) with a planted change
+    rectangle (``changedet.testing.write_synthetic_pair``): the pipeline, CLI and reliability
+    tests' shared input."""
+    from changedet.testing import write_synthetic_pair
+
+    return write_synthetic_pair(tmp_path, shape=(45, 61), seed=0)

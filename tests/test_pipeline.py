@@ -16,11 +16,6 @@ from changedet.errors import BandMismatchError, EmptySceneError
 from changedet.testing import write_synthetic_pair, write_variant
 
 
-@pytest.fixture
-def synthetic_pair(tmp_path):
-    return write_synthetic_pair(tmp_path, shape=(45, 61), seed=0)
-
-
 def _assert_same_grid(path, reference, *, nodata):
     with rasterio.open(path) as out, rasterio.open(reference) as ref:
         assert out.crs == ref.crs

@@ -86,11 +86,6 @@ def _expect_refused(capsys, argv, out: Path, *fragments: str) -> str:
 
 
 @pytest.fixture
-def pair(tmp_path):
-    return write_synthetic_pair(tmp_path, shape=(45, 61), seed=0)
-
-
-@pytest.fixture
 def rgb_pair(tmp_path):
     """A 3-band pair (band ids "1", "2", "3") for the tiny model."""
     return write_synthetic_pair(tmp_path, shape=(40, 52), num_bands=3, seed=1)
@@ -130,27 +125,27 @@ def _corrupt_tiled_pair(tmp_path: Path, how: str) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- bad-input matrix
 
 
-def test_missing_file(capsys, pair, tmp_path):
+def test_missing_file(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
-    line = _expect_refused(capsys, ["run", pair.before_path, tmp_path / "nope.tif", "-o", out,
+    line = _expect_refused(capsys, ["run", synthetic_pair.before_path, tmp_path / "nope.tif", "-o", out,
                                     "--method", "cva", "-q"], out, "nope.tif", "no such file")
     assert "check the path" in line
 
 
-def test_folder_without_band_files(capsys, pair, tmp_path):
+def test_folder_without_band_files(capsys, synthetic_pair, tmp_path):
     folder = tmp_path / "empty_scene"
     folder.mkdir()
     (folder / "readme.txt").write_text("no rasters here")
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", folder, pair.after_path, "-o", out, "--method", "cva", "-q"],
+    _expect_refused(capsys, ["run", folder, synthetic_pair.after_path, "-o", out, "--method", "cva", "-q"],
                     out, str(folder), "no band files", "_B02")
 
 
-def test_file_that_is_not_a_raster(capsys, pair, tmp_path):
+def test_file_that_is_not_a_raster(capsys, synthetic_pair, tmp_path):
     bad = tmp_path / "notes.tif"
     bad.write_text("this is not a raster\n")
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, bad, "-o", out, "--method", "cva", "-q"],
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, bad, "-o", out, "--method", "cva", "-q"],
                     out, "notes.tif", "cannot read", "GeoTIFF")
 
 
@@ -165,76 +160,76 @@ def test_corrupt_tile_data_fails_mid_run_naming_the_file(capsys, tmp_path, how):
     assert not (tmp_path / "s.tif").exists()
 
 
-def test_crs_mismatch(capsys, pair, tmp_path):
-    other = write_variant(pair.after_path, tmp_path / "other_crs.tif", crs="EPSG:32634")
+def test_crs_mismatch(capsys, synthetic_pair, tmp_path):
+    other = write_variant(synthetic_pair.after_path, tmp_path / "other_crs.tif", crs="EPSG:32634")
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, other, "-o", out, "--method", "cva", "-q"],
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, other, "-o", out, "--method", "cva", "-q"],
                     out, "EPSG:32633", "EPSG:32634")
 
 
 @pytest.mark.parametrize("align", [False, True])
-def test_disjoint_extents(capsys, pair, tmp_path, align):
-    far = write_variant(pair.after_path, tmp_path / "far.tif", shift_px=(1e6, 0))
+def test_disjoint_extents(capsys, synthetic_pair, tmp_path, align):
+    far = write_variant(synthetic_pair.after_path, tmp_path / "far.tif", shift_px=(1e6, 0))
     out = tmp_path / "change.tif"
-    argv = ["run", pair.before_path, far, "-o", out, "--method", "cva", "-q"]
+    argv = ["run", synthetic_pair.before_path, far, "-o", out, "--method", "cva", "-q"]
     _expect_refused(capsys, argv + (["--align"] if align else []), out, "overlap by 0.00%",
                     "same place")
 
 
-def test_barely_overlapping_extents(capsys, pair, tmp_path):
+def test_barely_overlapping_extents(capsys, synthetic_pair, tmp_path):
     # shifted by 60.5 of 61 columns: half a pixel column (0.82 %) overlaps
-    edge = write_variant(pair.after_path, tmp_path / "edge.tif", shift_px=(60.5, 0))
+    edge = write_variant(synthetic_pair.after_path, tmp_path / "edge.tif", shift_px=(60.5, 0))
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, edge, "-o", out, "--align", "--method",
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, edge, "-o", out, "--align", "--method",
                              "cva", "-q"], out, "overlap by 0.82%", "need >= 1%")
 
 
-def test_align_run_maps_onto_before_with_nodata_outside_after(capsys, pair, tmp_path):
+def test_align_run_maps_onto_before_with_nodata_outside_after(capsys, synthetic_pair, tmp_path):
     # after's grid starts 20 columns right of before's: --align resamples it onto before's grid
-    shifted = write_variant(pair.after_path, tmp_path / "shifted.tif", shift_px=(20, 0))
+    shifted = write_variant(synthetic_pair.after_path, tmp_path / "shifted.tif", shift_px=(20, 0))
     out = tmp_path / "change.tif"
-    code, _, err = _run(capsys, "run", pair.before_path, shifted, "-o", out, "--align",
+    code, _, err = _run(capsys, "run", synthetic_pair.before_path, shifted, "-o", out, "--align",
                         "--method", "cva", "-q")
     assert code == 0, err
-    with rasterio.open(out) as dst, rasterio.open(pair.before_path) as ref:
+    with rasterio.open(out) as dst, rasterio.open(synthetic_pair.before_path) as ref:
         assert (dst.crs, dst.transform, dst.shape) == (ref.crs, ref.transform, ref.shape)
         mask = dst.read(1)
     assert (mask[:, :20] == 255).all()  # outside after's footprint
     # 255 exactly where either date has no valid pixel on before's grid, 0/1 everywhere else
-    valid = io.open_pair(pair.before_path, shifted, align=True).valid.values
+    valid = io.open_pair(synthetic_pair.before_path, shifted, align=True).valid.values
     np.testing.assert_array_equal(mask == 255, ~valid)
     assert not valid[:, :20].any() and valid[:, 21:].mean() > 0.7
     assert np.isin(mask[valid], (0, 1)).all() and (mask[valid] == 1).any()
     _no_partials(tmp_path)
 
 
-def test_overlap_only_on_nodata_is_an_empty_scene(capsys, pair, tmp_path):
+def test_overlap_only_on_nodata_is_an_empty_scene(capsys, synthetic_pair, tmp_path):
     # one shared column, which is in before's nodata frame: nothing valid in both dates
-    edge = write_variant(pair.after_path, tmp_path / "edge.tif", shift_px=(60, 0))
+    edge = write_variant(synthetic_pair.after_path, tmp_path / "edge.tif", shift_px=(60, 0))
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, edge, "-o", out, "--align", "--method",
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, edge, "-o", out, "--align", "--method",
                              "cva", "-q"], out, "no pixel is valid in both dates")
 
 
-def test_different_band_counts(capsys, pair, tmp_path):
-    three = write_variant(pair.after_path, tmp_path / "three.tif", bands=[1, 2, 3])
+def test_different_band_counts(capsys, synthetic_pair, tmp_path):
+    three = write_variant(synthetic_pair.after_path, tmp_path / "three.tif", bands=[1, 2, 3])
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, three, "-o", out, "--method", "cva", "-q"],
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, three, "-o", out, "--method", "cva", "-q"],
                     out, "4 bands", "3 bands", "missing in after: 4", "same bands")
 
 
-def test_different_band_ids(capsys, pair, tmp_path):
-    named = write_variant(pair.after_path, tmp_path / "named.tif",
+def test_different_band_ids(capsys, synthetic_pair, tmp_path):
+    named = write_variant(synthetic_pair.after_path, tmp_path / "named.tif",
                           band_descriptions=["B02", "B03", "B04", "B08"])
     out = tmp_path / "change.tif"
     # One date described, the other not, same count: the names apply to both (with a warning).
-    assert main(["run", str(pair.before_path), str(named), "-o", str(out), "--method", "cva",
+    assert main(["run", str(synthetic_pair.before_path), str(named), "-o", str(out), "--method", "cva",
                  "-q"]) == 0
     import rasterio
 
     with rasterio.open(out) as src:
         assert src.tags()["bands"] == "B02,B03,B04,B08"
-    other = write_variant(pair.before_path, tmp_path / "other.tif",
+    other = write_variant(synthetic_pair.before_path, tmp_path / "other.tif",
                           band_descriptions=["B02", "B03", "B04", "B11"])
     out.unlink()
     capsys.readouterr()
@@ -278,22 +273,22 @@ def test_scene_entirely_nodata(capsys, tmp_path):
                     "no pixel is valid in both dates", "nodata")
 
 
-def test_output_folder_missing(capsys, pair, tmp_path):
+def test_output_folder_missing(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "missing_dir" / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, pair.after_path, "-o", out, "--method",
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out, "--method",
                              "cva", "-q"], out, "does not exist", "create it")
 
 
-def test_output_under_a_regular_file(capsys, pair, tmp_path):
+def test_output_under_a_regular_file(capsys, synthetic_pair, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     out = blocker / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, pair.after_path, "-o", out, "--method",
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out, "--method",
                              "cva", "-q"], out, "is a file, not a folder")
     assert blocker.read_text() == "x"
 
 
-def test_output_folder_read_only(capsys, pair, tmp_path, monkeypatch):
+def test_output_folder_read_only(capsys, synthetic_pair, tmp_path, monkeypatch):
     folder = tmp_path / "locked"
     folder.mkdir()
     real_access = os.access
@@ -305,16 +300,16 @@ def test_output_folder_read_only(capsys, pair, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "access", access)
     out = folder / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, pair.after_path, "-o", out,
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out,
                              "--method", "cva", "-q"], out, "not writable", str(folder))
     assert list(folder.iterdir()) == []
 
 
-def test_output_exists_is_refused_and_untouched(capsys, pair, tmp_path):
+def test_output_exists_is_refused_and_untouched(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
     out.write_bytes(b"keep me")
     before_mtime = out.stat().st_mtime_ns
-    code, _, err = _run(capsys, "run", pair.before_path, pair.after_path, "-o", out,
+    code, _, err = _run(capsys, "run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out,
                         "--method", "cva", "-q")
     assert code == 2
     assert "--overwrite" in _error_line(err)
@@ -323,31 +318,31 @@ def test_output_exists_is_refused_and_untouched(capsys, pair, tmp_path):
 
 
 @pytest.mark.parametrize("which", ["mask", "score"])
-def test_output_same_as_input(capsys, pair, tmp_path, which):
-    original = pair.after_path.read_bytes()
-    argv = ["run", pair.before_path, pair.after_path, "--method", "cva", "-q", "--overwrite"]
+def test_output_same_as_input(capsys, synthetic_pair, tmp_path, which):
+    original = synthetic_pair.after_path.read_bytes()
+    argv = ["run", synthetic_pair.before_path, synthetic_pair.after_path, "--method", "cva", "-q", "--overwrite"]
     if which == "mask":
-        argv += ["-o", pair.after_path]
+        argv += ["-o", synthetic_pair.after_path]
     else:
-        argv += ["-o", tmp_path / "change.tif", "--score", pair.after_path]
+        argv += ["-o", tmp_path / "change.tif", "--score", synthetic_pair.after_path]
     code, _, err = _run(capsys, *argv)
     assert code == 2
     assert "overwrite the input" in _error_line(err)
-    assert pair.after_path.read_bytes() == original
+    assert synthetic_pair.after_path.read_bytes() == original
     assert not (tmp_path / "change.tif").exists()
     _no_partials(tmp_path)
 
 
-def test_unknown_vector_format_leaves_no_mask(capsys, pair, tmp_path):
+def test_unknown_vector_format_leaves_no_mask(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, pair.after_path, "-o", out, "--vector",
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out, "--vector",
                              tmp_path / "change.shp", "--method", "cva", "-q"], out,
                     "unknown vector format", ".gpkg")
 
 
-def test_unwritable_quicklook_path_leaves_no_mask(capsys, pair, tmp_path):
+def test_unwritable_quicklook_path_leaves_no_mask(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", pair.before_path, pair.after_path, "-o", out, "--quicklook",
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out, "--quicklook",
                              tmp_path / "missing_dir" / "q.png", "--method", "cva", "-q"], out,
                     "missing_dir", "does not exist")
 

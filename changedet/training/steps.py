@@ -146,10 +146,11 @@ def data_mesh(batch_size: int) -> jax.sharding.Mesh:
 def placements(mesh: jax.sharding.Mesh) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding]:
     """``(replicated, batch)`` shardings of the train step's state and batch on ``mesh``.
 
-    On a one-device mesh both are that device (``SingleDeviceSharding``): a step annotated
-    with ``NamedSharding`` goes through XLA's SPMD partitioner, whose backward convolutions
-    are ~2.7x slower on CPU (the packaged recipe's step, batch 8 of 96 px: 1069 ms against
-    381 ms on one core, 681 against 260 ms on two; ``docs/benchmarks.md``).
+    On a one-device mesh both are that device (``SingleDeviceSharding``), which skips XLA's SPMD
+    partitioner: 271 against 285 ms per packaged-recipe step on an idle 2-core CPU
+    (``benchmarks/bench_train_step.py``). State and batch must share one kind of placement:
+    a step whose first call mixes a ``SingleDeviceSharding`` state with a ``NamedSharding``
+    batch compiled ~2.7x slower in a profiling script (``fit`` never mixes them).
     """
     if mesh.size == 1:
         one = jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])

@@ -11,12 +11,7 @@ import rasterio
 
 from changedet import __version__
 from changedet.cli import main
-from changedet.testing import write_synthetic_pair, write_variant
-
-
-@pytest.fixture
-def pair(tmp_path):
-    return write_synthetic_pair(tmp_path, shape=(45, 61), seed=0)
+from changedet.testing import write_variant
 
 
 def _run(capsys, *argv):
@@ -32,14 +27,14 @@ def _one_line_error(err: str) -> str:
     return lines[0]
 
 
-def test_run_cva_writes_outputs(capsys, pair, tmp_path):
+def test_run_cva_writes_outputs(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
-    code, stdout, _ = _run(capsys, "run", str(pair.before_path), str(pair.after_path),
+    code, stdout, _ = _run(capsys, "run", str(synthetic_pair.before_path), str(synthetic_pair.after_path),
                            "-o", str(out), "--method", "cva", "--score", str(tmp_path / "s.tif"),
                            "--quiet")
     assert code == 0
     assert str(out) in stdout
-    with rasterio.open(out) as src, rasterio.open(pair.before_path) as ref:
+    with rasterio.open(out) as src, rasterio.open(synthetic_pair.before_path) as ref:
         assert src.transform == ref.transform and src.crs == ref.crs
 
 
@@ -62,8 +57,8 @@ def test_info_prints_grid_and_bands(capsys, sample_data):
         ("same_as_input", "input"),
     ],
 )
-def test_bad_inputs_give_one_line_exit_2_and_no_output(capsys, pair, tmp_path, case, expected):
-    before, after = str(pair.before_path), str(pair.after_path)
+def test_bad_inputs_give_one_line_exit_2_and_no_output(capsys, synthetic_pair, tmp_path, case, expected):
+    before, after = str(synthetic_pair.before_path), str(synthetic_pair.after_path)
     out = tmp_path / "change.tif"
     if case == "missing":
         after = str(tmp_path / "nope.tif")
@@ -72,18 +67,18 @@ def test_bad_inputs_give_one_line_exit_2_and_no_output(capsys, pair, tmp_path, c
         bad.write_text("this is not a raster\n")
         after = str(bad)
     elif case == "crs":
-        after = str(write_variant(pair.after_path, tmp_path / "other_crs.tif", crs="EPSG:32634"))
+        after = str(write_variant(synthetic_pair.after_path, tmp_path / "other_crs.tif", crs="EPSG:32634"))
     elif case == "disjoint":
-        after = str(write_variant(pair.after_path, tmp_path / "far.tif", shift_px=(1e6, 0)))
+        after = str(write_variant(synthetic_pair.after_path, tmp_path / "far.tif", shift_px=(1e6, 0)))
     elif case == "bands":
-        after = str(write_variant(pair.after_path, tmp_path / "three.tif", bands=[1, 2, 3]))
+        after = str(write_variant(synthetic_pair.after_path, tmp_path / "three.tif", bands=[1, 2, 3]))
     elif case == "exists":
         out.write_bytes(b"keep me")
     elif case == "no_folder":
         out = tmp_path / "missing_dir" / "change.tif"
     elif case == "same_as_input":
-        out = pair.before_path
-    before_bytes = pair.before_path.read_bytes()
+        out = synthetic_pair.before_path
+    before_bytes = synthetic_pair.before_path.read_bytes()
     code, _, err = _run(capsys, "run", before, after, "-o", str(out), "--method", "cva", "-q")
     assert code == 2
     line = _one_line_error(err)
@@ -91,17 +86,17 @@ def test_bad_inputs_give_one_line_exit_2_and_no_output(capsys, pair, tmp_path, c
     if case == "exists":
         assert out.read_bytes() == b"keep me"
     elif case == "same_as_input":
-        assert pair.before_path.read_bytes() == before_bytes
+        assert synthetic_pair.before_path.read_bytes() == before_bytes
     else:
         assert not out.exists()
     leftovers = [p.name for p in tmp_path.rglob("*partial*")]
     assert leftovers == []
 
 
-def test_overwrite_replaces_output(capsys, pair, tmp_path):
+def test_overwrite_replaces_output(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
     out.write_bytes(b"old")
-    code, _, _ = _run(capsys, "run", str(pair.before_path), str(pair.after_path), "-o", str(out),
+    code, _, _ = _run(capsys, "run", str(synthetic_pair.before_path), str(synthetic_pair.after_path), "-o", str(out),
                       "--method", "cva", "--overwrite", "-q")
     assert code == 0
     with rasterio.open(out) as src:
