@@ -16,6 +16,7 @@ import pytest
 from changedet import io, pipeline
 from changedet.config import ModelConfig
 from changedet.detectors import modelfile
+from changedet.detectors.cva import CVADetector
 
 distributed = pytest.importorskip("distributed")
 
@@ -83,7 +84,7 @@ def test_graph_is_small_and_reads_happen_in_tasks(paris, model_path):
     pair = io.open_pair(*paris)
     model = modelfile.load_model(model_path)
     scene_bytes = 2 * pair.before.nbytes
-    for detector in (pipeline.CVADetector().prepare(pair), model):
+    for detector in (CVADetector().prepare(pair), model):
         score = pipeline.score_graph(pair, detector, block_px=BLOCK_PX)
         graph = dict(score.__dask_graph__())
         size = len(cloudpickle.dumps(graph))

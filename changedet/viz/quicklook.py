@@ -198,7 +198,8 @@ def write_quicklook(
     fits), chunk by chunk, so memory stays small even on a 10980² Sentinel-2 tile, and the
     displayed mask marks a cell changed if any of its pixels changed (small changes stay
     visible). The changed area is counted on the full-resolution mask: hectares from the
-    pixel area (:mod:`changedet.io.area`: geodesic on the CRS's ellipsoid for geographic CRSes), or pixels without a CRS.
+    pixel area (:mod:`changedet.io.area`: geodesic on the CRS's ellipsoid for geographic
+    CRSes), or pixels without a CRS.
 
     Args:
       path: PNG to write (written to a temporary name in the same folder, then renamed).

@@ -299,7 +299,8 @@ def test_gdal_block_cache_is_capped_unless_the_user_sets_it():
     import subprocess
     import sys
 
-    code = "import changedet.io, os; print(os.environ['GDAL_CACHEMAX'])"
+    # the reader (io.scene: every scene and pair is opened through it) sets the cap on import
+    code = "import changedet.io.scene, os; print(os.environ['GDAL_CACHEMAX'])"
     env = {k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)

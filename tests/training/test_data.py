@@ -1,4 +1,4 @@
-"""Tests for the training-data part of changedet.data: statistics, sampling, augmentation."""
+"""Tests for changedet.data (statistics) and changedet.training.sampling (patches, augmentation)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from changedet import data
+from changedet.training import sampling
 from changedet.errors import BandMismatchError, ConfigError
 
 
@@ -40,7 +41,7 @@ def test_band_statistics_rejects_mixed_bands():
 
 def test_sampler_is_deterministic_and_class_balanced():
     s = _scene()
-    sampler = data.PatchSampler([s], patch_px=16, changed_fraction=0.5)
+    sampler = sampling.PatchSampler([s], patch_px=16, changed_fraction=0.5)
     b1 = sampler.sample(8, np.random.default_rng(3))
     b2 = sampler.sample(8, np.random.default_rng(3))
     for x, y in zip(b1, b2):
@@ -55,7 +56,7 @@ def test_sampler_is_deterministic_and_class_balanced():
 
 def test_augmentation_keeps_dates_label_and_valid_aligned():
     s = _scene()
-    sampler = data.PatchSampler([s], patch_px=16, changed_fraction=1.0)
+    sampler = sampling.PatchSampler([s], patch_px=16, changed_fraction=1.0)
     batch = sampler.sample(16, np.random.default_rng(0))
     # In this scene change <=> |after - before| = 50 on every band: holds after any transform.
     diff = np.abs(batch.after - batch.before)[..., 0]
@@ -69,7 +70,7 @@ def test_augmentation_keeps_dates_label_and_valid_aligned():
 
 def test_small_scene_is_padded_invalid():
     s = _scene(shape=(10, 12))
-    batch = data.PatchSampler([s], patch_px=32, augment=False).sample(2, np.random.default_rng(0))
+    batch = sampling.PatchSampler([s], patch_px=32, augment=False).sample(2, np.random.default_rng(0))
     assert batch.before.shape == (2, 32, 32, 2)
     assert int(batch.valid[0].sum()) == int(s.valid.sum())
     assert not batch.valid[0, 10:].any() and not batch.valid[0, :, 12:].any()
@@ -84,4 +85,4 @@ def test_normalize_scene_and_bad_config():
     np.testing.assert_allclose(v.std(axis=1), 1, atol=1e-4)
     assert (n.before[:, ~n.valid] == 0).all()
     with pytest.raises(ConfigError):
-        data.PatchSampler([s], patch_px=16, changed_fraction=1.5)
+        sampling.PatchSampler([s], patch_px=16, changed_fraction=1.5)
