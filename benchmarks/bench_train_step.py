@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import statistics
 import sys
@@ -99,10 +98,8 @@ def main() -> None:
                        training.shard_batch(host, mesh), args.repeats)
     # The same step annotated with NamedSharding (XLA's SPMD partitioner).
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    fn = functools.partial(training.train_step, loss=train_cfg.loss,
-                           pos_weight=train_cfg.pos_weight, margin=train_cfg.margin,
-                           mining=train_cfg.mining)
-    named = jax.jit(fn, static_argnums=0, donate_argnums=1, out_shardings=(replicated, replicated))
+    named = jax.jit(training.steps.step_function(train_cfg), static_argnums=0, donate_argnums=1,
+                    out_shardings=(replicated, replicated))
     graphdef, state = fresh_state(model_cfg, train_cfg)
     named_s = time_steps(named, graphdef, jax.device_put(state, replicated),
                          Batch(*(jax.device_put(x, split) for x in host)), args.repeats)

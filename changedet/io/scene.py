@@ -425,6 +425,7 @@ def describe_scene(path: str | Path) -> str:
         lines.append(f"grid from:  finest band, resampled bilinear ({len(info.band_files)} files)")
     return "\n".join(lines)
 
+
 #: Relative tolerance (fraction of a pixel) when comparing two transforms.
 _TRANSFORM_TOL_PX = 1e-6
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,6 @@ from changedet.config import (
 )
 from changedet.errors import ModelFileError
 from changedet.io import atomic
-
-log = logging.getLogger(__name__)
-
 
 CHECKPOINT_NAME = "checkpoint.msgpack"
 

@@ -6,15 +6,12 @@ Pure numpy; every draw comes from the ``numpy.random.Generator`` the caller pass
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from changedet.data import Batch, Scene, to_nhwc
 from changedet.errors import ConfigError, EmptySceneError
-
-log = logging.getLogger(__name__)
 
 
 def augment(

@@ -158,6 +158,13 @@ def placements(mesh: jax.sharding.Mesh) -> tuple[jax.sharding.Sharding, jax.shar
     return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
+def step_function(cfg: TrainConfig):
+    """:func:`train_step` with ``cfg``'s loss settings bound (not jitted): ``step(graphdef,
+    state, batch, key)``."""
+    return functools.partial(train_step, loss=cfg.loss, pos_weight=cfg.pos_weight,
+                             margin=cfg.margin, mining=cfg.mining)
+
+
 @functools.lru_cache(maxsize=8)
 def make_train_step(cfg: TrainConfig, mesh: jax.sharding.Mesh):
     """``train_step`` jitted once for ``cfg``: batch sharded on ``mesh``, state replicated.
@@ -168,9 +175,7 @@ def make_train_step(cfg: TrainConfig, mesh: jax.sharding.Mesh):
       ``step(graphdef, state, batch, key) -> (state, StepMetrics)``; ``state`` is donated.
     """
     replicated, _ = placements(mesh)
-    fn = functools.partial(train_step, loss=cfg.loss, pos_weight=cfg.pos_weight,
-                           margin=cfg.margin, mining=cfg.mining)
-    return jax.jit(fn, static_argnums=0, donate_argnums=1,
+    return jax.jit(step_function(cfg), static_argnums=0, donate_argnums=1,
                    out_shardings=(replicated, replicated))
 
 

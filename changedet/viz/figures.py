@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import io as io_bytes
-import logging
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-logger = logging.getLogger(__name__)
 
 
 #: Default colour of changed pixels in overlays (vivid magenta: stands out on vegetation,

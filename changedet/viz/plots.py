@@ -5,7 +5,6 @@ curves (matplotlib, imported lazily).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +17,6 @@ from changedet.io.atomic import atomic_path
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 from changedet.viz.figures import _figure
-
-logger = logging.getLogger(__name__)
 
 
 def _load_records(source: str | Path | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -139,10 +139,11 @@ def changed_area(mask: xr.DataArray) -> tuple[int, float | None]:
     grid = scene_grid(mask)
     per_row = np.asarray((mask == 1).sum("x").values, dtype=np.int64)
     changed_px = int(per_row.sum())
-    areas = row_pixel_areas_m2(grid, mask.rio.crs, np.arange(grid.height, dtype=np.float64))
+    rows = np.flatnonzero(per_row)  # geodesic areas only where something changed
+    areas = row_pixel_areas_m2(grid, mask.rio.crs, rows.astype(np.float64))
     if areas is None:
         return changed_px, None
-    return changed_px, float((per_row * areas).sum() / M2_PER_HECTARE)
+    return changed_px, float((per_row[rows] * areas).sum() / M2_PER_HECTARE)
 
 
 def _decimate_mask(mask: Any, factor: int) -> np.ndarray:
