@@ -46,6 +46,7 @@ def child(before: str, after: str, out: str, method: str, block_px: int) -> None
     logging.basicConfig(level=logging.WARNING)
     from changedet import pipeline
     from changedet.config import ModelConfig
+    from changedet.detectors import learned
     from changedet.detectors import modelfile
 
     start = time.perf_counter()
@@ -54,7 +55,7 @@ def child(before: str, after: str, out: str, method: str, block_px: int) -> None
     elif "sentinel2" in modelfile.packaged_models():
         kwargs = {"model": "sentinel2"}
     else:
-        kwargs = {"model": modelfile.random_init_model(ModelConfig(num_bands=13), S2_BANDS)}
+        kwargs = {"model": learned.random_init_model(ModelConfig(num_bands=13), S2_BANDS)}
     result = pipeline.run(before, after, Path(out) / "mask.tif", score_path=Path(out) / "score.tif",
                           block_px=block_px, progress=False, overwrite=True, **kwargs)
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib(),

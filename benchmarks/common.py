@@ -231,20 +231,21 @@ def benchmark_model(num_bands: int = 13, network: str = "packaged"):
       ``(ChangeModel, description)``.
     """
     from changedet.config import ModelConfig, default
+    from changedet.detectors import learned
     from changedet.detectors import modelfile
 
     bands = S2_BANDS if num_bands == 13 else tuple(str(i + 1) for i in range(num_bands))
     match network:
         case "packaged":
             if num_bands == 13 and "sentinel2" in modelfile.packaged_models():
-                model = modelfile.load_model("sentinel2")
+                model = learned.load_model("sentinel2")
                 return model, f"packaged sentinel2 ({_describe(model.config)})"
             cfg = default(bands)[0]
         case "diff":
             cfg = ModelConfig(num_bands=num_bands)
         case _:
             raise ValueError(f"network must be one of {NETWORKS}; got {network!r}")
-    model = modelfile.random_init_model(cfg, bands, seed=0)
+    model = learned.random_init_model(cfg, bands, seed=0)
     return model, f"random-init {_describe(cfg)}"
 
 

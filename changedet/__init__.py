@@ -33,8 +33,10 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time these load on 
     from changedet.config import ModelConfig
     from changedet.coregister import Shift, estimate_shift
     from changedet.detectors.cva import CVADetector
-    from changedet.detectors.modelfile import ChangeModel, load_model, save_model
+    from changedet.detectors.learned import load_model
+    from changedet.detectors.modelfile import save_model
     from changedet.io import RasterPair, open_pair, open_scene
+    from changedet.models.record import ChangeModel
     from changedet.pipeline import RunResult, detect, run
 
 _LAZY = {
@@ -45,8 +47,8 @@ _LAZY = {
     "run": ("changedet.pipeline", "run"),
     "RunResult": ("changedet.pipeline", "RunResult"),
     "CVADetector": ("changedet.detectors.cva", "CVADetector"),
-    "ChangeModel": ("changedet.detectors.modelfile", "ChangeModel"),
-    "load_model": ("changedet.detectors.modelfile", "load_model"),
+    "ChangeModel": ("changedet.models.record", "ChangeModel"),
+    "load_model": ("changedet.detectors.learned", "load_model"),
     "save_model": ("changedet.detectors.modelfile", "save_model"),
     "ModelConfig": ("changedet.config", "ModelConfig"),
     "estimate_shift": ("changedet.coregister", "estimate_shift"),

@@ -167,8 +167,9 @@ def evaluate(
     """Evaluates ``detector`` (and the CVA baseline) on labelled scenes, on the same pixels.
 
     Args:
-      detector: A pipeline detector, e.g. a :class:`changedet.detectors.modelfile.ChangeModel`. Its
-        ``band_ids`` (if set) must equal each scene's.
+      detector: A pipeline detector, e.g. a
+        :class:`changedet.detectors.learned.LearnedDetector`. Its ``band_ids`` (if set) must
+        equal each scene's.
       scenes: Labelled scenes (raw values); ``valid=False`` pixels (nodata, unlabelled) are
         ignored by every method.
       baseline: Also evaluate CVA with a per-scene Otsu threshold.

@@ -30,7 +30,7 @@ from changedet.errors import BandMismatchError, ConfigError, option
 from changedet.types import size_px
 
 if TYPE_CHECKING:
-    from changedet.detectors.modelfile import ChangeModel
+    from changedet.models.record import ChangeModel
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ def predict_step(graphdef: nnx.GraphDef, state: nnx.State, before: jax.Array,
     transforms = DIHEDRAL[:tta]
     stacked = [jnp.stack([_transform(x, *t) for t in transforms]) for x in (before, after)]
     scores = jax.lax.map(lambda pair: model.change_score(*pair), stacked)
-    return sum(_untransform(scores[i], *t) for i, t in enumerate(transforms)) / tta
+    total = _untransform(scores[0], *transforms[0])
+    for i, t in enumerate(transforms[1:], start=1):
+        total = total + _untransform(scores[i], *t)
+    return total / tta
 
 
 class PredictStep:
@@ -139,7 +142,7 @@ class PredictStep:
 
     def cache_size(self) -> int:
         """Compiled executables held by the jitted step (one per distinct input shape)."""
-        return self._jitted._cache_size()  # private JAX API; used by tests and logging only
+        return self._jitted._cache_size()  # type: ignore[attr-defined]  # private JAX API; used by tests and logging only
 
     def __call__(self, state: Any, before: np.ndarray | jax.Array,
                  after: np.ndarray | jax.Array) -> jax.Array:
@@ -169,7 +172,7 @@ def make_predict_step(graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | No
 
 
 class BlockPredictor:
-    """Scores raw numpy block pairs with a :class:`~changedet.detectors.modelfile.ChangeModel`,
+    """Scores raw numpy block pairs with a :class:`~changedet.models.ChangeModel`,
     tile by tile.
 
     The block is normalised (the model's per-band mean/std), mirrored-padded by the model's halo

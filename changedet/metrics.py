@@ -179,7 +179,7 @@ def _ratios(tp, fp, fn, tn):
     return tuple(np.where(empty, np.nan, v) for v in (precision, recall, f1, iou, oa, kappa))
 
 
-def scores_from_counts(tp: int, fp: int, fn: int, tn: int) -> Metrics:
+def scores_from_counts(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike, tn: ArrayLike) -> Metrics:
     """Precision, recall, F1, IoU (of the change class), overall accuracy and Cohen's kappa.
 
     Computed on the host in float64. Empty classes give defined values: predicting no change
@@ -202,7 +202,7 @@ def scores_from_counts(tp: int, fp: int, fn: int, tn: int) -> Metrics:
       >>> scores_from_counts(0, 0, 0, 0).f1
       nan
     """
-    values = _ratios(int(tp), int(fp), int(fn), int(tn))
+    values = _ratios(*(int(np.asarray(v)) for v in (tp, fp, fn, tn)))
     return Metrics(*(float(v) for v in values))
 
 

@@ -170,7 +170,7 @@ def score_graph(
     if small:  # one block, mirrored by numpy (dask cannot mirror wider than the array)
         before, after = (d.rechunk((-1, -1, -1)) for d in dates)
         valid_in = valid.rechunk((-1, -1))
-        out_chunks = ((height,), (width,))
+        out_chunks: tuple[tuple[int, ...], tuple[int, ...]] = ((height,), (width,))
     else:
         chunks = (
             (len(pair.band_ids),),

@@ -8,7 +8,7 @@ the change is found where it was put. Must not import jax.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import rasterio
@@ -155,7 +155,7 @@ def write_variant(
     src_path: str | Path,
     dst_path: str | Path,
     *,
-    crs: str | None | bool = True,
+    crs: str | None | Literal[True] = True,
     shift_px: tuple[float, float] = (0.0, 0.0),
     pixel_scale: float = 1.0,
     bands: list[int] | None = None,

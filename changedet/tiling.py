@@ -13,13 +13,14 @@ NumPy only: must not import jax, rasterio, rioxarray, xarray, dask or matplotlib
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, Literal, NamedTuple
 
 import numpy as np
 
 from changedet.errors import ConfigError
 
-PAD_MODE = "symmetric"  # numpy's name for dask's boundary="reflect" (the edge pixel repeats)
+PadMode = Literal["symmetric", "reflect", "edge", "constant"]
+PAD_MODE: Final = "symmetric"  # numpy's name for dask's boundary="reflect" (the edge pixel repeats)
 
 
 class Tile(NamedTuple):
@@ -82,7 +83,8 @@ def padded_shape(shape: tuple[int, int], core_px: int, halo_px: int) -> tuple[in
     return (round_up(shape[0], core_px) + 2 * halo_px, round_up(shape[1], core_px) + 2 * halo_px)
 
 
-def pad_block(block: np.ndarray, core_px: int, halo_px: int, mode: str = PAD_MODE) -> np.ndarray:
+def pad_block(block: np.ndarray, core_px: int, halo_px: int,
+              mode: PadMode = PAD_MODE) -> np.ndarray:
     """Pads ``(..., height, width)`` by ``halo_px`` on every side, plus bottom/right up to whole
     cores; block pixel ``(r, c)`` lands at ``(r + halo_px, c + halo_px)``.
 

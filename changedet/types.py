@@ -72,9 +72,14 @@ class ScoringDetector(Protocol):
     """What scoring needs from a change detector (``evaluate.score_scene``): the score of a
     raw ``(band, h, w)`` block pair that carries ``context_px`` of real context per side."""
 
-    name: str
-    halo_px: int
-    threshold: float | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def halo_px(self) -> int: ...
+
+    @property
+    def threshold(self) -> float | None: ...
 
     def score_block(
         self, before: np.ndarray, after: np.ndarray, *, context_px: int = 0
@@ -85,6 +90,7 @@ class Detector(ScoringDetector, Protocol):
     """What the pipeline needs from a change detector (see docs/design.md): a scorer that binds
     itself to a pair (``prepare``: bands matched, per-scene statistics computed)."""
 
-    band_ids: tuple[str, ...] | None
+    @property
+    def band_ids(self) -> tuple[str, ...] | None: ...
 
     def prepare(self, pair: Any) -> Detector: ...

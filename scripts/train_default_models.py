@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from changedet import __version__, bands, config, evaluate, training
+from changedet.detectors import learned
 from changedet.detectors import modelfile
 from changedet.io import datasets
 from changedet.training import crossval
@@ -241,7 +242,7 @@ def train_one(name: str, args: argparse.Namespace) -> None:
     if args.stage == "report":
         # the packaged model as it is, and its fold models re-scored (trained if missing)
         path = out / f"{name}.msgpack"
-        model = modelfile.load_model(path)
+        model = learned.load_model(path)
         result = crossval.cross_validate(scenes, FOLDS[name], model_cfg, train_cfg,
                                          workdir / "cv", name=name, progress=not args.quiet,
                                          folds=folds, only_folds=only)

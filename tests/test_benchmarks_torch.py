@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from changedet.config import ModelConfig
-from changedet.detectors import modelfile
+from changedet.detectors import learned
 
 torch = pytest.importorskip("torch")
 
@@ -35,7 +35,7 @@ def _torch_siamese():
     ModelConfig(num_bands=4, features=(4, 8), embed_dim=4, head="diff", head_convs=1),
 ], ids=["msdiff", "msdiff-head-convs", "diff"])
 def test_torch_port_matches_flax_change_score(cfg: ModelConfig) -> None:
-    model = modelfile.random_init_model(cfg, BANDS, seed=1)
+    model = learned.random_init_model(cfg, BANDS, seed=1)
     rng = np.random.default_rng(0)
     before = rng.normal(size=(2, 32, 32, 4)).astype(np.float32)
     after = (before + rng.normal(scale=0.5, size=before.shape)).astype(np.float32)

@@ -189,8 +189,8 @@ def test_import_changedet_is_light():
 
 
 #: Raises of bare builtins that never reach a user: caught and re-raised as a ChangedetError
-#: (modelfile's shape check) or an internal invariant of the layer arithmetic.
-INTERNAL_RAISES = {("detectors/modelfile.py", "ValueError"), ("models/layers.py", "ValueError")}
+#: (the model record's shape check) or an internal invariant of the layer arithmetic.
+INTERNAL_RAISES = {("models/record.py", "ValueError"), ("models/layers.py", "ValueError")}
 
 
 def test_user_facing_errors_are_changedet_errors():

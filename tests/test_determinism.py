@@ -81,7 +81,8 @@ def test_vector_features_do_not_depend_on_tile_size(tmp_path, cva_pair):
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory) -> tuple[Path, Path, Path]:
     """Two saves of the seed-0 random model and one of seed 1."""
-    from changedet.detectors.modelfile import random_init_model, save_model
+    from changedet.detectors.learned import random_init_model
+    from changedet.detectors.modelfile import save_model
 
     folder = tmp_path_factory.mktemp("models")
     ids = ("1", "2", "3")

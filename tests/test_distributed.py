@@ -15,6 +15,7 @@ import pytest
 
 from changedet import io, pipeline
 from changedet.config import ModelConfig
+from changedet.detectors import learned
 from changedet.detectors import modelfile
 from changedet.detectors.cva import CVADetector
 
@@ -32,7 +33,7 @@ def paris(sample_data: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = ModelConfig(num_bands=13, features=(8, 16), embed_dim=8, head_convs=1)
-    model = modelfile.random_init_model(cfg, pipeline.SENTINEL2_BANDS, seed=3, name="tiny")
+    model = learned.random_init_model(cfg, pipeline.SENTINEL2_BANDS, seed=3, name="tiny")
     return modelfile.save_model(tmp_path_factory.mktemp("model") / "tiny.msgpack", model)
 
 
@@ -43,7 +44,7 @@ def threaded(paris, model_path, tmp_path_factory) -> dict[str, tuple[bytes, byte
     results = {}
     with dask.config.set(scheduler="threads"):
         for name, kwargs in (("cva", {"method": "cva"}),
-                             ("model", {"model": modelfile.load_model(model_path)})):
+                             ("model", {"model": learned.load_model(model_path)})):
             mask, score = out / f"{name}.tif", out / f"{name}-score.tif"
             pipeline.run(*paris, mask, score_path=score, block_px=BLOCK_PX, progress=False,
                          **kwargs)
@@ -62,7 +63,7 @@ def client(threaded):
 
 
 def test_model_pickles_without_lock_or_compiled_predictors(model_path):
-    model = modelfile.load_model(model_path)
+    model = learned.load_model(model_path)
     model.predictor()  # holds jitted functions bound to devices: must not travel
     data = pickle.dumps(model)
     assert len(data) < 2_000, "a model loaded from a file must travel as its path, not its weights"
@@ -71,7 +72,7 @@ def test_model_pickles_without_lock_or_compiled_predictors(model_path):
     assert pickle.loads(data) is again, "one instance per process: tasks share its compiled steps"
     # a model built in memory travels by value, and its round trip scores the same
     cfg = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4, head_convs=1)
-    fresh = modelfile.random_init_model(cfg, ("1", "2", "3"), seed=5)
+    fresh = learned.random_init_model(cfg, ("1", "2", "3"), seed=5)
     copy = pickle.loads(cloudpickle.dumps(fresh))
     import numpy as np
 
@@ -82,7 +83,7 @@ def test_model_pickles_without_lock_or_compiled_predictors(model_path):
 
 def test_graph_is_small_and_reads_happen_in_tasks(paris, model_path):
     pair = io.open_pair(*paris)
-    model = modelfile.load_model(model_path)
+    model = learned.load_model(model_path)
     scene_bytes = 2 * pair.before.nbytes
     for detector in (CVADetector().prepare(pair), model):
         score = pipeline.score_graph(pair, detector, block_px=BLOCK_PX)
@@ -100,7 +101,7 @@ def test_graph_is_small_and_reads_happen_in_tasks(paris, model_path):
 @pytest.mark.parametrize("name", ["cva", "model"])
 def test_cluster_outputs_equal_threaded_bytes(name, paris, model_path, threaded, client,
                                               tmp_path):
-    kwargs = {"method": "cva"} if name == "cva" else {"model": modelfile.load_model(model_path)}
+    kwargs = {"method": "cva"} if name == "cva" else {"model": learned.load_model(model_path)}
     mask, score = tmp_path / "mask.tif", tmp_path / "score.tif"
     result = pipeline.run(*paris, mask, score_path=score, block_px=BLOCK_PX, progress=False,
                           client=client, **kwargs)
@@ -110,9 +111,9 @@ def test_cluster_outputs_equal_threaded_bytes(name, paris, model_path, threaded,
     if name == "model":
         # each worker rebuilt the model once (from its file) and compiled once per tile shape
         def compiled() -> list[int]:
-            from changedet.detectors import modelfile as mf
+            from changedet.detectors import learned as shared
 
-            return [p.step.num_traces for m in mf._SHARED.values()
+            return [p.step.num_traces for m in shared._SHARED.values()
                     for p in m._predictors.values()]
 
         per_worker = client.run(compiled)

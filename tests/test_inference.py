@@ -15,14 +15,14 @@ from rasterio.windows import Window
 from changedet import tiling
 from changedet.config import ModelConfig
 from changedet.data import normalize, to_nhwc
-from changedet.detectors.modelfile import ChangeModel, random_init_model
+from changedet.detectors.learned import LearnedDetector, random_init_model
 from changedet.errors import BandMismatchError, ConfigError
 from changedet.inference import BlockPredictor, make_predict_step
 
 BANDS = ("B02", "B03", "B04", "B08")  # the 10 m bands: one grid, no resampling needed
 
 
-def tiny_model(head: str = "diff", **kw) -> ChangeModel:
+def tiny_model(head: str = "diff", **kw) -> LearnedDetector:
     cfg = ModelConfig(num_bands=4, features=(4, 8, 8), embed_dim=4, head=head, **kw)
     return random_init_model(cfg, BANDS, seed=1)
 
@@ -42,11 +42,11 @@ def paris_crop(sample_data):
     return dates[0], dates[1]
 
 
-def with_crop_statistics(model: ChangeModel, before: np.ndarray) -> ChangeModel:
+def with_crop_statistics(model: LearnedDetector, before: np.ndarray) -> LearnedDetector:
     mean = before.reshape(len(BANDS), -1).mean(1)
     std = before.reshape(len(BANDS), -1).std(1)
-    return ChangeModel(config=model.config, state=model.state, band_ids=model.band_ids,
-                       norm_mean=tuple(mean), norm_std=tuple(std), threshold=0.5, name="t")
+    return LearnedDetector(config=model.config, state=model.state, band_ids=model.band_ids,
+                           norm_mean=tuple(mean), norm_std=tuple(std), threshold=0.5, name="t")
 
 
 def test_four_devices_give_the_one_device_result():
@@ -94,7 +94,7 @@ def test_layernorm_model_tiled_equals_one_whole_block_pass(paris_crop):
     _assert_tiled_equals_one_pass(paris_crop, tiny_model("diff", norm="layer"), 16)
 
 
-def _assert_tiled_equals_one_pass(paris_crop, model: ChangeModel, tile_px: int) -> None:
+def _assert_tiled_equals_one_pass(paris_crop, model: LearnedDetector, tile_px: int) -> None:
     before, after = paris_crop
     head = model.config.head
     model = with_crop_statistics(model, before)

@@ -62,7 +62,7 @@ def _tiny_model():
     """A fixed random-initialised network (seed 0, 13 bands, the packaged architecture), so the
     learned path is pinned without depending on the packaged weights."""
     from changedet import bands, config
-    from changedet.detectors.modelfile import random_init_model
+    from changedet.detectors.learned import random_init_model
 
     model_cfg, _ = config.default()
     model = random_init_model(model_cfg, bands.SENTINEL2_BANDS, seed=0)

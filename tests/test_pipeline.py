@@ -271,7 +271,7 @@ def _whole_image_score(model, before: np.ndarray, after: np.ndarray) -> np.ndarr
 def test_tiled_model_output_equals_whole_image(sample_data, block_px):
     """Seam-free: the dask-tiled score equals one whole-scene pass, whatever the block size."""
     from changedet.config import ModelConfig
-    from changedet.detectors.modelfile import random_init_model
+    from changedet.detectors.learned import random_init_model
 
     city = sample_data / "oscd_paris"
     pair = changedet.open_pair(city / "imgs_1", city / "imgs_2")
@@ -297,7 +297,7 @@ def test_per_image_model_tiled_equals_whole_image_with_whole_scene_statistics(
     tiles stay seam-free and equal one whole-scene pass standardised by those statistics."""
     from changedet.config import ModelConfig
     from changedet.data import image_statistics
-    from changedet.detectors.modelfile import random_init_model
+    from changedet.detectors.learned import random_init_model
 
     city = sample_data / "oscd_paris"
     pair = changedet.open_pair(city / "imgs_1", city / "imgs_2")
@@ -321,7 +321,7 @@ def test_quality_best_is_seam_free_recorded_and_differs_from_fast(sample_data, t
     """``quality="best"`` (8 dihedral transforms per tile) keeps the dask-tiled score equal
     across block sizes, records itself in the mask's tags, and changes the score."""
     from changedet.config import ModelConfig
-    from changedet.detectors.modelfile import random_init_model
+    from changedet.detectors.learned import random_init_model
 
     city = sample_data / "oscd_paris"
     pair = changedet.open_pair(city / "imgs_1", city / "imgs_2")

@@ -94,7 +94,8 @@ def rgb_pair(tmp_path):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     """A saved random-init tiny model for bands "1", "2", "3"."""
-    from changedet.detectors.modelfile import random_init_model, save_model
+    from changedet.detectors.learned import random_init_model
+    from changedet.detectors.modelfile import save_model
 
     path = tmp_path_factory.mktemp("model") / "tiny.msgpack"
     return save_model(path, random_init_model(TINY, ("1", "2", "3"), seed=0))
@@ -238,7 +239,8 @@ def test_different_band_ids(capsys, synthetic_pair, tmp_path):
 
 
 def test_bands_the_model_was_not_trained_on(capsys, tmp_path):
-    from changedet.detectors.modelfile import random_init_model, save_model
+    from changedet.detectors.learned import random_init_model
+    from changedet.detectors.modelfile import save_model
 
     model_path = save_model(tmp_path / "s2rgb.msgpack",
                             random_init_model(TINY, ("B04", "B03", "B02"), seed=0))
@@ -503,7 +505,7 @@ class _Exploit:
 
 
 def test_pickle_model_file_is_rejected_without_running_code(tmp_path):
-    from changedet.detectors.modelfile import load_model
+    from changedet.detectors.learned import load_model
 
     marker = tmp_path / "PWNED"
     path = tmp_path / "evil.msgpack"
@@ -516,7 +518,7 @@ def test_pickle_model_file_is_rejected_without_running_code(tmp_path):
 def test_unexpected_msgpack_types_are_rejected(tmp_path, model_path):
     from flax import serialization
 
-    from changedet.detectors.modelfile import load_model
+    from changedet.detectors.learned import load_model
 
     payload = serialization.msgpack_restore(model_path.read_bytes())
     cases = {
@@ -549,7 +551,7 @@ def _replace_leaf(tree: dict, path: tuple, value) -> dict:
 def test_pickle_bytes_as_params_are_rejected(tmp_path, model_path):
     from flax import serialization
 
-    from changedet.detectors.modelfile import load_model
+    from changedet.detectors.learned import load_model
 
     marker = tmp_path / "PWNED"
     payload = serialization.msgpack_restore(model_path.read_bytes())
@@ -566,7 +568,7 @@ def test_pickle_bytes_as_params_are_rejected(tmp_path, model_path):
 def test_string_parameter_is_rejected(tmp_path, model_path):
     from flax import serialization
 
-    from changedet.detectors.modelfile import load_model
+    from changedet.detectors.learned import load_model
 
     payload = serialization.msgpack_restore(model_path.read_bytes())
     params = _replace_leaf(payload["params"], _first_leaf_path(payload["params"]), "hello")
@@ -579,7 +581,7 @@ def test_string_parameter_is_rejected(tmp_path, model_path):
 def test_wrong_shaped_parameter_is_rejected_at_load(tmp_path, model_path):
     from flax import serialization
 
-    from changedet.detectors.modelfile import load_model
+    from changedet.detectors.learned import load_model
 
     payload = serialization.msgpack_restore(model_path.read_bytes())
     params = _replace_leaf(payload["params"], _first_leaf_path(payload["params"]),

@@ -30,7 +30,7 @@ def test_calibration_measures_change_frequency_per_score_and_survives_a_model_fi
     assert np.isnan(u[2])
     # the model file keeps it
     from changedet.config import ModelConfig
-    from changedet.detectors.modelfile import random_init_model
+    from changedet.detectors.learned import random_init_model
 
     model = dataclasses.replace(random_init_model(ModelConfig(num_bands=3, features=(4, 8)),
                                                   ("1", "2", "3")), calibration=cal)
@@ -100,7 +100,7 @@ def test_uncertainty_needs_a_calibrated_learned_model(sample_data, tmp_path):
     assert "learned model" in proc.stderr and "--model" in proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
     from changedet.config import ModelConfig
-    from changedet.detectors.modelfile import random_init_model
+    from changedet.detectors.learned import random_init_model
 
     pair = changedet.open_pair(before, after)
     model = random_init_model(ModelConfig(num_bands=13, features=(4, 8)), pair.band_ids)

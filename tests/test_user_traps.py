@@ -16,7 +16,8 @@ import rasterio
 from changedet import pipeline
 from changedet.cli import main
 from changedet.config import ModelConfig
-from changedet.detectors.modelfile import random_init_model, save_model
+from changedet.detectors.learned import random_init_model
+from changedet.detectors.modelfile import save_model
 from changedet.errors import BandMismatchError, GridMismatchError, OutputError
 from changedet.testing import write_synthetic_pair, write_variant
 

@@ -251,7 +251,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from changedet import evaluate, pipeline
-    from changedet.detectors import modelfile
+    from changedet.detectors.learned import load_model
 
     scenes = load_dataset(args.dataset, bands=_split(args.bands), align=args.align,
                           change_values=[int(v) for v in _split(args.change_values)])
@@ -264,7 +264,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = args.model
     if model is None:
         model = "sentinel2" if tuple(band_ids) == pipeline.SENTINEL2_BANDS else "rgb"
-    detector = modelfile.load_model(model)
+    detector = load_model(model)
     report = evaluate.evaluate(detector, scenes, threshold=args.threshold)
     print(report.to_table())
     if args.json:

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from changedet import bands, io
+from changedet.detectors import modelfile
 from changedet.detectors.cva import CVADetector
+from changedet.detectors.learned import as_detector, load_model
 from changedet.detectors.prepare import PreparedModel
 from changedet.errors import (
     BandMismatchError,
@@ -19,6 +21,7 @@ from changedet.errors import (
     option,
     render,
 )
+from changedet.models.record import ChangeModel
 from changedet.types import Detector
 from changedet.uncertainty import ScoreCalibration
 
@@ -30,8 +33,6 @@ Method = Literal["auto", "siamese", "cva"]
 
 def method_name(detector: Detector) -> str:
     """``"siamese"`` for a learned model, else the detector's own name (``"cva"``)."""
-    from changedet.detectors.modelfile import ChangeModel
-
     return "siamese" if isinstance(detector, (PreparedModel, ChangeModel)) else detector.name
 
 
@@ -110,7 +111,6 @@ def resolve_detector(
         return CVADetector()
     if method not in ("auto", "siamese"):
         raise ConfigError(f"method must be 'auto', 'siamese' or 'cva'; got {method!r}.")
-    from changedet.detectors import modelfile
 
     if model is None:
         name = default_model_name(pair.band_ids)
@@ -123,8 +123,7 @@ def resolve_detector(
                 f"{option('method', 'siamese')} for the %s model."), gsd, name)
             return CVADetector()
         model = name
-    if not isinstance(model, modelfile.ChangeModel):
-        model = modelfile.load_model(model)
+    model = as_detector(model) if isinstance(model, ChangeModel) else load_model(model)
     modelfile.check_bands(model, pair.band_ids)
     return model
 

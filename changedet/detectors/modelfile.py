@@ -1,4 +1,5 @@
-"""Learned change models as files: :class:`ChangeModel`, ``save_model``, ``load_model``, and the
+"""Change models as files: ``save_model``, ``read_model`` (a :class:`~changedet.models.ChangeModel`
+record; ``changedet.detectors.learned.load_model`` returns it as a detector) and the
 packaged-model registry (``changedet/weights/<name>.msgpack`` + sha256 in ``registry.json``).
 
 A model file is ONE msgpack map (``flax.serialization``; no pickle)::
@@ -15,28 +16,24 @@ A model file is ONE msgpack map (``flax.serialization``; no pickle)::
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jax
 import numpy as np
+from flax import serialization
 
 from changedet import bands
-from changedet.config import ModelConfig, model_config_from_dict, to_dict
-from changedet.detectors import prepare as detector
+from changedet.config import model_config_from_dict, to_dict
+from changedet.detectors import prepare
 from changedet.errors import ModelFileError, option
 from changedet.io import atomic
+from changedet.models.record import ChangeModel
 from changedet.uncertainty import ScoreCalibration
-
-if TYPE_CHECKING:
-    from changedet.detectors.prepare import PreparedModel
-    from changedet.inference import BlockPredictor
-    from changedet.models.siamese import SiameseNet
 
 log = logging.getLogger(__name__)
 
@@ -45,249 +42,6 @@ FORMAT_VERSION = 1
 #: Environment variable overriding the packaged-weights folder (tests, private model zoos).
 WEIGHTS_DIR_ENV = "CHANGEDET_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # changedet/weights
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ChangeModel:
-    """A trained (or randomly initialised) Siamese change model, and a pipeline detector.
-
-    Attributes:
-      config: The architecture.
-      state: The ``nnx`` state of a :class:`~changedet.models.SiameseNet` as a nested dict of
-        numpy arrays (``nnx.to_pure_dict(nnx.state(net))``).
-      band_ids: Bands the model takes, in order (e.g. ``("B01", ..., "B12")``).
-      norm_mean: Per-band mean of the raw values, ``len(band_ids)`` floats.
-      norm_std: Per-band standard deviation (> 0), raw units.
-      threshold: Decision threshold on the score (probability for diff/conc heads, distance for
-        the distance head); ``None`` lets the pipeline use Otsu.
-      margin: Contrastive/triplet margin the distance head was trained with (None otherwise).
-      name: The model's name (e.g. ``"sentinel2"``); also its detector ``name``.
-      training: JSON-friendly training summary (data, epochs, seed, validation figures).
-      normalization: ``"global"`` (``norm_mean``/``norm_std`` of the training data) or
-        ``"per_image"`` (each date standardised by its own per-band statistics at run time;
-        ``norm_mean``/``norm_std`` are then 0/1 and unused).
-      required_bands: Bands an input must have when the model accepts subsets of ``band_ids``
-        (trained with band dropout; missing bands are filled with their mean). None: every
-        band in ``band_ids`` is required.
-      calibration: ``P(change | score)`` measured on out-of-fold scenes when the model was
-        cross-validated (:class:`changedet.uncertainty.ScoreCalibration`); ``run
-        --uncertainty`` needs it. None for models trained without cross-validation.
-
-    Detector protocol: ``name``, ``halo_px``, ``threshold``, ``band_ids``, ``align_px``,
-    ``norm_mean``, ``prepare(pair)``, ``score_block(before, after)``.
-    """
-
-    config: ModelConfig
-    state: dict[str, Any]
-    band_ids: tuple[str, ...]
-    norm_mean: tuple[float, ...]
-    norm_std: tuple[float, ...]
-    threshold: float | None = 0.5
-    margin: float | None = None
-    name: str = "siamese"
-    training: dict[str, Any] = dataclasses.field(default_factory=dict)
-    normalization: str = "global"
-    required_bands: tuple[str, ...] | None = None
-    calibration: ScoreCalibration | None = None
-    _predictors: dict[tuple[int, int | None, int], BlockPredictor] = dataclasses.field(
-        default_factory=dict, init=False, repr=False)
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
-                                              repr=False)
-    #: ``(absolute path, sha256)`` of the file this model was loaded from, else None.
-    _source: tuple[str, str] | None = dataclasses.field(default=None, init=False, repr=False)
-
-    @property
-    def source_sha256(self) -> str | None:
-        """sha256 of the file this model was loaded from (None if built in memory)."""
-        return None if self._source is None else self._source[1]
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        """Pickles for dask workers without the lock and the compiled, device-bound predictors.
-
-        A model loaded from a file travels as its path and sha256 (the worker reads the file
-        once); any other model as its fields. Either way each process rebuilds it once and
-        reuses it (and its compiled predictors) for every task: see :func:`_shared_model`.
-        """
-        if self._source is not None:
-            return _shared_model, (self._source, None)
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        return _shared_model, (None, fields)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "band_ids", tuple(str(b) for b in self.band_ids))
-        object.__setattr__(self, "norm_mean", tuple(float(v) for v in self.norm_mean))
-        object.__setattr__(self, "norm_std", tuple(float(v) for v in self.norm_std))
-        n = self.config.num_bands
-        if len(self.band_ids) != n or len(self.norm_mean) != n or len(self.norm_std) != n:
-            raise ModelFileError(
-                f"model {self.name!r}: config has {n} bands but band_ids/norm_mean/norm_std "
-                f"have {len(self.band_ids)}/{len(self.norm_mean)}/{len(self.norm_std)}; "
-                "rebuild it with one entry per band.")
-        if self.normalization not in ("global", "per_image"):
-            raise ModelFileError(f"model {self.name!r}: normalization must be 'global' or "
-                                 f"'per_image'; got {self.normalization!r}.")
-        if self.required_bands is not None:
-            object.__setattr__(self, "required_bands", tuple(str(b) for b in self.required_bands))
-            extra = set(self.required_bands) - set(self.band_ids)
-            if extra:
-                raise ModelFileError(f"model {self.name!r}: required bands {sorted(extra)} are "
-                                     "not among its band_ids.")
-        if any(not np.isfinite(s) or s <= 0 for s in self.norm_std):
-            raise ModelFileError(f"model {self.name!r}: norm_std must be finite and > 0; got "
-                                 f"{self.norm_std}.")
-
-    # ------------------------------------------------------------------ network
-    def module(self) -> SiameseNet:
-        """A fresh :class:`~changedet.models.SiameseNet` holding this model's parameters.
-
-        Raises:
-          ModelFileError: If the state does not fit the config (e.g. a corrupt file).
-        """
-        from flax import nnx
-
-        from changedet.models.siamese import SiameseNet
-
-        abstract = nnx.eval_shape(lambda: SiameseNet(self.config, rngs=nnx.Rngs(0)))
-        graphdef, state = nnx.split(abstract)
-        try:
-            _check_shapes(nnx.to_pure_dict(state), self.state)
-            nnx.replace_by_pure_dict(state, self.state)
-        except (KeyError, ValueError, TypeError) as err:
-            raise ModelFileError(f"model {self.name!r}: parameters do not match its config "
-                                 f"({err}); the file is corrupt or from another build.") from err
-        return nnx.merge(graphdef, state)
-
-    @property
-    def halo_px(self) -> int:
-        """Context pixels per side for exact tiled output (see ``models.halo_px``)."""
-        from changedet.models.siamese import halo_px
-
-        return halo_px(self.config)
-
-    @property
-    def align_px(self) -> int:
-        """Block/tile origins must be multiples of this (``2**num_downsamplings``)."""
-        return self.config.align_px
-
-    # ------------------------------------------------------------------ detector protocol
-    def prepare(self, pair: Any) -> PreparedModel:
-        """The detector for ``pair``: its bands matched to the model's, and (``per_image``
-        models) each date's per-band statistics computed in one dask pass.
-
-        Raises:
-          BandMismatchError: The pair's bands do not fit the model (one line, with the fix).
-        """
-        return detector.prepare(self, pair)
-
-    def prepare_scene(self, scene: Any) -> PreparedModel:
-        """:meth:`prepare` for an in-memory :class:`~changedet.data.Scene` (evaluation)."""
-        return detector.prepare_scene(self, scene)
-
-    def predictor(self, *, tile_px: int = 512, batch_size: int | None = None,
-                  tta: int = 1) -> BlockPredictor:
-        """The cached :class:`~changedet.inference.BlockPredictor` for these settings."""
-        key = (tile_px, batch_size, tta)
-        with self._lock:
-            if key not in self._predictors:
-                from changedet.inference import BlockPredictor
-
-                self._predictors[key] = BlockPredictor(self, tile_px=tile_px,
-                                                       batch_size=batch_size, tta=tta)
-            return self._predictors[key]
-
-    def with_weights(self, state: dict[str, Any]) -> ChangeModel:
-        """This model with other weights (same architecture): its predictors' compiled steps
-        are shared, so the new model scores without compiling again (``fit`` validates every
-        epoch's weights this way)."""
-        new = dataclasses.replace(self, state=state)
-        with self._lock:
-            for key, predictor in self._predictors.items():
-                new._predictors[key] = predictor.rebind(new)
-        return new
-
-    @property
-    def compile_seconds(self) -> float:
-        """Seconds this process spent compiling this model's predictors so far (one-off:
-        once per tile shape; see ``PredictStep.compile_seconds``)."""
-        with self._lock:
-            return sum(p.step.compile_seconds for p in self._predictors.values())
-
-    def score_block(self, before: np.ndarray, after: np.ndarray, *,
-                    context_px: int = 0) -> np.ndarray:
-        """``(h, w)`` float32 change score of raw ``(band, h, w)`` blocks. Thread-safe.
-
-        With ``context_px`` (>= ``halo_px``) the blocks carry that much real context on every
-        side and the score of the core ``(h - 2*context_px, w - 2*context_px)`` is returned.
-        """
-        return self.predictor().predict(before, after, context_px=context_px)
-
-
-#: Models rebuilt from pickles in this process, keyed by file+sha256 or content (a few at most).
-_SHARED: dict[str, ChangeModel] = {}
-_SHARED_LOCK = threading.Lock()
-_SHARED_MAX = 4
-
-
-def _content_key(fields: dict[str, Any]) -> str:
-    import jax
-
-    digest = hashlib.sha256(json.dumps(
-        {k: v for k, v in fields.items() if k != "state"} | {"config": to_dict(fields["config"])},
-        sort_keys=True, default=str).encode())
-    for path, leaf in jax.tree_util.tree_flatten_with_path(fields["state"])[0]:
-        arr = np.ascontiguousarray(leaf)
-        digest.update(f"{jax.tree_util.keystr(path)}{arr.dtype}{arr.shape}".encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
-
-
-def _shared_model(source: tuple[str, str] | None, fields: dict[str, Any] | None) -> ChangeModel:
-    """Unpickles a :class:`ChangeModel`: one instance per process for the same model, so dask
-    tasks share its compiled predictors instead of compiling per task.
-
-    Raises:
-      ModelFileError: If the model file changed since the model was pickled.
-    """
-    key = _file_key(source) if source is not None else _content_key(fields or {})
-    with _SHARED_LOCK:
-        model = _SHARED.get(key)
-    if model is not None:
-        return model
-    if source is not None:
-        model = load_model(source[0])  # shares itself (see _share)
-        if model._source is None or model._source[1] != source[1]:
-            raise ModelFileError(
-                f"model file {source[0]} changed while in use (sha256 differs from the "
-                "one loaded); do not overwrite a model file during a run.")
-        return model
-    return _share(key, ChangeModel(**(fields or {})))
-
-
-def _file_key(source: tuple[str, str]) -> str:
-    return f"file:{source[0]}:{source[1]}"
-
-
-def _share(key: str, model: ChangeModel) -> ChangeModel:
-    """Keeps ``model`` as this process's instance for ``key`` (a few models at most)."""
-    with _SHARED_LOCK:
-        if len(_SHARED) >= _SHARED_MAX and key not in _SHARED:
-            _SHARED.pop(next(iter(_SHARED)))
-        _SHARED[key] = model
-    return model
-
-
-def _check_shapes(state: Any, pure: dict[str, Any]) -> None:
-    """Raises ValueError when a leaf of ``pure`` differs in shape from the built state."""
-    import jax
-
-    built = jax.tree.leaves_with_path(state)
-    given = jax.tree.leaves_with_path(pure)
-    if [p for p, _ in built] != [p for p, _ in given]:
-        raise ValueError(f"{len(given)} arrays for {len(built)} parameters, or other names")
-    for (where, b), (_, g) in zip(built, given, strict=True):
-        if tuple(b.shape) != tuple(np.shape(g)):
-            raise ValueError(f"{jax.tree_util.keystr(where)} has shape {np.shape(g)}, "
-                             f"expected {tuple(b.shape)}")
 
 
 def is_positional(band_ids: tuple[str, ...] | list[str]) -> bool:
@@ -303,28 +57,7 @@ def check_bands(model: ChangeModel, band_ids: tuple[str, ...] | list[str]) -> No
     ``required_bands``; other named models need all their bands. A positional model
     (``"1".."n"``, e.g. ``rgb``: red, green, blue) takes any ``n`` bands in that order.
     """
-    detector.match_bands(model, band_ids)
-
-
-def random_init_model(cfg: ModelConfig, band_ids: tuple[str, ...] | list[str], seed: int = 0,
-                      *, name: str = "random") -> ChangeModel:
-    """An untrained model (identity normalisation) for tests and smoke runs.
-
-    Threshold 0.5 (probability) for diff/conc heads; margin 1 and threshold 0.5 for the
-    distance head.
-    """
-    import jax
-    from flax import nnx
-
-    from changedet.models.siamese import SiameseNet
-
-    net = SiameseNet(cfg, rngs=nnx.Rngs(seed))
-    state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(net)))
-    n = cfg.num_bands
-    return ChangeModel(config=cfg, state=state, band_ids=tuple(band_ids), norm_mean=(0.0,) * n,
-                       norm_std=(1.0,) * n, threshold=0.5,
-                       margin=1.0 if cfg.head == "distance" else None, name=name,
-                       training={"seed": seed, "epochs": 0})
+    prepare.match_bands(model, band_ids)
 
 
 # ---------------------------------------------------------------------------- files
@@ -359,9 +92,6 @@ def save_model(path: str | os.PathLike[str], model: ChangeModel) -> Path:
     Raises:
       ModelFileError: If the folder does not exist or cannot be written.
     """
-    import jax
-    from flax import serialization
-
     path = Path(path)
     if not path.parent.is_dir():
         raise ModelFileError(f"cannot save model to {path}: folder {path.parent} does not exist; "
@@ -463,9 +193,10 @@ def resolve_model_path(path_or_name: str | os.PathLike[str],
     return folder_path / str(entry.get("file", f"{text}.msgpack")), str(entry["sha256"])
 
 
-def load_model(path_or_name: str | os.PathLike[str], *,
+def read_model(path_or_name: str | os.PathLike[str], *,
                weights_folder: str | os.PathLike[str] | None = None) -> ChangeModel:
-    """Reads a model file, or a packaged model by name (its sha256 checked).
+    """Reads a model file, or a packaged model by name (its sha256 checked), as the plain
+    record (``changedet.detectors.learned.load_model`` returns it as a detector).
 
     Args:
       path_or_name: A ``.msgpack`` path, or a packaged name such as ``"sentinel2"``/``"rgb"``.
@@ -476,8 +207,6 @@ def load_model(path_or_name: str | os.PathLike[str], *,
       ModelFileError: Missing, truncated/corrupt, not a changedet model, made by a newer
         changedet, or a packaged file whose hash differs from the registry's.
     """
-    from flax import serialization
-
     path, sha256 = resolve_model_path(path_or_name, weights_folder)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; check the path, or train one "
@@ -530,9 +259,6 @@ def load_model(path_or_name: str | os.PathLike[str], *,
     except ModelFileError as err:
         raise ModelFileError(f"model file {path}: {err}") from err
     object.__setattr__(model, "_source", (str(path.resolve()), hashlib.sha256(data).hexdigest()))
-    # Unpickling this model in this process (dask tokenises a graph's functions by pickling
-    # them) then returns this instance instead of reading and validating the file again.
-    _share(_file_key(model._source), model)
     log.info("loaded model %r (%s head, bands %s) from %s", model.name, model.config.head,
              ",".join(model.band_ids), path)
     return model

@@ -1,7 +1,8 @@
 """A learned model bound to one scene pair: bands matched to its inputs, statistics computed.
 
-``ChangeModel.prepare(pair)`` (``run``) and ``ChangeModel.prepare_scene(scene)`` (evaluation,
-cross-validation) both return a :class:`PreparedModel`, the detector that scores blocks:
+``LearnedDetector.prepare(pair)`` (``run``) and ``LearnedDetector.prepare_scene(scene)``
+(evaluation, cross-validation) both return a :class:`PreparedModel`, the detector that scores
+blocks:
 
 * **bands** — each input band is matched to one of the model's band slots by its canonical id
   (:mod:`changedet.bands`: ``B2``, ``blue`` and ``B02`` are one band), or by position for
@@ -37,7 +38,8 @@ from changedet.errors import (
 
 if TYPE_CHECKING:
     from changedet.data import Scene
-    from changedet.detectors.modelfile import ChangeModel
+    from changedet.detectors.learned import LearnedDetector
+    from changedet.models.record import ChangeModel
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def match_bands(model: ChangeModel, input_bands: Sequence[str]) -> tuple[int, ..
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PreparedModel:
-    """A :class:`~changedet.detectors.modelfile.ChangeModel` bound to one pair's bands and
+    """A :class:`~changedet.detectors.learned.LearnedDetector` bound to one pair's bands and
     statistics.
 
     Attributes:
@@ -100,7 +102,7 @@ class PreparedModel:
         :func:`changedet.inference.predict_step`). :func:`with_quality` sets it.
     """
 
-    model: ChangeModel
+    model: LearnedDetector
     band_ids: tuple[str, ...]
     slots: tuple[int, ...]
     before_mean: np.ndarray
@@ -127,7 +129,7 @@ class PreparedModel:
 
     @property
     def compile_seconds(self) -> float:
-        """One-off compile time of the model's predictors so far (see ``ChangeModel``)."""
+        """One-off compile time of the model's predictors so far (see ``LearnedDetector``)."""
         return self.model.compile_seconds
 
     @property
@@ -151,7 +153,7 @@ class PreparedModel:
     def score_block(self, before: np.ndarray, after: np.ndarray, *,
                     context_px: int = 0) -> np.ndarray:
         """``(h, w)`` float32 change score of raw ``(band, h, w)`` blocks (see
-        ``ChangeModel.score_block``)."""
+        ``LearnedDetector.score_block``)."""
         b = self._expand(before, self.before_mean, self.before_std)
         a = self._expand(after, self.after_mean, self.after_std)
         return self.model.predictor(tta=self.tta).predict(b, a, context_px=context_px,
@@ -202,7 +204,7 @@ def check_range(model: ChangeModel, input_bands: Sequence[str], slots: Sequence[
                 "that standardises each image (the packaged sentinel2 and rgb do).")
 
 
-def _bind(model: ChangeModel, input_bands: Sequence[str], stats: Any) -> PreparedModel:
+def _bind(model: LearnedDetector, input_bands: Sequence[str], stats: Any) -> PreparedModel:
     slots = match_bands(model, input_bands)
     if model.normalization == "per_image":
         (bm, bs), (am, as_) = stats()
@@ -212,12 +214,11 @@ def _bind(model: ChangeModel, input_bands: Sequence[str], stats: Any) -> Prepare
         mean = np.asarray(model.norm_mean, np.float64)[list(slots)]
         std = np.asarray(model.norm_std, np.float64)[list(slots)]
         bm, bs, am, as_ = mean, std, mean, std
-    prepared = PreparedModel(model, tuple(str(b) for b in input_bands), slots,
-                             *(np.asarray(x, np.float64) for x in (bm, bs, am, as_)))
-    return prepared
+    bm, bs, am, as_ = (np.asarray(x, np.float64) for x in (bm, bs, am, as_))
+    return PreparedModel(model, tuple(str(b) for b in input_bands), slots, bm, bs, am, as_)
 
 
-def prepare(model: ChangeModel, pair: Any) -> PreparedModel:
+def prepare(model: LearnedDetector, pair: Any) -> PreparedModel:
     """Binds ``model`` to a lazy :class:`~changedet.io.RasterPair` (one dask reduction for
     ``per_image`` models)."""
     prepared = _bind(model, pair.band_ids, lambda: pair_statistics(pair))
@@ -229,7 +230,7 @@ def prepare(model: ChangeModel, pair: Any) -> PreparedModel:
     return prepared
 
 
-def prepare_scene(model: ChangeModel, scene: Scene) -> PreparedModel:
+def prepare_scene(model: LearnedDetector, scene: Scene) -> PreparedModel:
     """Binds ``model`` to an in-memory scene (the statistics :func:`pair_statistics` would give
     for the same pixels)."""
 

@@ -319,12 +319,12 @@ def load_airchange(root: str | Path) -> list[Scene]:
         raise InputNotFoundError(f"{root} does not exist; pass the AirChange folder.")
     scenes = []
     for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
-        files = [_find_case_insensitive(folder, s) for s in ("im1", "im2", "gt")]
-        if any(f is None for f in files):
+        im1, im2, gt = (_find_case_insensitive(folder, s) for s in ("im1", "im2", "gt"))
+        if im1 is None or im2 is None or gt is None:
             continue
         rel = folder.relative_to(root).as_posix()
         name = f"airchange/{rel}" if rel != "." else "airchange"
-        scenes.append(load_pair(*files, name=name, change_values=None))
+        scenes.append(load_pair(im1, im2, gt, name=name, change_values=None))
     if not scenes:
         raise DatasetError(
             f"{root}: no folder holds im1, im2 and gt images; expected <site>/<n>/im1.bmp etc."

@@ -126,7 +126,8 @@ def _footprint(target: Grid, target_crs: CRS, source: Grid, source_crs: CRS,
 
     def block(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         col_c, row_c = np.meshgrid(cols[0] + 0.5, rows[:, 0] + 0.5)
-        x, y = target.transform @ (col_c, row_c)
+        x_any, y_any = target.transform @ (col_c, row_c)  # affine's stubs say float
+        x, y = np.asarray(x_any), np.asarray(y_any)
         if source_crs != target_crs:
             from rasterio.warp import transform as warp_transform
 
@@ -189,7 +190,7 @@ def _valid_mask(arr: xr.DataArray) -> xr.DataArray:
     nodata = arr.attrs.get("nodata")
     bad = xr.zeros_like(arr.isel(band=0), dtype=bool)
     if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr).all("band")
+        bad = ~xr.apply_ufunc(np.isfinite, arr, dask="allowed").all("band")
     if nodata is not None and not math.isnan(nodata):
         bad = bad | (arr == nodata).any("band")
     return ~bad

@@ -183,7 +183,7 @@ def _scene_info(path: Path) -> _SceneInfo:
                 # finest band first; among equals, the larger raster, then canonical order
                 key = (area, -ds.width * ds.height)
                 if best is None or key < best:
-                    best = key  # type: ignore[assignment]
+                    best = key
                     best_info = (_grid_of(ds), ds.crs, ds.nodata)
         assert best_info is not None  # noqa: S101  (files is non-empty)
         grid, crs, nodata = best_info

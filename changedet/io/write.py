@@ -10,6 +10,7 @@ Must not import jax or flax.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -291,6 +292,10 @@ class _TileRowStrips:
         yield row0, strip
 
 
+def _write_strip(dataset, window: Window, strip: np.ndarray) -> None:
+    dataset.write(strip, 1, window=window)
+
+
 def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -356,7 +361,7 @@ def write_outputs(
         outputs.append(score_out)
     if (uncertainty is None) != (uncertainty_path is None):
         raise ConfigError("pass both uncertainty and uncertainty_path, or neither")
-    if uncertainty is not None:
+    if uncertainty is not None and uncertainty_path is not None:
         if tuple(uncertainty.shape) != grid.shape or uncertainty.chunks != score.chunks:
             raise GridMismatchError(f"uncertainty {uncertainty.shape} must match the score's "
                                     f"shape {score.shape} and chunks")
@@ -404,9 +409,9 @@ def write_outputs(
             # One stream per computed map: its blocks, its strip assembler, its writer. All
             # streams' blocks of a group go to one dask.compute, so shared graph parts run once.
             streams = [(blocks, _TileRowStrips(score.chunks, grid.width), write_mask_and_score)]
-            if uncertainty is not None:
+            if uncertainty is not None and unc_ds is not None:
                 streams.append((uncertainty.to_delayed(), _TileRowStrips(score.chunks, grid.width),
-                                lambda window, strip: unc_ds.write(strip, 1, window=window)))
+                                functools.partial(_write_strip, unc_ds)))
             for group in _batched(windows, batch):
                 values = iter(dask.compute(*[delayed[i, j] for delayed, _, _ in streams
                                              for (i, j), _ in group]))

@@ -1,5 +1,7 @@
-"""Flax NNX models: the Siamese U-Net, its heads, distances and receptive field."""
+"""Flax NNX models: the Siamese U-Net, its heads, distances and receptive field, and the
+plain model record (:class:`ChangeModel`)."""
 
+from changedet.models.record import ChangeModel
 from changedet.models.siamese import (
     SiameseNet,
     UNetEncoder,
@@ -8,4 +10,5 @@ from changedet.models.siamese import (
     receptive_radius_px,
 )
 
-__all__ = ["SiameseNet", "UNetEncoder", "distance", "halo_px", "receptive_radius_px"]
+__all__ = ["ChangeModel", "SiameseNet", "UNetEncoder", "distance", "halo_px",
+           "receptive_radius_px"]

@@ -107,8 +107,8 @@ class ConvBlock(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         self.dropout = float(dropout)
-        self.convs = nnx.List()
-        self.norms = nnx.List()
+        self.convs: nnx.List[nnx.Conv] = nnx.List()
+        self.norms: nnx.List[nnx.Module] = nnx.List()
         for i in range(num_convs):
             self.convs.append(
                 nnx.Conv(in_features if i == 0 else out_features, out_features, (3, 3),

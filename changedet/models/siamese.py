@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from changedet.config import Distance, ModelConfig
+from changedet.config import Distance, ModelConfig, Norm
 from changedet.errors import ConfigError
 from changedet.models.layers import ConvBlock, Footprint, Up, max_pool_2x
 
@@ -56,7 +56,8 @@ def distance(e1: jax.Array, e2: jax.Array, kind: Distance = "euclidean") -> jax.
 def _decoder_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.List, nnx.List]:
     """``up[i]`` / ``dec[i]``, which build level ``i`` from level ``i + 1`` of a pyramid."""
     f = cfg.features
-    up, dec = nnx.List(), nnx.List()
+    up: nnx.List[Up] = nnx.List()
+    dec: nnx.List[ConvBlock] = nnx.List()
     for level in range(len(f) - 1):
         up.append(Up(f[level + 1], f[level], mode=cfg.upsample, rngs=rngs))
         dec.append(ConvBlock(2 * f[level], f[level], num_convs=cfg.convs_per_level,
@@ -99,7 +100,7 @@ class UNetEncoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, decoder: bool = True) -> None:
         f = cfg.features
         k = cfg.convs_per_level
-        self.down = nnx.List()
+        self.down: nnx.List[ConvBlock] = nnx.List()
         for level, width in enumerate(f):
             in_features = cfg.num_bands if level == 0 else f[level - 1]
             self.down.append(ConvBlock(in_features, width, num_convs=k, norm=cfg.norm,
@@ -122,6 +123,9 @@ class UNetEncoder(nnx.Module):
         return skips
 
     def __call__(self, x: jax.Array, key: jax.Array | None = None, *, tie: int = 1) -> jax.Array:
+        if self.out is None:
+            raise ConfigError("this encoder was built without its decoder (the msdiff head's "
+                              "down path): use pyramid().")
         levels = self.pyramid(x, key, tie=tie)
         return self.out(_decode(self.up, self.dec, levels, _fold(key, 200)))
 
@@ -138,7 +142,7 @@ class UNetEncoder(nnx.Module):
     def grow(self, fp: Footprint) -> Footprint:
         """Footprint of the embeddings given the input's (walks the layers as ``__call__``)."""
         fp = _grow_decode(self.up, self.dec, self.grow_pyramid(fp))
-        return fp.conv(self.out.kernel_size[0])
+        return fp if self.out is None else fp.conv(self.out.kernel_size[0])
 
 
 class DiffDecoder(nnx.Module):
@@ -168,7 +172,7 @@ class ChangeHead(nnx.Module):
     ``(N, H, W, in_features)`` -> ``(N, H, W)`` float32 logits.
     """
 
-    def __init__(self, in_features: int, width: int, *, num_convs: int, norm: str,
+    def __init__(self, in_features: int, width: int, *, num_convs: int, norm: Norm,
                  dropout: float = 0.0, rngs: nnx.Rngs) -> None:
         self.block = (ConvBlock(in_features, width, num_convs=num_convs, norm=norm,
                                 dropout=dropout, rngs=rngs)
@@ -250,6 +254,11 @@ class SiameseNet(nnx.Module):
         e = self.embed(_pair_batch(before, after), key, tie=2)
         return e[: before.shape[0]], e[before.shape[0]:]
 
+    def _logit_head(self) -> ChangeHead:
+        if self.head is None:  # only the distance head has no logit head
+            raise ConfigError(f"the {self.cfg.head!r} head has no logit head.")
+        return self.head
+
     def fuse(self, e_before: jax.Array, e_after: jax.Array,
              key: jax.Array | None = None) -> jax.Array:
         """Head output ``(N, H, W)`` from two embeddings: distance, or change logits.
@@ -264,10 +273,10 @@ class SiameseNet(nnx.Module):
             case "distance":
                 return distance(e_before, e_after, self.cfg.distance)
             case "diff":
-                return self.head(jnp.abs(e_before - e_after), key)
+                return self._logit_head()(jnp.abs(e_before - e_after), key)
             case _:  # "conc"
                 fused = jnp.concatenate([e_before + e_after, jnp.abs(e_before - e_after)], -1)
-                return self.head(fused, key)
+                return self._logit_head()(fused, key)
 
     def __call__(self, before: jax.Array, after: jax.Array, *,
                  key: jax.Array | None = None) -> jax.Array:
@@ -286,7 +295,7 @@ class SiameseNet(nnx.Module):
         n = before.shape[0]
         levels = self.encoder.pyramid(batch, _fold(key, 0), tie=2)
         diffs = [jnp.abs(p[:n] - p[n:]) for p in levels]
-        return self.head(self.decoder(diffs, _fold(key, 2)), _fold(key, 1))
+        return self._logit_head()(self.decoder(diffs, _fold(key, 2)), _fold(key, 1))
 
     def change_score(self, before: jax.Array, after: jax.Array) -> jax.Array:
         """Change score ``(N, H, W)`` float32, higher = more change: the distance for the
@@ -297,7 +306,8 @@ class SiameseNet(nnx.Module):
     def footprint(self) -> Footprint:
         """Receptive field of one output pixel, walked over the layers of this network."""
         if self.decoder is not None:
-            return self.head.grow(self.decoder.grow(self.encoder.grow_pyramid(Footprint())))
+            pyramid = self.encoder.grow_pyramid(Footprint())
+            return self._logit_head().grow(self.decoder.grow(pyramid))
         fp = self.encoder.grow(Footprint())
         return fp if self.head is None else self.head.grow(fp)
 

@@ -176,7 +176,8 @@ def cross_validate(
     Returns:
       A :class:`CVResult` (also written to ``workdir/cv.json``; OOF scores to ``oof.npz``).
     """
-    from changedet.detectors.modelfile import load_model, save_model
+    from changedet.detectors.learned import load_model
+    from changedet.detectors.modelfile import save_model
 
     start = time.perf_counter()
     workdir = Path(workdir)
@@ -209,7 +210,8 @@ def cross_validate(
             scene = by_name[n]
             scores[n] = evaluate.score_scene(model.prepare_scene(scene), scene)
         log.info("scored %s with %s", ", ".join(held_out), model_path)
-    np.savez_compressed(workdir / "oof.npz", **{n.replace("/", "__"): s for n, s in scores.items()})
+    arrays = {n.replace("/", "__"): s for n, s in scores.items()}
+    np.savez_compressed(workdir / "oof.npz", **arrays)  # type: ignore[arg-type]  # numpy stubs
     thr, pooled, ap, per_scene, per_fold = oof_report(scores, scenes, folds)
     cva = None
     if baseline:
@@ -223,7 +225,7 @@ def cross_validate(
     names = [n for fold in folds for n in fold]
     calibration = fit_calibration([scores[n] for n in names], [by_name[n].label for n in names],
                                   [by_name[n].valid for n in names])
-    result = CVResult(thr, pooled, ap, per_scene, per_fold, folds, cva,
+    result = CVResult(thr, pooled, ap, per_scene, per_fold, [list(f) for f in folds], cva,
                       time.perf_counter() - start, paths, calibration)
     record = result.to_dict() | {"model": to_dict(model_cfg), "train": to_dict(cfg)}
     (workdir / "cv.json").write_text(json.dumps(record, indent=2))
@@ -310,7 +312,7 @@ def band_set_report(
       Band-set label -> ``{"precision", "recall", "f1", "average_precision", "best_f1",
       "best_threshold"}``.
     """
-    from changedet.detectors.modelfile import load_model
+    from changedet.detectors.learned import load_model
 
     by_name = {s.name: s for s in scenes}
     models = [load_model(p) for p in model_paths]
@@ -345,7 +347,7 @@ def quality_report(
       Quality -> ``{"precision", "recall", "f1", "average_precision", "best_f1",
       "best_threshold", "seconds"}``.
     """
-    from changedet.detectors.modelfile import load_model
+    from changedet.detectors.learned import load_model
     from changedet.detectors.prepare import with_quality
 
     by_name = {s.name: s for s in scenes}

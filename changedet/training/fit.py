@@ -38,7 +38,8 @@ from changedet.config import (
     to_dict,
 )
 from changedet.data import Scene, band_statistics, normalize_per_image, normalize_scene
-from changedet.detectors.modelfile import ChangeModel, save_model
+from changedet.detectors.learned import LearnedDetector
+from changedet.detectors.modelfile import save_model
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError, ModelFileError
 from changedet.models.siamese import SiameseNet
 from changedet.training.checkpoints import (
@@ -160,10 +161,10 @@ def fit(
         return the best model so far; a later call with ``resume=True`` continues.
 
     Returns:
-      ``changedet.detectors.modelfile.ChangeModel`` (also saved to ``workdir/<name>.msgpack``); its
-      ``training`` dict holds the summary (scenes, epochs, seed, validation P/R/F1/threshold);
-      per-epoch figures are in ``workdir/metrics.jsonl``. Use :func:`fit_model` to get the
-      network and :class:`FitResult` instead.
+      ``changedet.detectors.learned.LearnedDetector`` (also saved to
+      ``workdir/<name>.msgpack``); its ``training`` dict holds the summary (scenes, epochs,
+      seed, validation P/R/F1/threshold); per-epoch figures are in ``workdir/metrics.jsonl``.
+      Use :func:`fit_model` to get the network and :class:`FitResult` instead.
 
     Raises:
       ConfigError: Loss and head do not match, or ``num_bands`` differs from the scenes'.
@@ -409,8 +410,8 @@ def training_summary(trained: TrainedModel, result: FitResult,
 
 
 def to_change_model(trained: TrainedModel, name: str, training: dict[str, Any] | None = None):
-    """Packages a :class:`TrainedModel` as a ``changedet.detectors.modelfile.ChangeModel``."""
-    return ChangeModel(
+    """Packages a :class:`TrainedModel` as a ``changedet.detectors.learned.LearnedDetector``."""
+    return LearnedDetector(
         config=trained.model_cfg,
         state=_to_host(nnx.to_pure_dict(nnx.state(trained.net))),
         band_ids=trained.band_ids,

@@ -59,9 +59,9 @@ def radiometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: fl
     differences between two dates that are not change. Always draws the same numbers.
     """
     num_bands, height, width = image.shape
-    gain = np.exp(rng.uniform(-strength, strength, num_bands)).astype(np.float32)
-    offset = rng.uniform(-strength, strength, num_bands).astype(np.float32)
-    ramp_amp = rng.uniform(0.0, strength, num_bands).astype(np.float32)
+    gain = np.exp(rng.uniform(-strength, strength, (num_bands,))).astype(np.float32)
+    offset = rng.uniform(-strength, strength, (num_bands,)).astype(np.float32)
+    ramp_amp = rng.uniform(0.0, strength, (num_bands,)).astype(np.float32)
     angle = rng.uniform(0.0, 2 * np.pi)
     rows = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
     cols = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
@@ -108,7 +108,7 @@ class PatchSampler:
         swap_dates: bool = True,
         radiometric: float = 0.0,
         band_drop: float = 0.0,
-        band_sets: Sequence[Sequence[bool]] = (),
+        band_sets: Sequence[Sequence[bool] | np.ndarray] = (),
     ) -> None:
         """Indexes the scenes' valid and changed pixels.
 

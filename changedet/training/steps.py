@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -19,9 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from changedet import metrics
-from changedet.config import (
-    TrainConfig,
-)
+from changedet.config import Mining, TrainConfig
 from changedet.data import Batch
 from changedet.models.siamese import SiameseNet
 from changedet.training import losses
@@ -86,7 +85,7 @@ def train_step(
     loss: str,
     pos_weight: float,
     margin: float,
-    mining: str,
+    mining: Mining,
 ) -> tuple[nnx.State, StepMetrics]:
     """One optimiser update of ``(model, optimizer)``. Pure: new state and summable metrics.
 
@@ -110,19 +109,21 @@ def train_step(
     train_mode = model.cfg.dropout > 0 or model.cfg.norm == "batch"
     drop_key = jax.random.fold_in(key, 0x0D5) if train_mode else None
 
+    before, after = jnp.asarray(batch.before), jnp.asarray(batch.after)  # traced: no copy
+
     def loss_fn(model: SiameseNet) -> tuple[jax.Array, jax.Array]:
         if loss == "triplet":
-            e_before, e_after = model.embed_pair(batch.before, batch.after, drop_key)
+            e_before, e_after = model.embed_pair(before, after, drop_key)
             out = model.fuse(e_before, e_after, _fold_key(drop_key))
             value = losses.triplet_loss(
                 e_before, e_after, batch.label, batch.valid, margin=margin, key=key,
                 mining=mining, distance=model.cfg.distance,
             )
         elif loss == "contrastive":
-            out = model(batch.before, batch.after, key=drop_key)
+            out = model(before, after, key=drop_key)
             value = losses.contrastive_loss(out, batch.label, batch.valid, margin=margin)
         else:
-            out = model(batch.before, batch.after, key=drop_key)
+            out = model(before, after, key=drop_key)
             value = losses.masked_bce(out, batch.label, batch.valid, pos_weight=pos_weight)
         return value, out
 
@@ -130,7 +131,7 @@ def train_step(
     optimizer.update(model, grads)
     pred = out > (0.0 if loss == "bce" else margin / 2)
     counts = metrics.confusion_counts(pred, batch.label, batch.valid)
-    return nnx.state((model, optimizer)), StepMetrics(value, *counts)
+    return nnx.state((model, optimizer)), StepMetrics(value, *map(jnp.asarray, counts))
 
 
 def data_mesh(batch_size: int) -> jax.sharding.Mesh:

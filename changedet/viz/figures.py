@@ -121,7 +121,7 @@ def _rgb_bands(scene: SceneLike, bands: Sequence[Any] | None) -> tuple[np.ndarra
     else:
         nodata = None
         data = np.asarray(scene, dtype=np.float32)[index]
-    valid = np.isfinite(data).all(axis=0)
+    valid = np.asarray(np.isfinite(data).all(axis=0))
     if nodata is not None and not math.isnan(float(nodata)):
         valid &= ~(data == np.float32(nodata)).any(axis=0)
     return data, valid
@@ -427,7 +427,7 @@ def distance_histograms(
             (changed_all, CHANGE_COLOUR, "changed"),
         ):
             if values.size:
-                ax.hist(values, bins=edges, density=True, alpha=0.55, color=colour,
+                ax.hist(values, bins=edges.tolist(), density=True, alpha=0.55, color=colour,
                         label=f"{name} ({values.size:,} px)")
         ax.set_yscale("log")
     for value, style, name in ((threshold, "--", "threshold"), (margin, ":", "margin")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import jax
 import msgpack
@@ -11,27 +12,42 @@ import pytest
 from flax import serialization
 
 from changedet.config import ModelConfig
-from changedet.detectors.modelfile import (
-    ChangeModel,
-    check_bands,
-    load_model,
-    random_init_model,
-    register_model,
-    save_model,
-)
+from changedet.detectors.learned import LearnedDetector, as_detector, load_model, random_init_model
+from changedet.detectors.modelfile import check_bands, read_model, register_model, save_model
+from changedet.models import ChangeModel
 from changedet.errors import BandMismatchError, ModelFileError
 
 BANDS = ("B04", "B03", "B02")
 
 
 @pytest.fixture(scope="module")
-def model() -> ChangeModel:
+def model() -> LearnedDetector:
     cfg = ModelConfig(num_bands=3, features=(4, 8), embed_dim=4, head="distance",
                       distance="cosine")
     base = random_init_model(cfg, BANDS, seed=2, name="tiny-rgb")
-    return ChangeModel(config=cfg, state=base.state, band_ids=BANDS, norm_mean=(10.0, 20.0, 30.0),
-                       norm_std=(2.0, 3.0, 4.0), threshold=0.3, margin=1.5, name="tiny-rgb",
-                       training={"epochs": 2, "seed": 2, "data": ["oscd/paris"], "val_f1": 0.5})
+    return LearnedDetector(
+        config=cfg, state=base.state, band_ids=BANDS, norm_mean=(10.0, 20.0, 30.0),
+        norm_std=(2.0, 3.0, 4.0), threshold=0.3, margin=1.5, name="tiny-rgb",
+        training={"epochs": 2, "seed": 2, "data": ["oscd/paris"], "val_f1": 0.5})
+
+
+def test_the_record_is_plain_data_and_the_detector_scores_it(tmp_path, model):
+    """read_model gives the plain record (no compiled state; pickles as data); as_detector and
+    load_model give the detector, which scores exactly as the model it came from."""
+    path = save_model(tmp_path / "m.msgpack", model)
+    record = read_model(path)
+    assert type(record) is ChangeModel and record.source_sha256 is not None
+    assert not hasattr(record, "score_block") and not hasattr(record, "_predictors")
+    copy = pickle.loads(pickle.dumps(record))
+    assert type(copy) is ChangeModel and copy.name == record.name
+    jax.tree.map(np.testing.assert_array_equal, copy.state, record.state)
+    detector = as_detector(record)
+    assert isinstance(detector, LearnedDetector) and as_detector(detector) is detector
+    assert detector.source_sha256 == record.source_sha256
+    rng = np.random.default_rng(3)
+    before, after = (rng.normal(20, 5, size=(3, 16, 16)).astype(np.float32) for _ in range(2))
+    np.testing.assert_array_equal(detector.score_block(before, after),
+                                  model.score_block(before, after))
 
 
 def test_round_trip_keeps_everything_and_scores(tmp_path, model):
@@ -151,7 +167,8 @@ def test_model_validation(model):
 
 def test_positional_models_take_any_bands_of_the_right_count():
     from changedet.config import ModelConfig
-    from changedet.detectors.modelfile import check_bands, random_init_model
+    from changedet.detectors.learned import random_init_model
+    from changedet.detectors.modelfile import check_bands
     from changedet.errors import BandMismatchError
 
     rgb = random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("1", "2", "3"))
@@ -168,7 +185,8 @@ def test_saved_model_file_is_readable_by_others(tmp_path):
     import stat
 
     from changedet.config import ModelConfig
-    from changedet.detectors.modelfile import random_init_model, save_model
+    from changedet.detectors.learned import random_init_model
+    from changedet.detectors.modelfile import save_model
 
     old = os.umask(0o022)
     try:
@@ -184,7 +202,8 @@ def test_invalid_format_versions_are_refused(tmp_path, version):
     from flax import serialization
 
     from changedet.config import ModelConfig
-    from changedet.detectors.modelfile import load_model, random_init_model, save_model
+    from changedet.detectors.learned import load_model, random_init_model
+    from changedet.detectors.modelfile import save_model
     from changedet.errors import ModelFileError
 
     path = save_model(tmp_path / "m.msgpack",
@@ -209,3 +228,26 @@ def test_with_weights_scores_the_new_weights_without_compiling_again():
     np.testing.assert_array_equal(swapped.score_block(b, a), other.score_block(b, a))
     assert swapped.predictor().step is step and step.num_traces == traces  # no new compile
     assert not np.array_equal(first.score_block(b, a), swapped.score_block(b, a))
+
+
+def test_run_takes_a_plain_record_and_scores_as_its_detector(sample_data):
+    """``detect(model=record)`` wraps a plain ``ChangeModel`` (e.g. one built by hand or read
+    with ``read_model``) as a detector: the same score map as the ``LearnedDetector``."""
+    import dataclasses
+
+    import changedet
+
+    city = sample_data / "oscd_paris"
+    cfg = ModelConfig(num_bands=13, features=(4, 8), embed_dim=4, head="diff")
+    detector = dataclasses.replace(
+        random_init_model(cfg, changedet.open_pair(city / "imgs_1", city / "imgs_2").band_ids,
+                          seed=4), norm_mean=(1000.0,) * 13, norm_std=(500.0,) * 13)
+    fields = {f.name: getattr(detector, f.name) for f in dataclasses.fields(ChangeModel)
+              if f.init}
+    record = ChangeModel(**fields)
+    assert not isinstance(record, LearnedDetector)
+    maps = [changedet.detect(city / "imgs_1", city / "imgs_2", model=m, cloud_mask="none")
+            for m in (record, detector)]
+    assert float(maps[0].score.std()) > 1e-4
+    np.testing.assert_array_equal(maps[0].score.values, maps[1].score.values)
+    np.testing.assert_array_equal(maps[0].mask.values, maps[1].mask.values)

@@ -17,6 +17,7 @@ import rasterio
 import changedet
 from changedet import clouds, io, metrics
 from changedet.cli import main
+from changedet.detectors import learned
 from changedet.detectors import modelfile
 
 PARIS = "oscd_paris"
@@ -64,7 +65,7 @@ def assert_useful(mask: np.ndarray, label: np.ndarray, valid: np.ndarray,
 
 @pytest.mark.parametrize("name, num_bands", [("sentinel2", 13), ("rgb", 3)])
 def test_packaged_model_loads_by_name_with_its_card(name, num_bands):
-    model = modelfile.load_model(name)  # checks the sha256 in registry.json
+    model = learned.load_model(name)  # checks the sha256 in registry.json
     assert model.config.num_bands == num_bands
     assert model.threshold is not None and 0.0 < model.threshold < 1.0
     assert model.training.get("seed") is not None
@@ -81,7 +82,7 @@ def test_packaged_model_loads_by_name_with_its_card(name, num_bands):
 
 
 def test_sentinel2_takes_band_subsets_holding_blue_green_red():
-    model = modelfile.load_model("sentinel2")
+    model = learned.load_model("sentinel2")
     assert model.required_bands == ("B02", "B03", "B04")
     modelfile.check_bands(model, ("B02", "B03", "B04", "B08"))
     modelfile.check_bands(model, ("blue", "green", "red", "nir", "swir16", "swir22"))

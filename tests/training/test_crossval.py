@@ -10,7 +10,7 @@ import rasterio
 
 from changedet import config, evaluate, metrics
 from changedet.cli import main
-from changedet.detectors.modelfile import load_model
+from changedet.detectors.learned import load_model
 from changedet.errors import ConfigError
 from changedet.io import datasets
 from changedet.training import crossval

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from changedet.cli import main
-from changedet.detectors.modelfile import load_model
+from changedet.detectors.learned import load_model
 
 
 def _train_args(sample_data, out, workdir):

@@ -134,7 +134,7 @@ def test_batchnorm_trains_on_batch_statistics_and_infers_with_the_running_ones(p
     carries them, and inference is a fixed per-pixel map (a sample scores the same alone as in
     any batch, so tiling stays exact)."""
     from changedet import evaluate
-    from changedet.detectors import modelfile
+    from changedet.detectors import learned
 
     mc, tc = config.tiny()
     mc = dataclasses.replace(mc, norm="batch")
@@ -144,7 +144,7 @@ def test_batchnorm_trains_on_batch_statistics_and_infers_with_the_running_ones(p
     stats = nnx.state(model.module(), nnx.BatchStat)
     means = [np.asarray(v) for path, v in nnx.to_flat_state(stats) if path[-1] == "mean"]
     assert means and all(np.abs(m).max() > 0 for m in means)  # moved off their zero init
-    loaded = modelfile.load_model(tmp_path / "bn.msgpack")
+    loaded = learned.load_model(tmp_path / "bn.msgpack")
     for a, b in zip(jax.tree.leaves(nnx.state(model.module())),
                     jax.tree.leaves(nnx.state(loaded.module())), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,142 @@
+"""The model record: :class:`ChangeModel`, a Siamese change model as plain data.
+
+Architecture (``ModelConfig``), weights (nested dict of numpy arrays), bands, normalisation,
+threshold, margin, calibration and the training summary: what a model file stores
+(``changedet.detectors.modelfile``) and what inference, training and evaluation pass around.
+The detector built on it (compiled predictors, pickling for dask) is in ``changedet.detectors``.
+
+Must not import rasterio, rioxarray, xarray, dask or matplotlib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from changedet.config import ModelConfig
+from changedet.errors import ModelFileError
+from changedet.models.siamese import SiameseNet, halo_px
+from changedet.uncertainty import ScoreCalibration
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ChangeModel:
+    """A trained (or randomly initialised) Siamese change model: the record a model file holds.
+
+    Plain data (frozen): the architecture, the weights as numpy arrays, the bands, the
+    normalisation and the calibrated decision. It builds its network (:meth:`module`) but
+    holds nothing compiled or device-bound; the detector that scores with it, caches compiled
+    predictors and travels to dask workers is
+    :class:`changedet.detectors.learned.LearnedDetector` (what ``load_model`` returns).
+
+    Attributes:
+      config: The architecture.
+      state: The ``nnx`` state of a :class:`~changedet.models.SiameseNet` as a nested dict of
+        numpy arrays (``nnx.to_pure_dict(nnx.state(net))``).
+      band_ids: Bands the model takes, in order (e.g. ``("B01", ..., "B12")``).
+      norm_mean: Per-band mean of the raw values, ``len(band_ids)`` floats.
+      norm_std: Per-band standard deviation (> 0), raw units.
+      threshold: Decision threshold on the score (probability for diff/conc heads, distance for
+        the distance head); ``None`` lets the pipeline use Otsu.
+      margin: Contrastive/triplet margin the distance head was trained with (None otherwise).
+      name: The model's name (e.g. ``"sentinel2"``); also its detector ``name``.
+      training: JSON-friendly training summary (data, epochs, seed, validation figures).
+      normalization: ``"global"`` (``norm_mean``/``norm_std`` of the training data) or
+        ``"per_image"`` (each date standardised by its own per-band statistics at run time;
+        ``norm_mean``/``norm_std`` are then 0/1 and unused).
+      required_bands: Bands an input must have when the model accepts subsets of ``band_ids``
+        (trained with band dropout; missing bands are filled with their mean). None: every
+        band in ``band_ids`` is required.
+      calibration: ``P(change | score)`` measured on out-of-fold scenes when the model was
+        cross-validated (:class:`changedet.uncertainty.ScoreCalibration`); ``run
+        --uncertainty`` needs it. None for models trained without cross-validation.
+    """
+
+    config: ModelConfig
+    state: dict[str, Any]
+    band_ids: tuple[str, ...]
+    norm_mean: tuple[float, ...]
+    norm_std: tuple[float, ...]
+    threshold: float | None = 0.5
+    margin: float | None = None
+    name: str = "siamese"
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    normalization: str = "global"
+    required_bands: tuple[str, ...] | None = None
+    calibration: ScoreCalibration | None = None
+    #: ``(absolute path, sha256)`` of the file this model was loaded from, else None.
+    _source: tuple[str, str] | None = dataclasses.field(default=None, init=False, repr=False)
+
+    @property
+    def source_sha256(self) -> str | None:
+        """sha256 of the file this model was loaded from (None if built in memory)."""
+        return None if self._source is None else self._source[1]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "band_ids", tuple(str(b) for b in self.band_ids))
+        object.__setattr__(self, "norm_mean", tuple(float(v) for v in self.norm_mean))
+        object.__setattr__(self, "norm_std", tuple(float(v) for v in self.norm_std))
+        n = self.config.num_bands
+        if len(self.band_ids) != n or len(self.norm_mean) != n or len(self.norm_std) != n:
+            raise ModelFileError(
+                f"model {self.name!r}: config has {n} bands but band_ids/norm_mean/norm_std "
+                f"have {len(self.band_ids)}/{len(self.norm_mean)}/{len(self.norm_std)}; "
+                "rebuild it with one entry per band.")
+        if self.normalization not in ("global", "per_image"):
+            raise ModelFileError(f"model {self.name!r}: normalization must be 'global' or "
+                                 f"'per_image'; got {self.normalization!r}.")
+        if self.required_bands is not None:
+            object.__setattr__(self, "required_bands", tuple(str(b) for b in self.required_bands))
+            extra = set(self.required_bands) - set(self.band_ids)
+            if extra:
+                raise ModelFileError(f"model {self.name!r}: required bands {sorted(extra)} are "
+                                     "not among its band_ids.")
+        if any(not np.isfinite(s) or s <= 0 for s in self.norm_std):
+            raise ModelFileError(f"model {self.name!r}: norm_std must be finite and > 0; got "
+                                 f"{self.norm_std}.")
+
+    def module(self) -> SiameseNet:
+        """A fresh :class:`~changedet.models.SiameseNet` holding this model's parameters.
+
+        Raises:
+          ModelFileError: If the state does not fit the config (e.g. a corrupt file).
+        """
+        abstract = nnx.eval_shape(lambda: SiameseNet(self.config, rngs=nnx.Rngs(0)))
+        graphdef, state = nnx.split(abstract)
+        try:
+            _check_shapes(nnx.to_pure_dict(state), self.state)
+            nnx.replace_by_pure_dict(state, self.state)
+        except (KeyError, ValueError, TypeError) as err:
+            raise ModelFileError(f"model {self.name!r}: parameters do not match its config "
+                                 f"({err}); the file is corrupt or from another build.") from err
+        return nnx.merge(graphdef, state)
+
+    @property
+    def halo_px(self) -> int:
+        """Context pixels per side for exact tiled output (see ``models.halo_px``)."""
+        return halo_px(self.config)
+
+    @property
+    def align_px(self) -> int:
+        """Block/tile origins must be multiples of this (``2**num_downsamplings``)."""
+        return self.config.align_px
+
+    def with_weights(self, state: dict[str, Any]) -> ChangeModel:
+        """This model with other weights (same architecture)."""
+        return dataclasses.replace(self, state=state)
+
+
+def _check_shapes(state: Any, pure: dict[str, Any]) -> None:
+    """Raises ValueError when a leaf of ``pure`` differs in shape from the built state."""
+    built = jax.tree.leaves_with_path(state)
+    given = jax.tree.leaves_with_path(pure)
+    if [p for p, _ in built] != [p for p, _ in given]:
+        raise ValueError(f"{len(given)} arrays for {len(built)} parameters, or other names")
+    for (where, b), (_, g) in zip(built, given, strict=True):
+        if tuple(b.shape) != tuple(np.shape(g)):
+            raise ValueError(f"{jax.tree_util.keystr(where)} has shape {np.shape(g)}, "
+                             f"expected {tuple(b.shape)}")
