@@ -11,6 +11,13 @@ from typing import Any, Literal
 
 from changedet.errors import ConfigError
 
+__all__ = [
+    "Head", "Distance", "HEADS", "DISTANCES", "Upsample", "Norm", "UPSAMPLES", "NORMS",
+    "ModelConfig", "to_dict", "model_config_from_dict", "Loss", "Mining", "Schedule",
+    "Normalization", "NORMALIZATIONS", "LOSSES", "MININGS", "SCHEDULES", "TrainConfig",
+    "check_compatible", "train_config_from_dict", "DEFAULT_STEPS", "default", "tiny",
+]
+
 Head = Literal["distance", "diff", "conc", "msdiff"]
 Distance = Literal["euclidean", "manhattan", "cosine"]
 

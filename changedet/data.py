@@ -15,6 +15,11 @@ import numpy as np
 
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
 
+__all__ = [
+    "normalize", "to_nhwc", "Scene", "Batch", "band_statistics", "MIN_STD", "stats_from_sums",
+    "image_statistics", "normalize_per_image", "normalize_scene",
+]
+
 log = logging.getLogger(__name__)
 
 

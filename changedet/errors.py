@@ -18,6 +18,13 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+__all__ = [
+    "option", "render", "named_options", "command_line_words", "ChangedetError",
+    "InputNotFoundError", "NotARasterError", "GridMismatchError", "BandMismatchError",
+    "EmptySceneError", "OutputError", "ModelFileError", "ConfigError", "DatasetError",
+    "InputRangeError", "CoregistrationError", "NotPreparedError", "CalibrationError",
+]
+
 _MARK = "\x1f"  # ASCII unit separator: never in a path or a value users type
 _MARKED = re.compile(f"{_MARK}([^{_MARK}]*){_MARK}")
 _NO_VALUE: Any = object()

@@ -32,6 +32,11 @@ from changedet.types import size_px
 if TYPE_CHECKING:
     from changedet.models.record import ChangeModel
 
+__all__ = [
+    "DIHEDRAL", "TTA_CHOICES", "predict_step", "PredictStep", "make_predict_step",
+    "BlockPredictor",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -43,6 +43,11 @@ from changedet.provenance import cloud_tags, coregistration_tags, provenance, un
 from changedet.types import MASK_NODATA, Detector, Grid
 from changedet.uncertainty import error_probability
 
+__all__ = [
+    "SENTINEL2_BANDS", "Quality", "DEFAULT_BLOCK_PX", "RunResult", "select_bands",
+    "score_graph", "open_for_detection", "detect", "run",
+]
+
 log = logging.getLogger(__name__)
 
 

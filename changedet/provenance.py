@@ -17,6 +17,11 @@ from changedet.errors import (
 from changedet.types import Detector
 from changedet.uncertainty import ScoreCalibration
 
+__all__ = [
+    "provenance", "uncertainty_tags", "cloud_tags", "MISREGISTRATION_WARN_PX",
+    "coregistration_tags",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -19,6 +19,11 @@ import numpy as np
 
 from changedet.errors import ConfigError
 
+__all__ = [
+    "PadMode", "PAD_MODE", "Tile", "round_up", "plan_tiles", "padded_shape", "pad_block",
+    "extract_tiles", "stitch",
+]
+
 PadMode = Literal["symmetric", "reflect", "edge", "constant"]
 PAD_MODE: Final = "symmetric"  # numpy's name for dask's boundary="reflect" (the edge pixel repeats)
 

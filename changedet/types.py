@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import numpy as np
 from affine import Affine
 
+__all__ = ["MASK_NODATA", "size_px", "Grid", "ScoringDetector", "Detector"]
+
 #: Nodata value of every change mask changedet writes (uint8: 0 no change, 1 change).
 MASK_NODATA = 255
 

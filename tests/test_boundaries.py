@@ -5,6 +5,7 @@ viz/, and no module outgrows the size limit."""
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +217,28 @@ def test_public_api_names_resolve():
     missing = [n for n in changedet.__all__ if getattr(changedet, n, None) is None]
     assert not missing
     assert set(changedet._LAZY) <= set(changedet.__all__)
+
+
+def test_every_module_declares_its_public_names():
+    """Each module states its public API in ``__all__`` (what ``from m import *``, the docs and
+    IDEs show), and every name listed there is defined or imported by the module."""
+    missing, broken = [], []
+    for module, path in _modules().items():
+        if module.endswith("__main__"):
+            continue
+        names = _declared_all(ast.parse(path.read_text()))
+        if names is None:
+            missing.append(module)
+            continue
+        mod = importlib.import_module(module)
+        broken += [f"{module}.{n}" for n in names if not hasattr(mod, n)]
+    assert not missing, f"no __all__ in {missing}"
+    assert not broken, f"__all__ names that do not exist: {broken}"
+
+
+def _declared_all(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "__all__"):
+            return [ast.literal_eval(e) for e in node.value.elts]  # type: ignore[attr-defined]
+    return None

@@ -15,6 +15,11 @@ from collections.abc import Sequence
 from changedet import __version__
 from changedet.errors import ChangedetError, command_line_words
 
+__all__ = [
+    "CLI_FLAGS", "RUN_EXAMPLES", "INFO_EXAMPLES", "COREGISTER_EXAMPLES", "build_parser",
+    "main", "COMMANDS",
+]
+
 log = logging.getLogger("changedet")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -22,6 +22,11 @@ from typing import Any
 
 from changedet.errors import ConfigError, DatasetError
 
+__all__ = [
+    "DATASET_ARITY", "TRAIN_EXAMPLES", "EVALUATE_EXAMPLES", "add_commands", "load_dataset",
+    "apply_overrides",
+]
+
 log = logging.getLogger(__name__)
 
 DATASET_ARITY = {"oscd": 1, "levir": 1, "airchange": 1, "pair": 3, "sparse": 4}

@@ -25,6 +25,12 @@ from changedet.models.record import ChangeModel
 from changedet.types import Detector
 from changedet.uncertainty import ScoreCalibration
 
+__all__ = [
+    "Method", "method_name", "model_name", "describe_detector", "default_model_name",
+    "MAX_MODEL_PIXEL_M", "pixel_size_m", "resolve_detector", "score_calibration_for",
+    "check_threshold",
+]
+
 log = logging.getLogger(__name__)
 
 

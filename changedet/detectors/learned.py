@@ -30,6 +30,8 @@ from changedet.inference import BlockPredictor
 from changedet.models.record import ChangeModel
 from changedet.models.siamese import SiameseNet
 
+__all__ = ["LearnedDetector", "as_detector", "load_model", "random_init_model"]
+
 log = logging.getLogger(__name__)
 
 

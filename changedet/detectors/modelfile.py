@@ -35,6 +35,12 @@ from changedet.io import atomic
 from changedet.models.record import ChangeModel
 from changedet.uncertainty import ScoreCalibration
 
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "WEIGHTS_DIR_ENV", "DEFAULT_WEIGHTS_DIR", "is_positional",
+    "check_bands", "save_model", "weights_dir", "sha256_file", "register_model",
+    "packaged_models", "resolve_model_path", "read_model",
+]
+
 log = logging.getLogger(__name__)
 
 FORMAT = "changedet-model"

@@ -42,6 +42,8 @@ from changedet.io.scene import (
 )
 from changedet.types import Grid
 
+__all__ = ["logger", "RasterPair", "shift_after", "select_bands", "open_pair"]
+
 logger = logging.getLogger(__name__)
 
 

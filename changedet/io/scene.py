@@ -42,6 +42,11 @@ from changedet.errors import (
 )
 from changedet.types import Grid
 
+__all__ = [
+    "logger", "GDAL_CACHE_MB", "CANONICAL_S2_BANDS", "UngeoreferencedWarning", "open_scene",
+    "scene_grid", "describe_scene",
+]
+
 logger = logging.getLogger(__name__)
 
 

@@ -20,6 +20,8 @@ from flax import nnx
 
 from changedet.config import Norm, Upsample
 
+__all__ = ["Footprint", "max_pool_2x", "depth_to_space_2x", "spatial_dropout", "ConvBlock", "Up"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:

@@ -22,6 +22,8 @@ from changedet.errors import ModelFileError
 from changedet.models.siamese import SiameseNet, halo_px
 from changedet.uncertainty import ScoreCalibration
 
+__all__ = ["ChangeModel"]
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ChangeModel:

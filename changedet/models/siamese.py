@@ -17,6 +17,11 @@ from changedet.config import Distance, ModelConfig, Norm
 from changedet.errors import ConfigError
 from changedet.models.layers import ConvBlock, Footprint, Up, max_pool_2x
 
+__all__ = [
+    "DISTANCE_EPS", "distance", "UNetEncoder", "DiffDecoder", "ChangeHead", "SiameseNet",
+    "receptive_radius_px", "halo_px",
+]
+
 #: Added under square roots and norms so distances have finite gradients at 0.
 DISTANCE_EPS = 1e-6
 

@@ -21,6 +21,11 @@ from changedet.config import (
 from changedet.errors import ModelFileError
 from changedet.io import atomic
 
+__all__ = [
+    "CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint",
+    "load_checkpoint",
+]
+
 CHECKPOINT_NAME = "checkpoint.msgpack"
 
 

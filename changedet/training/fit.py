@@ -63,6 +63,11 @@ from changedet.training.steps import (
     shard_batch,
 )
 
+__all__ = [
+    "ValResult", "validate", "band_set_masks", "FitResult", "fit", "fit_model", "TrainedModel",
+    "training_summary", "to_change_model",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -28,6 +28,8 @@ from changedet.config import Distance
 from changedet.errors import ConfigError
 from changedet.models.siamese import distance as pixel_distance
 
+__all__ = ["Mining", "MAX_DISTANCE", "MAX_LOGIT", "contrastive_loss", "masked_bce", "triplet_loss"]
+
 Mining = Literal["batch_hard", "semi_hard", "all"]
 
 #: Distances are clipped to ``[0, MAX_DISTANCE]`` (``d**2`` stays finite in float32).

@@ -13,6 +13,8 @@ import numpy as np
 from changedet.data import Batch, Scene, to_nhwc
 from changedet.errors import ConfigError, EmptySceneError
 
+__all__ = ["augment", "radiometric_jitter", "PatchSampler"]
+
 
 def augment(
     before: np.ndarray,

@@ -25,6 +25,11 @@ from changedet.data import Batch
 from changedet.models.siamese import SiameseNet
 from changedet.training import losses
 
+__all__ = [
+    "StepMetrics", "make_schedule", "make_optimizer", "train_step", "data_mesh", "placements",
+    "step_function", "make_train_step", "shard_batch",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+__all__ = [
+    "CHANGE_COLOUR", "NODATA_COLOUR", "SceneLike", "stretch_limits", "true_colour",
+    "true_colour_pair", "overlay", "pair_grid", "distance_histograms",
+]
+
 
 
 #: Default colour of changed pixels in overlays (vivid magenta: stands out on vegetation,

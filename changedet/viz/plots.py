@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 from changedet.viz.figures import _figure
 
+__all__ = ["plot_loss_curve", "plot_pr_curve", "write_loss_curve"]
+
 
 def _load_records(source: str | Path | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     if isinstance(source, (str, Path)):

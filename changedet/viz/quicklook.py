@@ -36,6 +36,8 @@ from changedet.viz.figures import (
     true_colour_pair,
 )
 
+__all__ = ["logger", "quicklook", "changed_area", "write_quicklook"]
+
 logger = logging.getLogger(__name__)
 
 
