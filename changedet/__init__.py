@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time these load on 
     from changedet.config import ModelConfig
     from changedet.coregister import Shift, estimate_shift
     from changedet.detectors.cva import CVADetector
-    from changedet.detectors.learned import load_model
+    from changedet.detectors.learned import LearnedDetector, load_model
     from changedet.detectors.modelfile import save_model
     from changedet.io import RasterPair, open_pair, open_scene
     from changedet.models.record import ChangeModel
@@ -48,6 +48,7 @@ _LAZY = {
     "RunResult": ("changedet.pipeline", "RunResult"),
     "CVADetector": ("changedet.detectors.cva", "CVADetector"),
     "ChangeModel": ("changedet.models.record", "ChangeModel"),
+    "LearnedDetector": ("changedet.detectors.learned", "LearnedDetector"),
     "load_model": ("changedet.detectors.learned", "load_model"),
     "save_model": ("changedet.detectors.modelfile", "save_model"),
     "ModelConfig": ("changedet.config", "ModelConfig"),
@@ -89,6 +90,7 @@ __all__ = [
     # loaded on first use (_LAZY):
     "CVADetector",
     "ChangeModel",
+    "LearnedDetector",
     "ModelConfig",
     "RasterPair",
     "RunResult",
