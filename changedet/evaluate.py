@@ -99,7 +99,7 @@ def score_scene(detector: ScoringDetector, scene: Scene) -> np.ndarray:
     its edge blocks (``tiling.PAD_MODE``, dask's ``reflect``) and scored with that context, so
     evaluation sees the same scores as ``changedet.run`` on the same pixels.
     """
-    if hasattr(detector, "prepare_scene"):  # a ChangeModel: bind it to this scene first
+    if hasattr(detector, "prepare_scene"):  # a LearnedDetector: bind it to this scene first
         detector = detector.prepare_scene(scene)
     halo = int(detector.halo_px)
     pad = ((0, 0), (halo, halo), (halo, halo))

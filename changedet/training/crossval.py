@@ -255,7 +255,7 @@ def train_with_cv(
     figures then come from those folds' held-out scenes alone).
 
     Returns:
-      ``(ChangeModel, CVResult)``; the fold runs are in ``workdir/cv``, the final run in
+      ``(LearnedDetector, CVResult)``; the fold runs are in ``workdir/cv``, the final run in
       ``workdir/final``.
     """
     workdir = Path(workdir)

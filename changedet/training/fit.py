@@ -83,7 +83,7 @@ class ValResult(NamedTuple):
 
 
 def validate(model: Any, scenes: Sequence[Scene], num_thresholds: int = 256) -> ValResult:
-    """Scores whole *raw* validation scenes with ``model`` (a ``ChangeModel``) through
+    """Scores whole *raw* validation scenes with ``model`` (a ``LearnedDetector``) through
     ``changedet.run``'s scoring path (``evaluate.score_scene``: the same normalisation, nodata
     fill, mirrored halo and tiling), and pools P/R/F1/IoU at the F1-best threshold, so the
     threshold fit calibrates is one for the scores ``run`` produces."""
@@ -247,10 +247,10 @@ def fit_model(
     net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     optimizer = nnx.Optimizer(net, make_optimizer(train_cfg), wrt=nnx.Param)
     graphdef, state = nnx.split((net, optimizer))
-    probe: list[Any] = []  # the first validation ChangeModel; later ones share its compiled steps
+    probe: list[Any] = []  # the first validation detector; later ones share its compiled steps
 
     def as_model(network: SiameseNet) -> Any:
-        """The network as the ``ChangeModel`` run would use (validation scores it like run)."""
+        """The network as the ``LearnedDetector`` run would use (validation scores it like run)."""
         if probe:
             return probe[0].with_weights(_to_host(nnx.to_pure_dict(nnx.state(network))))
         probe.append(to_change_model(TrainedModel(
@@ -386,7 +386,7 @@ def fit_model(
 
 @dataclasses.dataclass
 class TrainedModel:
-    """A trained network with everything needed to package it as a ``ChangeModel``."""
+    """A trained network with everything needed to package it as a ``LearnedDetector``."""
 
     net: SiameseNet
     model_cfg: ModelConfig
