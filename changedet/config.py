@@ -154,6 +154,8 @@ class TrainConfig:
         at power 1, as FC-Siam-diff weights its NLL).
       pos_weight_power: Exponent of the automatic ``pos_weight`` (0.5 = square root).
       mining: Triplet mining: ``"batch_hard"``, ``"semi_hard"`` or ``"all"``.
+      dice_weight: Weight of a soft Dice term (a differentiable ``1 - F1`` over the batch)
+        added to the BCE; 0 = BCE only.
       changed_fraction: Share of patches centred on a changed pixel (class balancing).
       augment: Random flips / 90° rotations / date swaps of the patches.
       normalization: ``"global"`` (per-band mean/std of all training pixels, stored in the
@@ -183,6 +185,7 @@ class TrainConfig:
     margin: float = 2.0
     pos_weight: float = 5.0
     mining: Mining = "batch_hard"
+    dice_weight: float = 0.0
     changed_fraction: float = 0.5
     augment: bool = True
     normalization: Normalization = "global"
@@ -201,7 +204,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1; got {getattr(self, name)}.")
         if not self.learning_rate > 0:
             raise ConfigError(f"train.learning_rate must be > 0; got {self.learning_rate}.")
-        for name in ("warmup_steps", "weight_decay", "grad_clip_norm", "patience"):
+        for name in ("warmup_steps", "weight_decay", "grad_clip_norm", "patience", "dice_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0; got {getattr(self, name)}.")
         if not 0.0 <= self.end_lr_fraction <= 1.0:
@@ -245,6 +248,9 @@ def check_compatible(model: ModelConfig, train: TrainConfig) -> None:
             "model.head='distance' outputs distances, not logits: use train.loss='contrastive' "
             "or 'triplet' (or model.head='diff' with loss='bce')."
         )
+    if train.dice_weight and train.loss != "bce":
+        raise ConfigError(f"train.dice_weight adds a Dice term to the BCE: it needs "
+                          f"train.loss='bce', not {train.loss!r} (or set dice_weight=0).")
     if model.head != "distance" and train.loss != "bce":
         raise ConfigError(
             f"model.head={model.head!r} outputs logits: use train.loss='bce' (the "

@@ -28,7 +28,8 @@ from changedet.config import Distance
 from changedet.errors import ConfigError
 from changedet.models.siamese import distance as pixel_distance
 
-__all__ = ["Mining", "MAX_DISTANCE", "MAX_LOGIT", "contrastive_loss", "masked_bce", "triplet_loss"]
+__all__ = ["Mining", "MAX_DISTANCE", "MAX_LOGIT", "contrastive_loss", "masked_bce", "soft_dice_loss",
+           "triplet_loss"]
 
 Mining = Literal["batch_hard", "semi_hard", "all"]
 
@@ -124,6 +125,27 @@ def masked_bce(
     per_pixel = optax.sigmoid_binary_cross_entropy(x, changed.astype(jnp.float32))
     weights = jnp.where(changed, jnp.float32(pos_weight), 1.0)
     return _masked_mean(weights * per_pixel, labelled)
+
+
+def soft_dice_loss(logits: ArrayLike, label: ArrayLike, valid: ArrayLike) -> jax.Array:
+    """Soft Dice loss ``1 - (2 sum(p y) + 1) / (sum(p) + sum(y) + 1)`` over the batch's valid
+    labelled pixels, with ``p = sigmoid(logits)``: a differentiable stand-in for ``1 - F1``.
+
+    Pooled over the whole batch (not per patch), so patches without change still count, and
+    the ``+ 1`` keeps it finite and 0 for a batch with neither change nor predicted change.
+
+    Example:
+      >>> round(float(soft_dice_loss(jnp.array([[[100.0, -100.0]]]), jnp.array([[[1, 0]]]),
+      ...                            jnp.ones((1, 1, 2), bool))), 6)
+      0.0
+    """
+    changed, unchanged = _masks(label, valid)
+    labelled = changed | unchanged
+    x = jnp.where(labelled, jnp.asarray(logits, jnp.float32), 0.0)
+    x = jnp.clip(jnp.where(jnp.isnan(x), 0.0, x), -MAX_LOGIT, MAX_LOGIT)
+    p = jnp.where(labelled, jax.nn.sigmoid(x), 0.0)
+    y = changed.astype(jnp.float32)
+    return 1.0 - (2.0 * jnp.sum(p * y) + 1.0) / (jnp.sum(p) + jnp.sum(y) + 1.0)
 
 
 def _sample(key: jax.Array, mask: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:

@@ -91,6 +91,7 @@ def train_step(
     pos_weight: float,
     margin: float,
     mining: Mining,
+    dice_weight: float = 0.0,
 ) -> tuple[nnx.State, StepMetrics]:
     """One optimiser update of ``(model, optimizer)``. Pure: new state and summable metrics.
 
@@ -104,6 +105,7 @@ def train_step(
       margin: Contrastive/triplet margin; distance-head pixels count as changed above
         ``margin / 2`` in the returned confusion counts.
       mining: Triplet mining strategy.
+      dice_weight: Weight of the soft Dice term added to the BCE (0 = BCE only).
 
     Returns:
       ``(new_state, StepMetrics)``; counts are over the batch's valid pixels.
@@ -130,6 +132,8 @@ def train_step(
         else:
             out = model(before, after, key=drop_key)
             value = losses.masked_bce(out, batch.label, batch.valid, pos_weight=pos_weight)
+            if dice_weight:
+                value = value + dice_weight * losses.soft_dice_loss(out, batch.label, batch.valid)
         return value, out
 
     (value, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -168,7 +172,8 @@ def step_function(cfg: TrainConfig):
     """:func:`train_step` with ``cfg``'s loss settings bound (not jitted): ``step(graphdef,
     state, batch, key)``."""
     return functools.partial(train_step, loss=cfg.loss, pos_weight=cfg.pos_weight,
-                             margin=cfg.margin, mining=cfg.mining)
+                             margin=cfg.margin, mining=cfg.mining,
+                             dice_weight=cfg.dice_weight)
 
 
 @functools.lru_cache(maxsize=8)

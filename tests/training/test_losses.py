@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from changedet.training.losses import contrastive_loss, masked_bce, triplet_loss
+from changedet.training.losses import contrastive_loss, masked_bce, soft_dice_loss, triplet_loss
 
 SHAPE = (2, 4, 4)
 KEY = jax.random.key(0)
@@ -25,6 +25,7 @@ LOSSES = {
     "contrastive_unbalanced": (
         lambda p, lab, ok: contrastive_loss(p, lab, ok, margin=2.0, balance=False), SHAPE),
     "bce": (lambda p, lab, ok: masked_bce(p, lab, ok, pos_weight=3.0), SHAPE),
+    "dice": (soft_dice_loss, SHAPE),
     "triplet": (lambda p, lab, ok: _triplet(p[..., :3], p[..., 3:], lab, ok), SHAPE + (6,)),
     "triplet_semi": (lambda p, lab, ok: _triplet(p[..., :3], p[..., 3:], lab, ok, "semi_hard"),
                      SHAPE + (6,)),
@@ -63,6 +64,22 @@ def test_masked_bce_matches_the_formula_and_weights_changed_pixels():
     assert float(masked_bce(logits, label, jnp.zeros_like(valid))) == 0.0
 
 
+def test_soft_dice_is_one_minus_soft_f1_over_the_batch():
+    logits = jnp.array([[[2.0, -1.0]], [[0.5, 9.0]]])  # two patches, pooled
+    label = jnp.array([[[1, 0]], [[0, 1]]])
+    valid = jnp.array([[[True, True]], [[True, False]]])
+    p = jax.nn.sigmoid(jnp.array([2.0, -1.0, 0.5]))
+    expected = 1 - (2 * p[0] + 1) / (p.sum() + 1 + 1)
+    assert float(soft_dice_loss(logits, label, valid)) == pytest.approx(float(expected), rel=1e-6)
+    # A batch with neither change nor predicted change costs nothing.
+    assert float(soft_dice_loss(jnp.full((1, 2, 2), -1e4), jnp.zeros((1, 2, 2), int),
+                                jnp.ones((1, 2, 2), bool))) == pytest.approx(0.0, abs=1e-6)
+    # A perfect prediction beats an inverted one.
+    good = soft_dice_loss(jnp.array([[[9.0, -9.0]]]), jnp.array([[[1, 0]]]), jnp.ones((1, 1, 2), bool))
+    bad = soft_dice_loss(jnp.array([[[-9.0, 9.0]]]), jnp.array([[[1, 0]]]), jnp.ones((1, 1, 2), bool))
+    assert float(good) < 0.01 < 0.5 < float(bad)  # +1 smoothing: 1 - 1/3
+
+
 def _batch(data, shape):
     values = data.draw(st.lists(st.floats(-50, 50, width=32), min_size=int(np.prod(shape)),
                                 max_size=int(np.prod(shape))))
@@ -96,7 +113,7 @@ def test_invalid_pixels_change_neither_loss_nor_gradients(name, data):
     assert np.all(np.asarray(grad2)[mask] == 0)
 
 
-@pytest.mark.parametrize("name", ["contrastive", "contrastive_unbalanced", "bce"])
+@pytest.mark.parametrize("name", ["contrastive", "contrastive_unbalanced", "bce", "dice"])
 @settings(deadline=None, max_examples=25)
 @given(extreme=st.sampled_from([0.0, 1e-30, 1e4, 1e30, 3e38, -3e38, -1e30]),
        label=st.integers(0, 1))
