@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from changedet.models.record import ChangeModel
 
 __all__ = [
-    "DIHEDRAL", "TTA_CHOICES", "predict_step", "PredictStep", "make_predict_step",
+    "DIHEDRAL", "TTA_CHOICES", "data_mesh", "predict_step", "PredictStep", "make_predict_step",
     "BlockPredictor",
 ]
 
@@ -88,6 +89,26 @@ def predict_step(graphdef: nnx.GraphDef, state: nnx.State, before: jax.Array,
     return total / tta
 
 
+def data_mesh(devices: Sequence[jax.Device] | None = None, *,
+              batch_size: int | None = None) -> jax.sharding.Mesh:
+    """The one home of device meshes: a 1-D ``("data",)`` mesh over ``devices`` (default: all
+    local devices), batches split along its axis (inference and training alike).
+
+    With ``batch_size``, only the first ``gcd(len(devices), batch_size)`` devices are used, so
+    the batch splits evenly (a warning says so when that leaves devices idle).
+    """
+    devices = list(devices) if devices is not None else jax.local_devices()
+    if batch_size is not None:
+        n = math.gcd(len(devices), batch_size)
+        if n < len(devices):
+            log.warning("batch_size %d is not a multiple of the %d local devices: using %d",
+                        batch_size, len(devices), n)
+        devices = devices[:n]
+    # Auto axis types: plain jit + NamedSharding propagation, no explicit-sharding typing.
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,),
+                         devices=devices)
+
+
 class PredictStep:
     """``predict_step`` jitted once per input shape, data-parallel over a device mesh.
 
@@ -110,11 +131,8 @@ class PredictStep:
         if tta not in TTA_CHOICES:
             raise ConfigError(f"tta must be one of {TTA_CHOICES}; got {tta}.")
         self.tta = tta
-        devices = list(devices) if devices is not None else jax.local_devices()
-        self.num_devices = len(devices)
-        # Auto axis types: plain jit + NamedSharding propagation, no explicit-sharding typing.
-        self.mesh = jax.make_mesh((self.num_devices,), ("data",), axis_types=(AxisType.Auto,),
-                                  devices=devices)
+        self.mesh = data_mesh(devices)
+        self.num_devices = self.mesh.size
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
         self.num_traces = 0

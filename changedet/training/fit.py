@@ -199,7 +199,14 @@ def fit_model(
     resume: bool = True,
     max_epochs_per_run: int | None = None,
 ) -> tuple[TrainedModel, FitResult]:
-    """:func:`fit` without packaging: the trained network and its calibration (see ``fit``)."""
+    """:func:`fit` without packaging: the trained network and its calibration (see ``fit``).
+
+    The phases, each a function of its own: :func:`_prepare_data` (normalisation, the patch
+    sampler, the automatic change weight), :func:`_init_or_resume` (a fresh network or the
+    checkpoint's), then per epoch :func:`_run_epoch` (the jitted steps) and
+    :func:`_after_epoch` (validation, early stopping, checkpoint, history), and finally
+    :func:`_calibrate` (the decision threshold of the best parameters).
+    """
     check_compatible(model_cfg, train_cfg)
     if not train_scenes:
         raise EmptySceneError("fit needs at least one training scene; got none.")
@@ -213,10 +220,66 @@ def fit_model(
         )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = workdir / CHECKPOINT_NAME
     signature = _run_signature(model_cfg, train_cfg, band_ids, [s.name for s in train_scenes])
     (workdir / "config.json").write_text(json.dumps(signature, indent=2))
 
+    data = _prepare_data(train_scenes, band_ids, train_cfg)
+    run = _init_or_resume(model_cfg, train_cfg, workdir / CHECKPOINT_NAME, signature, resume)
+    as_model = _ValidationDetector(model_cfg, train_cfg, band_ids, data.mean, data.std)
+    mesh = data_mesh(train_cfg.batch_size)
+    replicated, _ = placements(mesh)
+    run.state = jax.device_put(run.state, replicated)
+    step_fn = make_train_step(data.step_cfg, mesh)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=train_cfg.total_steps, initial=run.prog.epoch * train_cfg.steps_per_epoch,
+                   unit="step", desc="training", leave=False)
+    epochs_this_run = 0
+    try:
+        while run.prog.epoch < train_cfg.num_epochs and not run.prog.stopped_early:
+            if max_epochs_per_run is not None and epochs_this_run >= max_epochs_per_run:
+                break
+            record = _run_epoch(run, step_fn, data.sampler, train_cfg, mesh, bar)
+            _after_epoch(run, record, val_scenes, as_model, train_cfg, workdir, signature,
+                         data)
+            epochs_this_run += 1
+    finally:
+        if bar is not None:
+            bar.close()
+
+    best_net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
+    best_state = nnx.state(best_net, _WEIGHTS)
+    nnx.replace_by_pure_dict(best_state, run.best_params)
+    nnx.update(best_net, best_state)
+    threshold, val_result = _calibrate(as_model(best_net), train_scenes, val_scenes,
+                                       run.prog.best_threshold, train_cfg)
+    trained = TrainedModel(
+        net=best_net, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids,
+        mean=data.mean, std=data.std, threshold=threshold,
+        margin=train_cfg.margin if model_cfg.head == "distance" else None,
+    )
+    result = FitResult(workdir, run.prog.epoch, run.prog.best_epoch, val_result,
+                       run.prog.history)
+    return trained, result
+
+
+class _Data(NamedTuple):
+    """What the loop draws from: the patch sampler over the normalised training scenes, the
+    normalisation stored in the model, and ``train_cfg`` with the automatic change weight
+    resolved (what the step is compiled with)."""
+
+    sampler: PatchSampler
+    mean: np.ndarray
+    std: np.ndarray
+    step_cfg: TrainConfig
+
+
+def _prepare_data(train_scenes: Sequence[Scene], band_ids: tuple[str, ...],
+                  train_cfg: TrainConfig) -> _Data:
+    """Phase 1: normalise the training scenes, build the sampler, resolve ``pos_weight=0``."""
     if train_cfg.normalization == "per_image":
         mean, std = np.zeros(len(band_ids)), np.ones(len(band_ids))
         train_n = [normalize_per_image(s) for s in train_scenes]
@@ -243,24 +306,28 @@ def fit_model(
             train_cfg, pos_weight=float(ratio**train_cfg.pos_weight_power))
         log.info("automatic pos_weight %.3g (unchanged/changed %.3g ^ %g)", step_cfg.pos_weight,
                  ratio, train_cfg.pos_weight_power)
+    return _Data(sampler, mean, std, step_cfg)
 
+
+@dataclasses.dataclass
+class _RunState:
+    """The loop's mutable state: network + optimiser (split), the loop progress and the best
+    parameters so far (host arrays)."""
+
+    graphdef: nnx.GraphDef
+    state: nnx.State
+    prog: _Progress
+    best_params: Any
+    base_key: jax.Array
+
+
+def _init_or_resume(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_path: Path,
+                    signature: dict[str, Any], resume: bool) -> _RunState:
+    """Phase 2: a fresh network and optimiser, or the checkpoint's (same settings only)."""
     net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
     optimizer = nnx.Optimizer(net, make_optimizer(train_cfg), wrt=nnx.Param)
     graphdef, state = nnx.split((net, optimizer))
-    probe: list[Any] = []  # the first validation detector; later ones share its compiled steps
-
-    def as_model(network: SiameseNet) -> Any:
-        """The network as the ``LearnedDetector`` run would use (validation scores it like run)."""
-        if probe:
-            return probe[0].with_weights(_to_host(nnx.to_pure_dict(nnx.state(network))))
-        probe.append(to_change_model(TrainedModel(
-            net=network, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids, mean=mean,
-            std=std, threshold=0.5, margin=train_cfg.margin if model_cfg.head == "distance"
-            else None), "validation"))
-        return probe[0]
-
-    prog = _Progress()
-
+    base_key = jax.random.key(train_cfg.seed)
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path)
         if payload["signature"] != json.dumps(signature, sort_keys=True):
@@ -270,118 +337,124 @@ def fit_model(
             )
         nnx.replace_by_pure_dict(state, payload["state"])
         prog = _Progress(**json.loads(payload["progress"]))
-        best_params = payload["best_params"]
         log.info("resuming from %s after epoch %d", ckpt_path, prog.epoch)
-    else:
-        best_params = _to_host(nnx.to_pure_dict(nnx.state(net, _WEIGHTS)))
+        return _RunState(graphdef, state, prog, payload["best_params"], base_key)
+    best_params = _to_host(nnx.to_pure_dict(nnx.state(net, _WEIGHTS)))
+    return _RunState(graphdef, state, _Progress(), best_params, base_key)
 
-    mesh = data_mesh(train_cfg.batch_size)
-    replicated, _ = placements(mesh)
-    state = jax.device_put(state, replicated)
-    step_fn = make_train_step(step_cfg, mesh)
-    base_key = jax.random.key(train_cfg.seed)
-    spe = train_cfg.steps_per_epoch
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=train_cfg.total_steps, initial=prog.epoch * spe, unit="step",
-                   desc="training", leave=False)
-    epochs_this_run = 0
-    try:
-        while prog.epoch < train_cfg.num_epochs and not prog.stopped_early:
-            if max_epochs_per_run is not None and epochs_this_run >= max_epochs_per_run:
-                break
-            epoch = prog.epoch
-            t0 = time.perf_counter()
-            pending: list[StepMetrics] = []
-            totals = np.zeros(5, np.float64)
-            for i in range(spe):
-                global_step = epoch * spe + i
-                rng = np.random.default_rng([train_cfg.seed, global_step])
-                batch = shard_batch(sampler.sample(train_cfg.batch_size, rng), mesh)
-                key = jax.random.fold_in(base_key, global_step)
-                state, step_metrics = step_fn(graphdef, state, batch, key)
-                pending.append(step_metrics)
-                if len(pending) >= train_cfg.log_every_steps or i == spe - 1:
-                    fetched = jax.device_get(pending)
-                    totals += np.sum([[float(v) for v in m] for m in fetched], axis=0)
-                    pending = []
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{totals[0] / (i + 1):.4f}")
-                if bar is not None:
-                    bar.update(1)
-            seconds = time.perf_counter() - t0
-            train_m = metrics.scores_from_counts(*totals[1:].astype(np.int64))
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "loss": float(totals[0] / spe),
-                "train_f1": train_m.f1,
-                "steps_per_s": spe / seconds,
-                "lr": float(make_schedule(train_cfg)((epoch + 1) * spe - 1)),
-            }
-            current = nnx.merge(graphdef, state)[0]
-            params = nnx.state(current, _WEIGHTS)
-            if val_scenes:
-                val = validate(as_model(current), val_scenes, train_cfg.num_thresholds)
-                record.update(val_precision=val.precision, val_recall=val.recall,
-                              val_f1=val.f1, val_iou=val.iou, threshold=val.threshold)
-                improved = val.f1 > prog.best_f1
-            else:
-                improved = True
-            if improved:
-                prog.best_f1 = record.get("val_f1", -1.0)
-                prog.best_epoch = epoch + 1
-                prog.best_threshold = record.get("threshold")
-                prog.bad_epochs = 0
-                best_params = _to_host(nnx.to_pure_dict(params))
-            else:
-                prog.bad_epochs += 1
-                if train_cfg.patience and prog.bad_epochs >= train_cfg.patience:
-                    prog.stopped_early = True
-                    log.info("early stop after epoch %d: no better val F1 for %d epochs",
-                             epoch + 1, prog.bad_epochs)
-            prog.epoch = epoch + 1
-            prog.history.append(record)
-            log.info("epoch %d: %s", epoch + 1,
-                     ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-            save_checkpoint(ckpt_path, state, best_params, prog, signature, mean, std)
-            _write_history(workdir, prog.history)
-            try:
-                from changedet.viz.plots import write_loss_curve  # matplotlib: only here
-
-                write_loss_curve(prog.history, workdir / "loss_curve.png")
-            except ImportError:
-                log.warning("matplotlib is not installed: no loss_curve.png")
-            epochs_this_run += 1
-    finally:
+def _run_epoch(run: _RunState, step_fn: Any, sampler: PatchSampler, train_cfg: TrainConfig,
+               mesh: jax.sharding.Mesh, bar: Any) -> dict[str, Any]:
+    """Phase 3: ``steps_per_epoch`` jitted steps; every draw is a function of ``(seed, global
+    step)``. Returns the epoch's record (loss, training F1, speed, learning rate)."""
+    epoch, spe = run.prog.epoch, train_cfg.steps_per_epoch
+    t0 = time.perf_counter()
+    pending: list[StepMetrics] = []
+    totals = np.zeros(5, np.float64)
+    for i in range(spe):
+        global_step = epoch * spe + i
+        rng = np.random.default_rng([train_cfg.seed, global_step])
+        batch = shard_batch(sampler.sample(train_cfg.batch_size, rng), mesh)
+        key = jax.random.fold_in(run.base_key, global_step)
+        run.state, step_metrics = step_fn(run.graphdef, run.state, batch, key)
+        pending.append(step_metrics)
+        if len(pending) >= train_cfg.log_every_steps or i == spe - 1:
+            fetched = jax.device_get(pending)
+            totals += np.sum([[float(v) for v in m] for m in fetched], axis=0)
+            pending = []
+            if bar is not None:
+                bar.set_postfix(loss=f"{totals[0] / (i + 1):.4f}")
         if bar is not None:
-            bar.close()
+            bar.update(1)
+    seconds = time.perf_counter() - t0
+    train_m = metrics.scores_from_counts(*totals[1:].astype(np.int64))
+    return {
+        "epoch": epoch + 1,
+        "loss": float(totals[0] / spe),
+        "train_f1": train_m.f1,
+        "steps_per_s": spe / seconds,
+        "lr": float(make_schedule(train_cfg)((epoch + 1) * spe - 1)),
+    }
 
-    best_net = SiameseNet(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
-    best_state = nnx.state(best_net, _WEIGHTS)
-    nnx.replace_by_pure_dict(best_state, best_params)
-    nnx.update(best_net, best_state)
 
-    val_result = None
-    threshold = prog.best_threshold
-    best = as_model(best_net)
+def _after_epoch(run: _RunState, record: dict[str, Any], val_scenes: Sequence[Scene],
+                 as_model: _ValidationDetector, train_cfg: TrainConfig, workdir: Path,
+                 signature: dict[str, Any], data: _Data) -> None:
+    """Phase 4: validate (``run``'s scorer), keep the best parameters, early stopping, then the
+    checkpoint, ``metrics.jsonl`` and the loss curve."""
+    prog = run.prog
+    current = nnx.merge(run.graphdef, run.state)[0]
+    params = nnx.state(current, _WEIGHTS)
+    if val_scenes:
+        val = validate(as_model(current), val_scenes, train_cfg.num_thresholds)
+        record.update(val_precision=val.precision, val_recall=val.recall,
+                      val_f1=val.f1, val_iou=val.iou, threshold=val.threshold)
+        improved = val.f1 > prog.best_f1
+    else:
+        improved = True
+    if improved:
+        prog.best_f1 = record.get("val_f1", -1.0)
+        prog.best_epoch = record["epoch"]
+        prog.best_threshold = record.get("threshold")
+        prog.bad_epochs = 0
+        run.best_params = _to_host(nnx.to_pure_dict(params))
+    else:
+        prog.bad_epochs += 1
+        if train_cfg.patience and prog.bad_epochs >= train_cfg.patience:
+            prog.stopped_early = True
+            log.info("early stop after epoch %d: no better val F1 for %d epochs",
+                     record["epoch"], prog.bad_epochs)
+    prog.epoch = record["epoch"]
+    prog.history.append(record)
+    log.info("epoch %d: %s", record["epoch"],
+             ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+    save_checkpoint(workdir / CHECKPOINT_NAME, run.state, run.best_params, prog, signature,
+                    data.mean, data.std)
+    _write_history(workdir, prog.history)
+    try:
+        from changedet.viz.plots import write_loss_curve  # matplotlib: only here
+
+        write_loss_curve(prog.history, workdir / "loss_curve.png")
+    except ImportError:
+        log.warning("matplotlib is not installed: no loss_curve.png")
+
+
+def _calibrate(best: Any, train_scenes: Sequence[Scene], val_scenes: Sequence[Scene],
+               best_threshold: float | None, train_cfg: TrainConfig
+               ) -> tuple[float, ValResult | None]:
+    """Phase 5: the threshold of the best parameters (``best``, a detector): F1-best on the
+    validation scenes, else the best epoch's, else Otsu's over the training scenes' scores."""
     if val_scenes:
         val_result = validate(best, val_scenes, train_cfg.num_thresholds)
-        threshold = val_result.threshold
-    if threshold is None:
-        scores = [evaluate.score_scene(best, s) for s in train_scenes]
-        threshold = evaluate.otsu_over(scores, [s.valid for s in train_scenes],
-                                       train_cfg.num_thresholds)
-        log.info("no validation labels: Otsu threshold %.4g on the training scores", threshold)
-    trained = TrainedModel(
-        net=best_net, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids,
-        mean=mean, std=std, threshold=float(threshold),
-        margin=train_cfg.margin if model_cfg.head == "distance" else None,
-    )
-    result = FitResult(workdir, prog.epoch, prog.best_epoch, val_result, prog.history)
-    return trained, result
+        return float(val_result.threshold), val_result
+    if best_threshold is not None:
+        return float(best_threshold), None
+    scores = [evaluate.score_scene(best, s) for s in train_scenes]
+    threshold = evaluate.otsu_over(scores, [s.valid for s in train_scenes],
+                                   train_cfg.num_thresholds)
+    log.info("no validation labels: Otsu threshold %.4g on the training scores", threshold)
+    return float(threshold), None
+
+
+class _ValidationDetector:
+    """Networks as the ``LearnedDetector`` ``run`` would use, for validation and calibration.
+    The first call packages one; later calls rebind its weights, so every epoch reuses the
+    compiled scoring steps (no new trace)."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 band_ids: tuple[str, ...], mean: np.ndarray, std: np.ndarray):
+        self._args = (model_cfg, train_cfg, band_ids, mean, std)
+        self._probe: Any = None
+
+    def __call__(self, network: SiameseNet) -> Any:
+        if self._probe is not None:
+            return self._probe.with_weights(_to_host(nnx.to_pure_dict(nnx.state(network))))
+        model_cfg, train_cfg, band_ids, mean, std = self._args
+        self._probe = to_change_model(TrainedModel(
+            net=network, model_cfg=model_cfg, train_cfg=train_cfg, band_ids=band_ids, mean=mean,
+            std=std, threshold=0.5, margin=train_cfg.margin if model_cfg.head == "distance"
+            else None), "validation")
+        return self._probe
 
 
 @dataclasses.dataclass

@@ -28,8 +28,8 @@ from changedet.config import Distance
 from changedet.errors import ConfigError
 from changedet.models.siamese import distance as pixel_distance
 
-__all__ = ["Mining", "MAX_DISTANCE", "MAX_LOGIT", "contrastive_loss", "masked_bce", "soft_dice_loss",
-           "triplet_loss"]
+__all__ = ["Mining", "MAX_DISTANCE", "MAX_LOGIT", "contrastive_loss", "masked_bce",
+           "soft_dice_loss", "triplet_loss"]
 
 Mining = Literal["batch_hard", "semi_hard", "all"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from typing import NamedTuple
 
 import jax
@@ -19,7 +18,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from changedet import metrics
+from changedet import inference, metrics
 from changedet.config import Mining, TrainConfig
 from changedet.data import Batch
 from changedet.models.siamese import SiameseNet
@@ -144,13 +143,9 @@ def train_step(
 
 
 def data_mesh(batch_size: int) -> jax.sharding.Mesh:
-    """A 1-D ``("data",)`` mesh over as many local devices as evenly divide ``batch_size``."""
-    devices = jax.local_devices()
-    n = math.gcd(len(devices), batch_size)
-    if n < len(devices):
-        log.warning("batch_size %d is not a multiple of the %d local devices: using %d",
-                    batch_size, len(devices), n)
-    return jax.sharding.Mesh(np.array(devices[:n]), ("data",))
+    """A 1-D ``("data",)`` mesh over as many local devices as evenly divide ``batch_size``
+    (``changedet.inference.data_mesh``, the one home of meshes)."""
+    return inference.data_mesh(batch_size=batch_size)
 
 
 def placements(mesh: jax.sharding.Mesh) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding]:
