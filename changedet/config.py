@@ -55,6 +55,10 @@ class ModelConfig:
       head_convs: 3x3 convolutions in the ``diff``/``conc``/``msdiff`` head before its 1x1 logit.
       dropout: Spatial dropout (whole channels, as Dropout2d) after every 3x3 conv's ReLU, in
         training steps only; inference is unaffected. FC-Siam-diff uses 0.2.
+      members: Networks of this architecture whose change scores are averaged (an ensemble,
+        ``changedet.models.ensemble``); 1 = one network. Members are trained one by one
+        (``fit`` trains single networks) and assembled afterwards; each costs one network's
+        inference time.
     """
 
     num_bands: int = 13
@@ -67,6 +71,7 @@ class ModelConfig:
     norm: Norm = "none"
     head_convs: int = 2
     dropout: float = 0.0
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.num_bands < 1:
@@ -90,6 +95,8 @@ class ModelConfig:
             raise ConfigError(f"model.head_convs must be >= 0; got {self.head_convs}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1); got {self.dropout}.")
+        if self.members < 1:
+            raise ConfigError(f"model.members must be >= 1; got {self.members}.")
 
     @property
     def num_downsamplings(self) -> int:

@@ -9,6 +9,11 @@ A model file is ONE msgpack map (``flax.serialization``; no pickle)::
                   normalization, required_bands, calibration>",
      "params": <nnx state as a nested dict of numpy arrays>}
 
+An ensemble (``config.members > 1``) stores its members' states under ``params["nets"][i]``
+and is written with ``format_version`` 2, so a changedet that predates ensembles says the file
+needs a newer changedet instead of failing on the unknown config key; single networks are
+still written as version 1.
+
 ``registry.json`` maps packaged names to files and hashes::
 
     {"sentinel2": {"file": "sentinel2.msgpack", "sha256": "<64 hex>"}, ...}
@@ -44,7 +49,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = "changedet-model"
-FORMAT_VERSION = 1
+#: The newest format this changedet reads and writes (2: ensembles; single networks are
+#: written as version 1, readable by older releases).
+FORMAT_VERSION = 2
 #: Environment variable overriding the packaged-weights folder (tests, private model zoos).
 WEIGHTS_DIR_ENV = "CHANGEDET_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # changedet/weights
@@ -104,7 +111,7 @@ def save_model(path: str | os.PathLike[str], model: ChangeModel) -> Path:
                              "create it first.")
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if model.config.members > 1 else 1,
         "metadata": _metadata(model),
         "params": jax.tree.map(np.asarray, model.state),
     }

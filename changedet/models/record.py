@@ -11,6 +11,7 @@ Must not import rasterio, rioxarray, xarray, dask or matplotlib.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -18,11 +19,12 @@ import numpy as np
 from flax import nnx
 
 from changedet.config import ModelConfig
-from changedet.errors import ModelFileError
+from changedet.errors import ConfigError, ModelFileError
+from changedet.models.ensemble import SiameseEnsemble, build_network, stack_states
 from changedet.models.siamese import SiameseNet, halo_px
 from changedet.uncertainty import ScoreCalibration
 
-__all__ = ["ChangeModel"]
+__all__ = ["ChangeModel", "assemble_ensemble"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -101,13 +103,14 @@ class ChangeModel:
             raise ModelFileError(f"model {self.name!r}: norm_std must be finite and > 0; got "
                                  f"{self.norm_std}.")
 
-    def module(self) -> SiameseNet:
-        """A fresh :class:`~changedet.models.SiameseNet` holding this model's parameters.
+    def module(self) -> SiameseNet | SiameseEnsemble:
+        """A fresh :class:`~changedet.models.SiameseNet` (or, for ``config.members > 1``, a
+        :class:`~changedet.models.SiameseEnsemble`) holding this model's parameters.
 
         Raises:
           ModelFileError: If the state does not fit the config (e.g. a corrupt file).
         """
-        abstract = nnx.eval_shape(lambda: SiameseNet(self.config, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: build_network(self.config, rngs=nnx.Rngs(0)))
         graphdef, state = nnx.split(abstract)
         try:
             _check_shapes(nnx.to_pure_dict(state), self.state)
@@ -142,3 +145,46 @@ def _check_shapes(state: Any, pure: dict[str, Any]) -> None:
         if tuple(b.shape) != tuple(np.shape(g)):
             raise ValueError(f"{jax.tree_util.keystr(where)} has shape {np.shape(g)}, "
                              f"expected {tuple(b.shape)}")
+
+
+def assemble_ensemble(models: Sequence[ChangeModel], *, threshold: float | None,
+                      name: str | None = None, training: dict[str, Any] | None = None,
+                      calibration: ScoreCalibration | None = None) -> ChangeModel:
+    """One model whose score is the mean of ``models``' scores (``config.members`` of them).
+
+    The members must share architecture, bands, normalisation and required bands (several
+    trainings of one recipe, e.g. other seeds). The ensemble's score has its own scale, so its
+    decision ``threshold`` (and ``calibration``) must be chosen for it, on scenes its members
+    did not train on; it is a required argument.
+
+    Args:
+      models: Trained single-network models, in order.
+      threshold: Decision threshold on the mean score (None: Otsu at run time).
+      name: The ensemble's name (default: the first member's).
+      training: Training summary (default: ``{"members": [each member's training]}``).
+      calibration: ``P(change | score)`` of the ensemble's score, if measured.
+
+    Raises:
+      ConfigError: Fewer than two members, or members that differ in architecture.
+      ModelFileError: Members that differ in bands or normalisation.
+    """
+    models = list(models)
+    if not models:
+        raise ConfigError("an ensemble needs at least two members; got none.")
+    first = models[0]
+    keys = ("band_ids", "normalization", "norm_mean", "norm_std", "required_bands")
+    for i, m in enumerate(models[1:], start=1):
+        for key in keys:
+            if getattr(m, key) != getattr(first, key):
+                raise ModelFileError(
+                    f"ensemble member {i} ({m.name!r}) has {key} {getattr(m, key)}, member 0 "
+                    f"has {getattr(first, key)}: members must take the same input.")
+    config, state = stack_states([m.config for m in models], [m.state for m in models])
+    return ChangeModel(
+        config=config, state=state, band_ids=first.band_ids, norm_mean=first.norm_mean,
+        norm_std=first.norm_std, threshold=threshold, margin=first.margin,
+        name=name or first.name,
+        training=training if training is not None else {"members": [m.training for m in models]},
+        normalization=first.normalization, required_bands=first.required_bands,
+        calibration=calibration,
+    )

@@ -9,6 +9,8 @@ Must not import rasterio, rioxarray, xarray, dask or matplotlib.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -219,6 +221,9 @@ class SiameseNet(nnx.Module):
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
+        if cfg.members != 1:
+            raise ConfigError(f"SiameseNet is one network; model.members={cfg.members} is an "
+                              "ensemble: build it with changedet.models.build_network.")
         self.cfg = cfg
         multiscale = cfg.head == "msdiff"
         self.encoder = UNetEncoder(cfg, rngs=rngs, decoder=not multiscale)
@@ -339,8 +344,10 @@ def receptive_radius_px(cfg: ModelConfig) -> int:
     """Receptive-field radius (input pixels) of one output pixel, before rounding.
 
     Built abstractly (``nnx.eval_shape``: no parameters are allocated) and walked layer by layer.
+    An ensemble's members share one architecture, so it is one member's.
     """
-    abstract = nnx.eval_shape(lambda: SiameseNet(cfg, rngs=nnx.Rngs(0)))
+    one = dataclasses.replace(cfg, members=1)
+    abstract = nnx.eval_shape(lambda: SiameseNet(one, rngs=nnx.Rngs(0)))
     fp = abstract.footprint()
     return fp.radius_px
 

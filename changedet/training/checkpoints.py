@@ -57,7 +57,9 @@ class _Progress:
 
 
 def _run_signature(model_cfg: ModelConfig, train_cfg: TrainConfig, band_ids, names) -> dict:
-    return {"model": to_dict(model_cfg), "train": to_dict(train_cfg),
+    model = to_dict(model_cfg)
+    model.pop("members")  # always 1 in training; checkpoints from before the field resume
+    return {"model": model, "train": to_dict(train_cfg),
             "band_ids": list(band_ids), "train_scenes": sorted(names)}
 
 

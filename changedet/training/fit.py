@@ -208,6 +208,10 @@ def fit_model(
     :func:`_calibrate` (the decision threshold of the best parameters).
     """
     check_compatible(model_cfg, train_cfg)
+    if model_cfg.members != 1:
+        raise ConfigError(
+            f"fit trains one network; model.members={model_cfg.members} is an ensemble: train "
+            "each member (e.g. other seeds), then changedet.models.assemble_ensemble.")
     if not train_scenes:
         raise EmptySceneError("fit needs at least one training scene; got none.")
     band_ids = tuple(band_ids) if band_ids is not None else tuple(train_scenes[0].band_ids)
