@@ -2,10 +2,10 @@
 averaged (``ModelConfig.members``).
 
 Members are trained one by one (``changedet.training.fit`` trains one network) and assembled
-into one model record with :func:`ensemble`. The ensemble scores a tile as the mean of its
-members' change scores (probabilities for the logit heads, distances for the distance head), so
-its receptive field, halo and tiling are one member's and tiled output still equals a
-whole-image pass; each member costs one network's inference time.
+into one model record with ``changedet.models.assemble_ensemble``. The ensemble scores a tile
+as the mean of its members' change scores (probabilities for the logit heads, distances for
+the distance head), so its receptive field, halo and tiling are one member's and tiled output
+still equals a whole-image pass; each member costs one network's inference time.
 
 Must not import rasterio, rioxarray, xarray, dask or matplotlib.
 """
