@@ -13,13 +13,16 @@ cross-validation) moved by the shift the paired out-of-fold scenes measure betwe
 best threshold and the ensemble's. The calibration ``P(change | score)`` is fitted on the
 ensemble's out-of-fold scores.
 
-The packaged ``sentinel2`` (two seeds of the shipped recipe; the seed-0 and seed-1 fold models of
-folds 0 and 1 give the paired out-of-fold scores)::
+The packaged ``sentinel2`` is two seeds of one recipe: ``sentinel2_seed0.msgpack`` is the single
+network shipped before (sha256 395a3861…, ``scripts/train_default_models.py --models sentinel2
+--epochs 15 --seed 0``), ``sentinel2_seed1.msgpack`` the same command with ``--seed 1 --stage
+final``. Their out-of-fold maps come from ``--stage cv --only-folds F --seed S --workdir runs/msS``
+for folds 0 and 1 (each run's ``oof.npz`` copied to ``runs/msS/oof_foldF.npz``)::
 
     python scripts/assemble_ensemble.py --name sentinel2 \\
-        --member changedet/weights/sentinel2.msgpack \\
+        --member runs/ens/sentinel2_seed0.msgpack \\
             --oof runs/ms0/oof_fold0.npz runs/ms0/oof_fold1.npz \\
-        --member runs/ms1/sentinel2/final/sentinel2.msgpack \\
+        --member runs/ens/sentinel2_seed1.msgpack \\
             --oof runs/ms1/oof_fold0.npz runs/ms1/oof_fold1.npz \\
         --out changedet/weights --report runs/ens/report.json
 """
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from changedet import metrics
+from changedet import evaluate, metrics
 from changedet.detectors import modelfile
 from changedet.io import datasets
 from changedet.models import assemble_ensemble
@@ -84,6 +87,43 @@ def figures(scores: dict[str, np.ndarray], scenes: dict, threshold: float) -> di
             "per_scene_f1": {n: metrics.scores_from_counts(*c).f1 for n, c in per.items()}}
 
 
+def card_section(name: str, report: dict, members: list[str], seconds_note: str) -> str:
+    """Markdown for the top of the model card: what the ensemble is and its paired figures."""
+    ens, cva = report["ensemble"], report["cva"]
+    rows = [f"| member {label} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+            f"{r['average_precision']:.3f} | {r['best_f1']:.3f} |"
+            for label, r in report["members"].items()]
+    ens_row = (f"| **ensemble** | {ens['precision']:.3f} | {ens['recall']:.3f} | "
+               f"**{ens['f1']:.3f}** | {ens['average_precision']:.3f} | {ens['best_f1']:.3f} |")
+    per = ", ".join(f"{n.split('/')[-1]} {f:.3f}" for n, f in ens["per_scene_f1"].items())
+    return f"""# changedet model `{name}`: an ensemble of {len(members)} networks
+
+- file: `{name}.msgpack` (model file format 2), sha256 `{report["sha256"]}`
+- members (same recipe and architecture, other seeds; score = the mean of their change
+  probabilities): {", ".join(f"`{m}`" for m in members)}
+- decision threshold: {ens["threshold"]:.4f} on the mean probability ({report["threshold_rule"]})
+- calibration (`run --uncertainty`): P(change | score) fitted on the ensemble's out-of-fold
+  scores of the {len(report["scenes"])} paired scenes below
+- cost: {seconds_note}
+- made with `python scripts/assemble_ensemble.py` (see its docstring for the command)
+
+## Paired out-of-fold comparison ({len(report["scenes"])} scenes: {", ".join(report["scenes"])})
+
+Each member's fold models (trained without these scenes) scored them through `run`'s scoring
+path; the ensemble's out-of-fold score is the mean of the members'. Pooled over the valid
+labelled pixels; members at member 0's threshold, the ensemble at its own:
+
+| model | precision | recall | F1 | average precision | F1 at its best threshold |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+{ens_row}
+| CVA + Otsu | {cva["precision"]:.3f} | {cva["recall"]:.3f} | {cva["f1"]:.3f} | | |
+
+Ensemble F1 per scene: {per}.
+
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent.parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -95,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for NAME.msgpack (registered there)")
     p.add_argument("--threshold", type=float, help="decision threshold (default: see above)")
     p.add_argument("--report", help="write the paired figures here (JSON)")
+    p.add_argument("--card", action="store_true", help="write OUT/NAME.md: the ensemble's "
+                   "section, then the text of --card-rest (e.g. member 0's card)")
+    p.add_argument("--card-rest", type=Path, help="markdown appended to the card")
+    p.add_argument("--cost", default="about N x one network's model time per pixel",
+                   help="the card's cost line")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if len(args.member) != len(args.oof):
@@ -113,22 +158,41 @@ def main(argv: list[str] | None = None) -> int:
         p.error("member 0 has no threshold: give --threshold")
     report: dict = {"scenes": names, "members": {}}
     for i, o in enumerate(oofs):
-        report["members"][f"{i}: {args.member[i]}"] = figures(o, scenes, ref)
+        sha = modelfile.sha256_file(args.member[i])
+        label = f"{i}: {Path(args.member[i]).name}, sha256 {sha[:12]}"
+        report["members"][label] = figures(o, scenes, ref)
     ens_own = figures(mean, scenes, ref)
-    shift = ens_own["best_threshold"] - report["members"][f"0: {args.member[0]}"]["best_threshold"]
+    shift = ens_own["best_threshold"] - next(iter(report["members"].values()))["best_threshold"]
     threshold = args.threshold if args.threshold is not None else ref + shift
     report["ensemble"] = figures(mean, scenes, threshold)
     report["ensemble_at_member0_threshold"] = ens_own
     report["threshold_rule"] = (
         "given" if args.threshold is not None else
         f"member 0's threshold {ref:.4f} + paired best-threshold shift {shift:+.4f}")
+    cva = []
+    for n in names:
+        s = scenes[n]
+        score = evaluate.score_scene(evaluate.cva_for_scene(s), s)
+        cva.append(evaluate._result(s, "cva", score, None).counts)  # Otsu per scene, as CV
+    report["cva"] = metrics.scores_from_counts(*metrics.sum_counts(*cva))._asdict()
     calibration = fit_calibration([mean[n] for n in names], [scenes[n].label for n in names],
                                   [scenes[n].valid for n in names])
+    ens = report["ensemble"]
     training = {
+        "seed": [m.training.get("seed") for m in members],
         "members": [m.training for m in members],
-        "member_files": [Path(m).name for m in args.member],
+        "member_files": list(args.member),
         "threshold_source": "ensemble_paired_oof",
-        "ensemble_oof": {k: v for k, v in report.items() if k != "members"},
+        # The ensemble's out-of-fold figures on the paired scenes, in the single models' "cv"
+        # layout (threshold, pooled, average_precision, per_scene, cva).
+        "cv": {"threshold": threshold,
+               "pooled": {k: ens[k] for k in ("precision", "recall", "f1")},
+               "average_precision": ens["average_precision"],
+               "per_scene": {n: {"f1": f} for n, f in ens["per_scene_f1"].items()},
+               "cva": report["cva"], "scenes": names,
+               "threshold_rule": report["threshold_rule"],
+               "members_at_member0_threshold": report["members"],
+               "ensemble_at_member0_threshold": ens_own},
     }
     model = assemble_ensemble(members, threshold=threshold, name=args.name, training=training,
                               calibration=calibration)
@@ -137,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     path = modelfile.save_model(out / f"{args.name}.msgpack", model)
     modelfile.register_model(path, args.name, out)
     report["sha256"] = modelfile.sha256_file(path)
+    if args.card:
+        card = out / f"{args.name}.md"
+        section = card_section(args.name, report, list(args.member), args.cost)
+        card.write_text(section + (args.card_rest.read_text() if args.card_rest else ""))
     text = json.dumps(report, indent=1)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)

@@ -72,11 +72,13 @@ def test_packaged_model_loads_by_name_with_its_card(name, num_bands):
     card = modelfile.weights_dir() / f"{name}.md"
     assert card.is_file() and "F1" in card.read_text()
     # Each date is standardised by its own statistics; the threshold and the figures come from
-    # leave-scenes-out cross-validation, and the out-of-fold model beats CVA on the same pixels.
+    # leave-scenes-out cross-validation (for an ensemble: its members' paired out-of-fold
+    # scores), and the out-of-fold model beats CVA on the same pixels.
     assert model.normalization == "per_image"
     cv = model.training["cv"]
     assert model.threshold == cv["threshold"]
-    assert model.training["threshold_source"] == "cv_oof_f1"
+    expected_source = "cv_oof_f1" if model.config.members == 1 else "ensemble_paired_oof"
+    assert model.training["threshold_source"] == expected_source
     assert cv["pooled"]["f1"] > cv["cva"]["f1"]
     assert f"{cv['pooled']['f1']:.3f}" in card.read_text()
 
