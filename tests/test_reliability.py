@@ -28,6 +28,7 @@ from affine import Affine
 from changedet import io
 from changedet.cli import main
 from changedet.config import ModelConfig
+from changedet.detectors import modelfile
 from changedet.errors import ModelFileError
 from changedet.testing import write_synthetic_pair, write_variant
 
@@ -356,7 +357,8 @@ def test_bad_model_files(capsys, rgb_pair, tmp_path, model_path, kind):
     raw = model_path.read_bytes()
     bad = tmp_path / f"{kind}.msgpack"
     expected = {"truncated": "truncated or corrupt", "garbled": "corrupt",
-                "newer": "format_version 2", "not_a_model": "not a changedet model"}[kind]
+                "newer": f"format_version {modelfile.FORMAT_VERSION + 1}",
+                "not_a_model": "not a changedet model"}[kind]
     if kind == "truncated":
         bad.write_bytes(raw[: len(raw) // 2])
     elif kind == "garbled":
@@ -365,7 +367,7 @@ def test_bad_model_files(capsys, rgb_pair, tmp_path, model_path, kind):
         bad.write_bytes(bytes(garbled))
     elif kind == "newer":
         payload = serialization.msgpack_restore(raw)
-        payload["format_version"] = 2
+        payload["format_version"] = modelfile.FORMAT_VERSION + 1
         bad.write_bytes(serialization.msgpack_serialize(payload))
     else:
         bad.write_bytes(msgpack.packb({"weights": [1, 2, 3]}))
