@@ -46,8 +46,7 @@ def child(before: str, after: str, out: str, method: str, block_px: int) -> None
     logging.basicConfig(level=logging.WARNING)
     from changedet import pipeline
     from changedet.config import ModelConfig
-    from changedet.detectors import learned
-    from changedet.detectors import modelfile
+    from changedet.detectors import learned, modelfile
 
     start = time.perf_counter()
     if method == "cva":

@@ -231,8 +231,7 @@ def benchmark_model(num_bands: int = 13, network: str = "packaged"):
       ``(ChangeModel, description)``.
     """
     from changedet.config import ModelConfig, default
-    from changedet.detectors import learned
-    from changedet.detectors import modelfile
+    from changedet.detectors import learned, modelfile
 
     bands = S2_BANDS if num_bands == 13 else tuple(str(i + 1) for i in range(num_bands))
     match network:

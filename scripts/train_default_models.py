@@ -1,8 +1,8 @@
 """Trains the packaged changedet models, reproducibly, and writes weights, model cards, registry.
 
-Each model is cross-validated by scene first (``changedet.training.crossval.train_with_cv``: one model
-per fold predicts its held-out scenes through ``run``'s scoring path; the pooled out-of-fold F1
-picks the threshold), then trained on all its scenes with the same recipe
+Each model is cross-validated by scene first (``changedet.training.crossval.train_with_cv``: one
+model per fold predicts its held-out scenes through ``run``'s scoring path; the pooled out-of-fold
+F1 picks the threshold), then trained on all its scenes with the same recipe
 (``changedet.config.default``). The model card reports the out-of-fold figures.
 
 Models:
@@ -40,8 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from changedet import __version__, bands, config, evaluate, training
-from changedet.detectors import learned
-from changedet.detectors import modelfile
+from changedet.detectors import learned, modelfile
 from changedet.io import datasets
 from changedet.training import crossval
 
@@ -130,7 +129,8 @@ scenes through `changedet run`'s scoring path. Pooled over all scenes (valid lab
 F1 per fold: {", ".join(f"{f:.3f}" for f in result.per_fold)} (mean {cv["fold_f1_mean"]:.3f},
 std {cv["fold_f1_std"]:.3f}). Folds: {"; ".join(", ".join(f) for f in result.folds)}.
 
-{_band_set_table(band_sets) + _quality_table(qualities)}Per scene, out-of-fold, at the shipped threshold:
+{_band_set_table(band_sets) + _quality_table(qualities)}\
+Per scene, out-of-fold, at the shipped threshold:
 
 | scene | precision | recall | F1 |
 |---|---|---|---|

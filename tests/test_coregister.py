@@ -195,8 +195,8 @@ def test_run_coregister_resamples_after_and_records_the_shift(shifted_paris_file
     kw = dict(method="cva", cloud_mask="none", progress=False)
     plain = pipeline.run(before, after, tmp_path / "plain.tif", score_path=tmp_path / "p.tif",
                          **kw)
-    fixed = pipeline.run(before, after, tmp_path / "fixed.tif", score_path=tmp_path / "f.tif",
-                         coregister=True, threshold=plain.threshold, **kw)
+    pipeline.run(before, after, tmp_path / "fixed.tif", score_path=tmp_path / "f.tif",
+                 coregister=True, threshold=plain.threshold, **kw)
     with rasterio.open(tmp_path / "fixed.tif") as src:
         tags, mask = src.tags(), src.read(1)
     assert float(tags["coregistration_applied_dx_px"]) == pytest.approx(-2.5, abs=TOL_PX)

@@ -15,8 +15,7 @@ import pytest
 
 from changedet import io, pipeline
 from changedet.config import ModelConfig
-from changedet.detectors import learned
-from changedet.detectors import modelfile
+from changedet.detectors import learned, modelfile
 from changedet.detectors.cva import CVADetector
 
 distributed = pytest.importorskip("distributed")

@@ -68,11 +68,11 @@ def dates(draw, shape: tuple[int, int], num_bands: int):
     holes = rng.random(shape) < fraction
     band = rng.integers(0, num_bands, shape)  # nodata in one band is enough to be invalid
     if nodata is not None:
-        data[band[holes], *np.nonzero(holes)] = nodata
+        data[(band[holes], *np.nonzero(holes))] = nodata
     if is_float and draw(st.booleans()):  # NaN and +-inf without a declared nodata too
         specials = rng.random(shape) < 0.1
-        data[band[specials], *np.nonzero(specials)] = rng.choice([np.nan, np.inf, -np.inf],
-                                                                 specials.sum())
+        data[(band[specials], *np.nonzero(specials))] = rng.choice([np.nan, np.inf, -np.inf],
+                                                                   specials.sum())
     return data, nodata
 
 

@@ -110,7 +110,8 @@ def test_pr_curve_matches_direct_counts_at_every_threshold():
     curve = metrics.pr_curve(scores, labels, valids, num_thresholds=17)
     for k, t in enumerate(curve.thresholds):
         direct = metrics.sum_counts(
-            *(metrics.confusion_counts_np(s > t, y, v) for s, y, v in zip(scores, labels, valids))
+            *(metrics.confusion_counts_np(s > t, y, v)
+              for s, y, v in zip(scores, labels, valids, strict=True))
         )
         assert (curve.tp[k], curve.fp[k], curve.fn[k], curve.tn[k]) == tuple(direct)
         assert curve.f1[k] == pytest.approx(metrics.scores_from_counts(*direct).f1)

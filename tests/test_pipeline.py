@@ -362,7 +362,8 @@ def test_two_scenes_in_one_dask_compute_keep_their_own_scores(tmp_path):
         np.testing.assert_array_equal(value, graph.values)  # no key collision between graphs
 
 
-def test_interrupt_while_polygonising_removes_the_run_outputs(synthetic_pair, tmp_path, monkeypatch):
+def test_interrupt_while_polygonising_removes_the_run_outputs(synthetic_pair, tmp_path,
+                                                               monkeypatch):
     from changedet import io
 
     def interrupted(*args, **kwargs):

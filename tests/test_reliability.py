@@ -129,8 +129,8 @@ def _corrupt_tiled_pair(tmp_path: Path, how: str) -> tuple[Path, Path]:
 
 def test_missing_file(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
-    line = _expect_refused(capsys, ["run", synthetic_pair.before_path, tmp_path / "nope.tif", "-o", out,
-                                    "--method", "cva", "-q"], out, "nope.tif", "no such file")
+    line = _expect_refused(capsys, ["run", synthetic_pair.before_path, tmp_path / "nope.tif", "-o",
+                                    out, "--method", "cva", "-q"], out, "nope.tif", "no such file")
     assert "check the path" in line
 
 
@@ -139,16 +139,16 @@ def test_folder_without_band_files(capsys, synthetic_pair, tmp_path):
     folder.mkdir()
     (folder / "readme.txt").write_text("no rasters here")
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", folder, synthetic_pair.after_path, "-o", out, "--method", "cva", "-q"],
-                    out, str(folder), "no band files", "_B02")
+    _expect_refused(capsys, ["run", folder, synthetic_pair.after_path, "-o", out, "--method", "cva",
+                             "-q"], out, str(folder), "no band files", "_B02")
 
 
 def test_file_that_is_not_a_raster(capsys, synthetic_pair, tmp_path):
     bad = tmp_path / "notes.tif"
     bad.write_text("this is not a raster\n")
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, bad, "-o", out, "--method", "cva", "-q"],
-                    out, "notes.tif", "cannot read", "GeoTIFF")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, bad, "-o", out, "--method", "cva",
+                             "-q"], out, "notes.tif", "cannot read", "GeoTIFF")
 
 
 @pytest.mark.parametrize("how", ["zeroed", "truncated"])
@@ -165,8 +165,8 @@ def test_corrupt_tile_data_fails_mid_run_naming_the_file(capsys, tmp_path, how):
 def test_crs_mismatch(capsys, synthetic_pair, tmp_path):
     other = write_variant(synthetic_pair.after_path, tmp_path / "other_crs.tif", crs="EPSG:32634")
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, other, "-o", out, "--method", "cva", "-q"],
-                    out, "EPSG:32633", "EPSG:32634")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, other, "-o", out, "--method", "cva",
+                             "-q"], out, "EPSG:32633", "EPSG:32634")
 
 
 @pytest.mark.parametrize("align", [False, True])
@@ -182,8 +182,8 @@ def test_barely_overlapping_extents(capsys, synthetic_pair, tmp_path):
     # shifted by 60.5 of 61 columns: half a pixel column (0.82 %) overlaps
     edge = write_variant(synthetic_pair.after_path, tmp_path / "edge.tif", shift_px=(60.5, 0))
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, edge, "-o", out, "--align", "--method",
-                             "cva", "-q"], out, "overlap by 0.82%", "need >= 1%")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, edge, "-o", out, "--align",
+                             "--method", "cva", "-q"], out, "overlap by 0.82%", "need >= 1%")
 
 
 def test_align_run_maps_onto_before_with_nodata_outside_after(capsys, synthetic_pair, tmp_path):
@@ -209,15 +209,15 @@ def test_overlap_only_on_nodata_is_an_empty_scene(capsys, synthetic_pair, tmp_pa
     # one shared column, which is in before's nodata frame: nothing valid in both dates
     edge = write_variant(synthetic_pair.after_path, tmp_path / "edge.tif", shift_px=(60, 0))
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, edge, "-o", out, "--align", "--method",
-                             "cva", "-q"], out, "no pixel is valid in both dates")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, edge, "-o", out, "--align",
+                             "--method", "cva", "-q"], out, "no pixel is valid in both dates")
 
 
 def test_different_band_counts(capsys, synthetic_pair, tmp_path):
     three = write_variant(synthetic_pair.after_path, tmp_path / "three.tif", bands=[1, 2, 3])
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, three, "-o", out, "--method", "cva", "-q"],
-                    out, "4 bands", "3 bands", "missing in after: 4", "same bands")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, three, "-o", out, "--method", "cva",
+                             "-q"], out, "4 bands", "3 bands", "missing in after: 4", "same bands")
 
 
 def test_different_band_ids(capsys, synthetic_pair, tmp_path):
@@ -225,8 +225,8 @@ def test_different_band_ids(capsys, synthetic_pair, tmp_path):
                           band_descriptions=["B02", "B03", "B04", "B08"])
     out = tmp_path / "change.tif"
     # One date described, the other not, same count: the names apply to both (with a warning).
-    assert main(["run", str(synthetic_pair.before_path), str(named), "-o", str(out), "--method", "cva",
-                 "-q"]) == 0
+    assert main(["run", str(synthetic_pair.before_path), str(named), "-o", str(out), "--method",
+                 "cva", "-q"]) == 0
     import rasterio
 
     with rasterio.open(out) as src:
@@ -278,16 +278,16 @@ def test_scene_entirely_nodata(capsys, tmp_path):
 
 def test_output_folder_missing(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "missing_dir" / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out, "--method",
-                             "cva", "-q"], out, "does not exist", "create it")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o",
+                             out, "--method", "cva", "-q"], out, "does not exist", "create it")
 
 
 def test_output_under_a_regular_file(capsys, synthetic_pair, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     out = blocker / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out, "--method",
-                             "cva", "-q"], out, "is a file, not a folder")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o",
+                             out, "--method", "cva", "-q"], out, "is a file, not a folder")
     assert blocker.read_text() == "x"
 
 
@@ -303,8 +303,8 @@ def test_output_folder_read_only(capsys, synthetic_pair, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "access", access)
     out = folder / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out,
-                             "--method", "cva", "-q"], out, "not writable", str(folder))
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o",
+                             out, "--method", "cva", "-q"], out, "not writable", str(folder))
     assert list(folder.iterdir()) == []
 
 
@@ -312,8 +312,8 @@ def test_output_exists_is_refused_and_untouched(capsys, synthetic_pair, tmp_path
     out = tmp_path / "change.tif"
     out.write_bytes(b"keep me")
     before_mtime = out.stat().st_mtime_ns
-    code, _, err = _run(capsys, "run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out,
-                        "--method", "cva", "-q")
+    code, _, err = _run(capsys, "run", synthetic_pair.before_path, synthetic_pair.after_path, "-o",
+                        out, "--method", "cva", "-q")
     assert code == 2
     assert "--overwrite" in _error_line(err)
     assert out.read_bytes() == b"keep me" and out.stat().st_mtime_ns == before_mtime
@@ -323,7 +323,8 @@ def test_output_exists_is_refused_and_untouched(capsys, synthetic_pair, tmp_path
 @pytest.mark.parametrize("which", ["mask", "score"])
 def test_output_same_as_input(capsys, synthetic_pair, tmp_path, which):
     original = synthetic_pair.after_path.read_bytes()
-    argv = ["run", synthetic_pair.before_path, synthetic_pair.after_path, "--method", "cva", "-q", "--overwrite"]
+    argv = ["run", synthetic_pair.before_path, synthetic_pair.after_path, "--method", "cva", "-q",
+            "--overwrite"]
     if which == "mask":
         argv += ["-o", synthetic_pair.after_path]
     else:
@@ -338,16 +339,16 @@ def test_output_same_as_input(capsys, synthetic_pair, tmp_path, which):
 
 def test_unknown_vector_format_leaves_no_mask(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out, "--vector",
-                             tmp_path / "change.shp", "--method", "cva", "-q"], out,
-                    "unknown vector format", ".gpkg")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o",
+                             out, "--vector", tmp_path / "change.shp", "--method", "cva", "-q"],
+                    out, "unknown vector format", ".gpkg")
 
 
 def test_unwritable_quicklook_path_leaves_no_mask(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
-    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o", out, "--quicklook",
-                             tmp_path / "missing_dir" / "q.png", "--method", "cva", "-q"], out,
-                    "missing_dir", "does not exist")
+    _expect_refused(capsys, ["run", synthetic_pair.before_path, synthetic_pair.after_path, "-o",
+                             out, "--quicklook", tmp_path / "missing_dir" / "q.png", "--method",
+                             "cva", "-q"], out, "missing_dir", "does not exist")
 
 
 @pytest.mark.parametrize("kind", ["truncated", "garbled", "newer", "not_a_model"])

@@ -29,9 +29,9 @@ def _one_line_error(err: str) -> str:
 
 def test_run_cva_writes_outputs(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
-    code, stdout, _ = _run(capsys, "run", str(synthetic_pair.before_path), str(synthetic_pair.after_path),
-                           "-o", str(out), "--method", "cva", "--score", str(tmp_path / "s.tif"),
-                           "--quiet")
+    code, stdout, _ = _run(capsys, "run", str(synthetic_pair.before_path),
+                           str(synthetic_pair.after_path), "-o", str(out), "--method", "cva",
+                           "--score", str(tmp_path / "s.tif"), "--quiet")
     assert code == 0
     assert str(out) in stdout
     with rasterio.open(out) as src, rasterio.open(synthetic_pair.before_path) as ref:
@@ -57,7 +57,8 @@ def test_info_prints_grid_and_bands(capsys, sample_data):
         ("same_as_input", "input"),
     ],
 )
-def test_bad_inputs_give_one_line_exit_2_and_no_output(capsys, synthetic_pair, tmp_path, case, expected):
+def test_bad_inputs_give_one_line_exit_2_and_no_output(capsys, synthetic_pair, tmp_path, case,
+                                                        expected):
     before, after = str(synthetic_pair.before_path), str(synthetic_pair.after_path)
     out = tmp_path / "change.tif"
     if case == "missing":
@@ -67,11 +68,14 @@ def test_bad_inputs_give_one_line_exit_2_and_no_output(capsys, synthetic_pair, t
         bad.write_text("this is not a raster\n")
         after = str(bad)
     elif case == "crs":
-        after = str(write_variant(synthetic_pair.after_path, tmp_path / "other_crs.tif", crs="EPSG:32634"))
+        after = str(write_variant(synthetic_pair.after_path, tmp_path / "other_crs.tif",
+                                  crs="EPSG:32634"))
     elif case == "disjoint":
-        after = str(write_variant(synthetic_pair.after_path, tmp_path / "far.tif", shift_px=(1e6, 0)))
+        after = str(write_variant(synthetic_pair.after_path, tmp_path / "far.tif",
+                                  shift_px=(1e6, 0)))
     elif case == "bands":
-        after = str(write_variant(synthetic_pair.after_path, tmp_path / "three.tif", bands=[1, 2, 3]))
+        after = str(write_variant(synthetic_pair.after_path, tmp_path / "three.tif",
+                                  bands=[1, 2, 3]))
     elif case == "exists":
         out.write_bytes(b"keep me")
     elif case == "no_folder":
@@ -96,8 +100,9 @@ def test_bad_inputs_give_one_line_exit_2_and_no_output(capsys, synthetic_pair, t
 def test_overwrite_replaces_output(capsys, synthetic_pair, tmp_path):
     out = tmp_path / "change.tif"
     out.write_bytes(b"old")
-    code, _, _ = _run(capsys, "run", str(synthetic_pair.before_path), str(synthetic_pair.after_path), "-o", str(out),
-                      "--method", "cva", "--overwrite", "-q")
+    code, _, _ = _run(capsys, "run", str(synthetic_pair.before_path),
+                      str(synthetic_pair.after_path), "-o", str(out), "--method", "cva",
+                      "--overwrite", "-q")
     assert code == 0
     with rasterio.open(out) as src:
         assert set(np.unique(src.read(1))) <= {0, 1, 255}

@@ -1,4 +1,5 @@
-"""Tests for changedet.detectors.cva: CVA finds planted and real change; Otsu is right on known histograms."""
+"""Tests for changedet.detectors.cva: CVA finds planted and real change; Otsu is right on known
+histograms."""
 
 from __future__ import annotations
 

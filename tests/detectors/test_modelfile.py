@@ -14,8 +14,8 @@ from flax import serialization
 from changedet.config import ModelConfig
 from changedet.detectors.learned import LearnedDetector, as_detector, load_model, random_init_model
 from changedet.detectors.modelfile import check_bands, read_model, register_model, save_model
-from changedet.models import ChangeModel
 from changedet.errors import BandMismatchError, ModelFileError
+from changedet.models import ChangeModel
 
 BANDS = ("B04", "B03", "B02")
 
@@ -191,7 +191,8 @@ def test_saved_model_file_is_readable_by_others(tmp_path):
     old = os.umask(0o022)
     try:
         path = save_model(tmp_path / "m.msgpack",
-                          random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("1", "2", "3")))
+                          random_init_model(ModelConfig(num_bands=3, features=(8, 16)),
+                                            ("1", "2", "3")))
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
@@ -207,7 +208,8 @@ def test_invalid_format_versions_are_refused(tmp_path, version):
     from changedet.errors import ModelFileError
 
     path = save_model(tmp_path / "m.msgpack",
-                      random_init_model(ModelConfig(num_bands=3, features=(8, 16)), ("1", "2", "3")))
+                      random_init_model(ModelConfig(num_bands=3, features=(8, 16)),
+                                        ("1", "2", "3")))
     payload = serialization.msgpack_restore(path.read_bytes())
     payload["format_version"] = version
     path.write_bytes(serialization.msgpack_serialize(payload))

@@ -17,8 +17,7 @@ import rasterio
 import changedet
 from changedet import clouds, io, metrics
 from changedet.cli import main
-from changedet.detectors import learned
-from changedet.detectors import modelfile
+from changedet.detectors import learned, modelfile
 
 PARIS = "oscd_paris"
 #: Two DSIFN samples (256 x 256 RGB, no georeference). The rgb model's out-of-fold

@@ -31,7 +31,8 @@ def test_oscd_city_labels_are_1_no_change_2_change(shared_data):
 
 
 def test_oscd_resamples_mismatched_second_date_and_selects_bands(shared_data):
-    (scene,) = datasets.load_oscd(shared_data / "oscd", cities=["saclay_e"], bands=("B04", "B03", "B02"))
+    (scene,) = datasets.load_oscd(shared_data / "oscd", cities=["saclay_e"],
+                                  bands=("B04", "B03", "B02"))
     assert scene.band_ids == ("B04", "B03", "B02")
     assert scene.before.shape == scene.after.shape == (3, 639, 688)
     assert int(scene.label.sum()) == 4346

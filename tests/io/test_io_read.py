@@ -1,4 +1,5 @@
-"""Tests for changedet.io.scene and changedet.io.pair: scenes and pairs open lazily, on the right grid, or fail clearly."""
+"""Tests for changedet.io.scene and changedet.io.pair: scenes and pairs open lazily, on the right
+grid, or fail clearly."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from changedet import data
-from changedet.training import sampling
 from changedet.errors import BandMismatchError, ConfigError
+from changedet.training import sampling
 
 
 def _scene(name="s", shape=(40, 50), seed=0, bands=2) -> data.Scene:
@@ -44,7 +44,7 @@ def test_sampler_is_deterministic_and_class_balanced():
     sampler = sampling.PatchSampler([s], patch_px=16, changed_fraction=0.5)
     b1 = sampler.sample(8, np.random.default_rng(3))
     b2 = sampler.sample(8, np.random.default_rng(3))
-    for x, y in zip(b1, b2):
+    for x, y in zip(b1, b2, strict=True):
         np.testing.assert_array_equal(x, y)
     assert b1.before.shape == (8, 16, 16, 2) and b1.before.dtype == np.float32
     assert b1.label.dtype == np.int32 and b1.valid.dtype == bool
@@ -70,7 +70,8 @@ def test_augmentation_keeps_dates_label_and_valid_aligned():
 
 def test_small_scene_is_padded_invalid():
     s = _scene(shape=(10, 12))
-    batch = sampling.PatchSampler([s], patch_px=32, augment=False).sample(2, np.random.default_rng(0))
+    batch = sampling.PatchSampler([s], patch_px=32, augment=False).sample(
+        2, np.random.default_rng(0))
     assert batch.before.shape == (2, 32, 32, 2)
     assert int(batch.valid[0].sum()) == int(s.valid.sum())
     assert not batch.valid[0, 10:].any() and not batch.valid[0, :, 12:].any()

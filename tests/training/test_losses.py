@@ -75,8 +75,10 @@ def test_soft_dice_is_one_minus_soft_f1_over_the_batch():
     assert float(soft_dice_loss(jnp.full((1, 2, 2), -1e4), jnp.zeros((1, 2, 2), int),
                                 jnp.ones((1, 2, 2), bool))) == pytest.approx(0.0, abs=1e-6)
     # A perfect prediction beats an inverted one.
-    good = soft_dice_loss(jnp.array([[[9.0, -9.0]]]), jnp.array([[[1, 0]]]), jnp.ones((1, 1, 2), bool))
-    bad = soft_dice_loss(jnp.array([[[-9.0, 9.0]]]), jnp.array([[[1, 0]]]), jnp.ones((1, 1, 2), bool))
+    good = soft_dice_loss(jnp.array([[[9.0, -9.0]]]), jnp.array([[[1, 0]]]),
+                          jnp.ones((1, 1, 2), bool))
+    bad = soft_dice_loss(jnp.array([[[-9.0, 9.0]]]), jnp.array([[[1, 0]]]),
+                         jnp.ones((1, 1, 2), bool))
     assert float(good) < 0.01 < 0.5 < float(bad)  # +1 smoothing: 1 - 1/3
 
 
@@ -181,7 +183,7 @@ def test_triplet_mining_variants_and_degenerate_batches():
     # No changed (or no unchanged) valid pixel: 0, and finite gradients.
     for lab in (jnp.zeros_like(label), jnp.ones_like(label)):
         value, grad = jax.value_and_grad(
-            lambda b: triplet_loss(b, after, lab, one, **kw))(before)
+            lambda b, lab=lab: triplet_loss(b, after, lab, one, **kw))(before)
         assert float(value) == 0.0 and bool(jnp.isfinite(grad).all())
 
 

@@ -29,7 +29,8 @@ def _train_args(sample_data, out, workdir):
 
 
 @pytest.mark.slow  # a real CLI training killed and resumed (~35 s idle); the in-process resume
-# equality is in tests/training/test_training.py::test_resume_equals_uninterrupted, which always runs
+# equality is in tests/training/test_training.py::test_resume_equals_uninterrupted, which always
+# runs
 def test_killed_training_resumes_to_the_uninterrupted_result(sample_data, tmp_path):
     full_out, full_dir = tmp_path / "full.msgpack", tmp_path / "full"
     assert main(_train_args(sample_data, full_out, full_dir)) == 0

@@ -120,7 +120,8 @@ def test_resume_equals_uninterrupted(paris_rgb, tmp_path):
         for i, h in enumerate(full_result.history)
     ]
     assert resumed.threshold == full.threshold
-    for a, b in zip(jax.tree.leaves(nnx.state(full.net)), jax.tree.leaves(nnx.state(resumed.net))):
+    for a, b in zip(jax.tree.leaves(nnx.state(full.net)), jax.tree.leaves(nnx.state(resumed.net)),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # A checkpoint from other settings is refused, not silently mixed.
     other = dataclasses.replace(tc, learning_rate=1.0)

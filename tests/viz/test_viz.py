@@ -215,7 +215,7 @@ def test_distance_histograms_split_by_label():
 def _pixel_area_pyproj_m2(transform, row: int, col: int) -> float:
     pyproj = pytest.importorskip("pyproj")
     corners = [transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))]
-    lons, lats = zip(*corners)
+    lons, lats = zip(*corners, strict=True)
     area, _ = pyproj.Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)
     return abs(area)
 
