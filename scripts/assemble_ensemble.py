@@ -13,18 +13,17 @@ cross-validation) moved by the shift the paired out-of-fold scenes measure betwe
 best threshold and the ensemble's. The calibration ``P(change | score)`` is fitted on the
 ensemble's out-of-fold scores.
 
-The packaged ``sentinel2`` is two seeds of one recipe: ``sentinel2_seed0.msgpack`` is the single
-network shipped before (sha256 395a3861…, ``scripts/train_default_models.py --models sentinel2
---epochs 15 --seed 0``), ``sentinel2_seed1.msgpack`` the same command with ``--seed 1 --stage
-final``. Their out-of-fold maps come from ``--stage cv --only-folds F --seed S --workdir runs/msS``
-for folds 0 and 1 (each run's ``oof.npz`` copied to ``runs/msS/oof_foldF.npz``)::
+The two-seed ``sentinel2`` experiment (``docs/models.md``; measured, not shipped: the ensemble
+did not beat its better member on folds 0-1): ``sentinel2_seed0.msgpack`` is the packaged single
+network (sha256 395a3861…, ``scripts/train_default_models.py --models sentinel2 --epochs 15
+--seed 0``), ``sentinel2_seed1.msgpack`` the same command with ``--seed 1 --stage final``. Their
+out-of-fold maps come from ``--stage cv --only-folds 0,1 --epochs 15 --seed S --workdir runs/msS``
+(``runs/msS/sentinel2/cv/oof.npz``)::
 
     python scripts/assemble_ensemble.py --name sentinel2 \\
-        --member runs/ens/sentinel2_seed0.msgpack \\
-            --oof runs/ms0/oof_fold0.npz runs/ms0/oof_fold1.npz \\
-        --member runs/ens/sentinel2_seed1.msgpack \\
-            --oof runs/ms1/oof_fold0.npz runs/ms1/oof_fold1.npz \\
-        --out changedet/weights --report runs/ens/report.json
+        --member runs/ens/sentinel2_seed0.msgpack --oof runs/ms0/sentinel2/cv/oof.npz \\
+        --member runs/ens/sentinel2_seed1.msgpack --oof runs/ms1/sentinel2/cv/oof.npz \\
+        --out runs/ens --report runs/ens/report.json
 """
 
 from __future__ import annotations
