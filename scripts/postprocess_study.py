@@ -12,6 +12,10 @@ Every family is local (its result at a pixel depends on a bounded neighbourhood)
 could apply it block by block with a halo and keep tiled == whole-image output.
 
     python scripts/postprocess_study.py runs/ms0/sentinel2/cv --json runs/postprocess.json
+
+The NDVI-change veto is per pixel as well, but reads red and NIR (Sentinel-2 B04, B08): it
+asks whether the false positives that vegetation change causes can be removed without the
+true changes (construction on fields) going with them.
 """
 
 from __future__ import annotations
@@ -33,28 +37,28 @@ log = logging.getLogger("postprocess_study")
 HERE = Path(__file__).resolve().parents[1]
 THRESHOLDS = np.linspace(0.05, 0.95, 46)
 
-#: A family: parameter grid and ``f(score, threshold, param) -> bool mask``.
-Family = tuple[list, Callable[[np.ndarray, float, object], np.ndarray]]
+#: A family: parameter grid and ``f(score, threshold, param, scene) -> bool mask``.
+Family = tuple[list, Callable[[np.ndarray, float, object, object], np.ndarray]]
 
 
-def _plain(score, t, _):
+def _plain(score, t, _, _scene=None):
     return score > t
 
 
-def _smooth(score, t, sigma):
+def _smooth(score, t, sigma, _scene=None):
     return ndimage.gaussian_filter(score, sigma, mode="mirror") > t
 
 
-def _open(score, t, size):
+def _open(score, t, size, _scene=None):
     return ndimage.binary_opening(score > t, structure=np.ones((size, size), bool))
 
 
-def _majority(score, t, size):
+def _majority(score, t, size, _scene=None):
     m = (score > t).astype(np.float32)
     return ndimage.uniform_filter(m, size, mode="mirror") > 0.5
 
 
-def _hysteresis(score, t, param):
+def _hysteresis(score, t, param, _scene=None):
     """Seeds above ``t``, grown ``steps`` pixels (8-connected) into pixels above ``t * low``."""
     low, steps = param
     seeds = score > t
@@ -63,7 +67,7 @@ def _hysteresis(score, t, param):
                                    mask=grow) | seeds
 
 
-def _min_area(score, t, area):
+def _min_area(score, t, area, _scene=None):
     """Drops 8-connected components smaller than ``area`` px (not local: a reference only)."""
     mask = score > t
     lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
@@ -75,6 +79,31 @@ def _min_area(score, t, area):
     return keep[lab]
 
 
+def _ndvi_change(scene) -> np.ndarray:
+    """|NDVI(after) - NDVI(before)| from the scene's B04 (red) and B08 (NIR)."""
+    red, nir = (scene.band_ids.index(b) for b in ("B04", "B08"))
+
+    def ndvi(x):
+        x = x.astype(np.float32)
+        return (x[nir] - x[red]) / np.maximum(x[nir] + x[red], 1e-6)
+
+    return np.abs(ndvi(scene.after) - ndvi(scene.before))
+
+
+_NDVI_CHANGE: dict[str, np.ndarray] = {}
+
+
+def _ndvi_veto(score, t, cut, scene):
+    """No change where the vegetation index changed by more than ``cut`` (season, fields,
+    parks: OSCD labels urban change only). Local (per pixel); needs red and NIR."""
+    mask = score > t
+    if cut is None:
+        return mask
+    if scene.name not in _NDVI_CHANGE:
+        _NDVI_CHANGE[scene.name] = _ndvi_change(scene)
+    return mask & ~(_NDVI_CHANGE[scene.name] > cut)
+
+
 FAMILIES: dict[str, Family] = {
     "threshold only": ([None], _plain),
     "gaussian smoothing (sigma px)": ([0.5, 1.0, 1.5, 2.0], _smooth),
@@ -83,6 +112,8 @@ FAMILIES: dict[str, Family] = {
     "hysteresis (low fraction, grow px)": (list(itertools.product([0.5, 0.7, 0.85], [2, 4, 8])),
                                            _hysteresis),
     "min component area (px; non-local reference)": ([2, 3, 5, 8, 12], _min_area),
+    "NDVI-change veto (|dNDVI| cut; None = off)": ([None, 0.15, 0.2, 0.25, 0.3, 0.4],
+                                                   _ndvi_veto),
 }
 
 
@@ -96,7 +127,7 @@ def counts_grid(fn, param, scores: dict, scenes: dict) -> dict[str, np.ndarray]:
         filled = np.where(np.isfinite(score), score, 0.0).astype(np.float32)
         rows = []
         for t in THRESHOLDS:
-            m = fn(filled, float(t), param)
+            m = fn(filled, float(t), param, s)
             rows.append((np.count_nonzero(m & label & valid), np.count_nonzero(m & ~label & valid),
                          np.count_nonzero(~m & label & valid)))
         out[name] = np.array(rows, np.int64)
@@ -143,19 +174,22 @@ def study(scores: dict, scenes: dict, folds: Sequence[Sequence[str]]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("cv_dir", help="a cross-validation workdir (cv.json, oof.npz)")
+    p.add_argument("cv_dir", nargs="+", help="cross-validation workdirs (cv.json, oof.npz); "
+                   "several (e.g. runs of single folds) are merged, their folds kept apart")
     p.add_argument("--data", default=str(HERE.parent / "shared" / "data"))
     p.add_argument("--json", help="write the report here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cv_dir = Path(args.cv_dir)
-    cv = json.loads((cv_dir / "cv.json").read_text())
-    folds = cv["folds"]
-    with np.load(cv_dir / "oof.npz") as z:
-        scores = {k.replace("__", "/"): z[k] for k in z.files}
+    folds, scores = [], {}
+    for cv_dir in map(Path, args.cv_dir):
+        cv = json.loads((cv_dir / "cv.json").read_text())
+        with np.load(cv_dir / "oof.npz") as z:
+            these = {k.replace("__", "/"): z[k] for k in z.files}
+        scores |= these
+        folds += [f for f in cv["folds"] if all(n in these for n in f) and f not in folds]
     cities = [n.split("/", 1)[1] for fold in folds for n in fold]
     scenes = {s.name: s for s in datasets.load_oscd(Path(args.data) / "oscd", cities=cities,
-                                                        bands=["B02"])}
+                                                        bands=["B04", "B08"])}
     report = study(scores, scenes, folds)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=list))
