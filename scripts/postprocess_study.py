@@ -79,18 +79,20 @@ def _min_area(score, t, area, _scene=None):
     return keep[lab]
 
 
-def _ndvi_change(scene) -> np.ndarray:
-    """|NDVI(after) - NDVI(before)| from the scene's B04 (red) and B08 (NIR)."""
-    red, nir = (scene.band_ids.index(b) for b in ("B04", "B08"))
+def _ndvi_pair(scene) -> tuple[np.ndarray, np.ndarray]:
+    """NDVI of (before, after) from the scene's B04 (red) and B08 (NIR), cached per scene."""
+    if scene.name not in _NDVI:
+        red, nir = (scene.band_ids.index(b) for b in ("B04", "B08"))
 
-    def ndvi(x):
-        x = x.astype(np.float32)
-        return (x[nir] - x[red]) / np.maximum(x[nir] + x[red], 1e-6)
+        def ndvi(x):
+            x = x.astype(np.float32)
+            return (x[nir] - x[red]) / np.maximum(x[nir] + x[red], 1e-6)
 
-    return np.abs(ndvi(scene.after) - ndvi(scene.before))
+        _NDVI[scene.name] = (ndvi(scene.before), ndvi(scene.after))
+    return _NDVI[scene.name]
 
 
-_NDVI_CHANGE: dict[str, np.ndarray] = {}
+_NDVI: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _ndvi_veto(score, t, cut, scene):
@@ -99,9 +101,26 @@ def _ndvi_veto(score, t, cut, scene):
     mask = score > t
     if cut is None:
         return mask
-    if scene.name not in _NDVI_CHANGE:
-        _NDVI_CHANGE[scene.name] = _ndvi_change(scene)
-    return mask & ~(_NDVI_CHANGE[scene.name] > cut)
+    before, after = _ndvi_pair(scene)
+    return mask & ~(np.abs(after - before) > cut)
+
+
+def _greening_veto(score, t, cut, scene):
+    """No change where NDVI *rose* by more than ``cut`` (building rarely greens a pixel)."""
+    mask = score > t
+    if cut is None:
+        return mask
+    before, after = _ndvi_pair(scene)
+    return mask & ~(after - before > cut)
+
+
+def _vegetated_veto(score, t, level, scene):
+    """No change where both dates are vegetated (NDVI > ``level`` in each): crops, season."""
+    mask = score > t
+    if level is None:
+        return mask
+    before, after = _ndvi_pair(scene)
+    return mask & ~((before > level) & (after > level))
 
 
 FAMILIES: dict[str, Family] = {
@@ -114,6 +133,9 @@ FAMILIES: dict[str, Family] = {
     "min component area (px; non-local reference)": ([2, 3, 5, 8, 12], _min_area),
     "NDVI-change veto (|dNDVI| cut; None = off)": ([None, 0.15, 0.2, 0.25, 0.3, 0.4],
                                                    _ndvi_veto),
+    "NDVI greening veto (dNDVI cut; None = off)": ([None, 0.1, 0.15, 0.2, 0.3], _greening_veto),
+    "both-dates-vegetated veto (NDVI level; None = off)": ([None, 0.3, 0.4, 0.5, 0.6],
+                                                          _vegetated_veto),
 }
 
 
