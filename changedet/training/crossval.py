@@ -188,7 +188,6 @@ def cross_validate(
         folds = [folds[i] for i in only_folds]
     by_name = {s.name: s for s in scenes}
     cfg = dataclasses.replace(train_cfg, patience=0)
-    scores: dict[str, np.ndarray] = {}
     paths = []
     models = []
     fold_ids = list(only_folds) if only_folds is not None else list(range(len(folds)))
@@ -204,12 +203,7 @@ def cross_validate(
             save_model(model_path, model)
         models.append(model_path)
         paths.append(str(model_path))
-    for model_path, held_out in zip(models, folds, strict=True):  # ... then score
-        model = load_model(model_path)
-        for n in held_out:
-            scene = by_name[n]
-            scores[n] = evaluate.score_scene(model.prepare_scene(scene), scene)
-        log.info("scored %s with %s", ", ".join(held_out), model_path)
+    scores = _held_out_scores([load_model(p) for p in models], folds, by_name)  # ... then score
     arrays = {n.replace("/", "__"): s for n, s in scores.items()}
     np.savez_compressed(workdir / "oof.npz", **arrays)  # type: ignore[arg-type]  # numpy stubs
     thr, pooled, ap, per_scene, per_fold = oof_report(scores, scenes, folds)
@@ -279,6 +273,28 @@ def train_with_cv(
 __all__ += ["train_with_cv"]
 
 
+def _held_out_scores(models: Sequence[Any], folds: Sequence[Sequence[str]],
+                     by_name: dict[str, Scene], *, quality: str = "fast",
+                     bands: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Scene name -> score map of every held-out scene, scored by its fold's model through
+    ``run``'s scoring path (at ``quality``; reduced to ``bands`` first, as a user's file with
+    only those bands would be)."""
+    from changedet.detectors.prepare import with_quality
+
+    scores = {}
+    for model, held_out in zip(models, folds, strict=True):
+        for n in held_out:
+            scene = by_name[n]
+            if bands is not None:
+                idx = [scene.band_ids.index(b) for b in bands]
+                scene = scene._replace(before=scene.before[idx], after=scene.after[idx],
+                                       band_ids=tuple(bands))
+            prepared = with_quality(model.prepare_scene(scene), quality)
+            scores[n] = evaluate.score_scene(prepared, scene)
+        log.info("scored %s with model %r", ", ".join(held_out), model.name)
+    return scores
+
+
 def _pooled_figures(scores: dict[str, np.ndarray], scenes: dict[str, Scene],
                     folds: Sequence[Sequence[str]], threshold: float) -> dict[str, float]:
     """Pooled figures of OOF ``scores`` at ``threshold`` and at their own best threshold."""
@@ -318,14 +334,7 @@ def band_set_report(
     models = [load_model(p) for p in model_paths]
     report = {}
     for label, members in band_sets.items():
-        scores = {}
-        for model, held_out in zip(models, folds, strict=True):
-            for n in held_out:
-                s = by_name[n]
-                idx = [s.band_ids.index(b) for b in members]
-                sub = s._replace(before=s.before[idx], after=s.after[idx],
-                                 band_ids=tuple(members))
-                scores[n] = evaluate.score_scene(model.prepare_scene(sub), sub)
+        scores = _held_out_scores(models, folds, by_name, bands=members)
         report[label] = _pooled_figures(scores, by_name, folds, threshold)
         log.info("band set %s: OOF F1 %.3f (best %.3f), AP %.3f", label, report[label]["f1"],
                  report[label]["best_f1"], report[label]["average_precision"])
@@ -348,17 +357,13 @@ def quality_report(
       "best_threshold", "seconds"}``.
     """
     from changedet.detectors.learned import load_model
-    from changedet.detectors.prepare import with_quality
 
     by_name = {s.name: s for s in scenes}
     models = [load_model(p) for p in model_paths]
     report = {}
     for quality in qualities:
-        scores, start = {}, time.perf_counter()
-        for model, held_out in zip(models, folds, strict=True):
-            for n in held_out:
-                prepared = with_quality(model.prepare_scene(by_name[n]), quality)
-                scores[n] = evaluate.score_scene(prepared, by_name[n])
+        start = time.perf_counter()
+        scores = _held_out_scores(models, folds, by_name, quality=quality)
         report[quality] = _pooled_figures(scores, by_name, folds, threshold) | {
             "seconds": time.perf_counter() - start}
         log.info("quality %s: OOF F1 %.3f (best %.3f at %.3f), AP %.3f", quality,
