@@ -6,10 +6,13 @@ line on stderr and exit status 2 (``-v`` adds the traceback); any other error ex
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import gc
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from changedet import __version__
@@ -344,8 +347,46 @@ def _cmd_coregister(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _raise_keyboard_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: clean up, exit
-    raise KeyboardInterrupt
+#: Interrupt state of the running command: ``pending`` once SIGINT/SIGTERM arrived, ``handled``
+#: once ``main`` caught the KeyboardInterrupt (or returned).
+_INTERRUPT = {"pending": False, "handled": True}
+#: Seconds between repeats of an interrupt that has not reached ``main`` yet.
+_REPEAT_S = 0.05
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    """SIGINT and SIGTERM: raise KeyboardInterrupt, so the command cleans up and exits 130.
+
+    Python drops an exception raised while it runs a garbage-collector callback or a
+    ``__del__`` (it prints "Exception ignored in ..."; JAX registers such a callback), and the
+    command would then run to its end as if never interrupted. So a signal that lands there
+    raises nothing yet, and until ``main`` has caught the KeyboardInterrupt it is raised again
+    every ``_REPEAT_S`` seconds.
+    """
+    if _INTERRUPT["handled"]:
+        return
+    _INTERRUPT["pending"] = True
+    timer = threading.Timer(_REPEAT_S, _repeat_interrupt, args=(signal.Signals(signum),))
+    timer.daemon = True
+    timer.start()
+    if not _in_finalizer(frame):
+        raise KeyboardInterrupt
+
+
+def _in_finalizer(frame) -> bool:
+    """True while ``frame`` (or a caller) is a gc callback or a ``__del__``, where an exception
+    would be printed and dropped."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _repeat_interrupt(signum: signal.Signals) -> None:
+    if _INTERRUPT["pending"] and not _INTERRUPT["handled"]:
+        _thread.interrupt_main(signum)  # runs _raise_keyboard_interrupt in the main thread
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    _INTERRUPT.update(pending=False, handled=False)
+    previous = {sig: signal.signal(sig, _raise_keyboard_interrupt)
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     # Library messages name options as this command line's flags (--align, not align=True).
     with command_line_words(CLI_FLAGS):
         try:
@@ -365,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"changedet: error: {message}", file=sys.stderr)
             return EXIT_USER
         except KeyboardInterrupt:
+            _INTERRUPT["handled"] = True
             print("changedet: interrupted; no partial output was kept.", file=sys.stderr)
             return EXIT_INTERRUPTED
         except Exception as err:  # internal error: say so, point at -v
@@ -377,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_INTERNAL
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            _INTERRUPT["handled"] = True
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 COMMANDS = {"run": _cmd_run, "info": _cmd_info, "coregister": _cmd_coregister}

@@ -122,3 +122,30 @@ def test_run_help_has_examples(capsys):
         main(["run", "--help"])
     assert exc.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_an_interrupt_landing_in_a_finalizer_is_raised_again_not_lost():
+    """Python prints and drops an exception raised in a ``__del__`` or a gc callback (JAX has
+    one), so a SIGTERM landing there used to let the command run to its end and exit 0. The
+    handler defers it and raises it again moments later."""
+    import signal
+    import time
+
+    from changedet.cli import commands
+
+    previous = signal.signal(signal.SIGTERM, commands._raise_keyboard_interrupt)
+    commands._INTERRUPT.update(pending=False, handled=False)
+
+    class Finalised:
+        def __del__(self):
+            commands._raise_keyboard_interrupt(signal.SIGTERM, sys._getframe())
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Finalised()  # dropped at once: __del__ runs, the handler must not raise there
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the repeated interrupt arrives here
+                time.sleep(0.01)
+    finally:
+        commands._INTERRUPT["handled"] = True
+        signal.signal(signal.SIGTERM, previous)
