@@ -4,7 +4,9 @@ package layout moved (``tests/data/output_checksums.json``), compared with what 
 Each digest covers the written pixels (mask and score, as stored) and the georeferencing (CRS,
 transform, nodata), not the file bytes: the tags carry the package version and model hash.
 The learned models' float scores depend on the CPU's vector units and the JAX/numpy versions,
-so the store keeps one record per machine kind, each taken with the code of commit 2b8a26a
+so the store keeps one record per machine kind (CPU name *and* vector features: two "AMD EPYC"
+machines, one with AVX-512 and one without, score differently), each taken with the code of
+commit 2b8a26a
 (before the move); the CVA cases are plain numpy and came out identical on every machine kind
 recorded, so they are compared everywhere. On a machine kind without a record the learned cases
 skip and say why. Add a record for a new machine kind from the pre-move code::
@@ -47,12 +49,34 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+#: CPU features XLA's CPU code generation depends on: two machines of one model name (cloud
+#: CPUs are often just "AMD EPYC") with other vector units give other float scores.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def _isa() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in ISA_FLAGS if f in flags)
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def machine() -> dict[str, str]:
     """What the float digests depend on."""
     import jax
 
-    return {"cpu": _cpu(), "jax": jax.__version__, "jaxlib": jax.lib.__version__
+    return {"cpu": _cpu(), "isa": _isa(), "jax": jax.__version__, "jaxlib": jax.lib.__version__
             if hasattr(jax.lib, "__version__") else "", "numpy": np.__version__}
+
+
+def same_machine(record: dict[str, str], here: dict[str, str]) -> bool:
+    """``record`` was taken on this machine kind; a record without ``isa`` (taken before it
+    was recorded) matches on the other fields."""
+    return all(here.get(k) == v for k, v in record.items())
 
 
 def raster_digest(path: Path) -> str:
@@ -135,7 +159,7 @@ def test_portable_cases_agree_across_the_recorded_machines():
 def test_outputs_match_the_stored_checksums(name, tmp_path):
     records = _records()
     here = machine()
-    mine = [r for r in records if r["machine"] == here]
+    mine = [r for r in records if same_machine(r["machine"], here)]
     candidates = mine or ([r for r in records if name in r["cases"]] if _portable(name) else [])
     if not candidates:
         pytest.skip(f"learned-model digests were taken on {[r['machine'] for r in records]}; "
@@ -167,10 +191,12 @@ def _save(records: list[dict]) -> None:
 
 
 def add(other: Path) -> None:
-    """Merges the records of another store (e.g. one written by the pre-move code) into this one;
-    a record for the same machine replaces the old one."""
+    """Merges the records of another store (e.g. one written by the pre-move code, on this
+    machine) into this one; a record for the same machine replaces the old one."""
     stored = json.loads(other.read_text())
     new = stored["records"] if "records" in stored else [stored]
+    for record in new:  # the pre-move code did not record the vector features: this machine's
+        record["machine"].setdefault("isa", _isa())
     old = [r for r in _records_or_empty() if all(r["machine"] != n["machine"] for n in new)]
     _save(old + new)
 
