@@ -39,14 +39,19 @@ README_PAIR = (ROOT / "data/oscd_paris/imgs_1", ROOT / "data/oscd_paris/imgs_2")
 SHARED_OSCD = ROOT.parent / "shared" / "data" / "oscd" / "images"
 
 
-def _cpu() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo (None off Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def _cpu() -> str:
+    return _cpuinfo("model name") or platform.processor() or "unknown"
 
 
 #: CPU features XLA's CPU code generation depends on: two machines of one model name (cloud
@@ -55,14 +60,11 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 
 
 def _isa() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in ISA_FLAGS if f in flags)
-    except OSError:
-        pass
-    return platform.machine()
+    flags = _cpuinfo("flags")
+    if flags is None:
+        return platform.machine()
+    present = set(flags.split())
+    return " ".join(f for f in ISA_FLAGS if f in present)
 
 
 def machine() -> dict[str, str]:
