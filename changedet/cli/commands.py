@@ -347,9 +347,10 @@ def _cmd_coregister(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: Interrupt state of the running command: ``pending`` once SIGINT/SIGTERM arrived, ``handled``
-#: once ``main`` caught the KeyboardInterrupt (or returned).
-_INTERRUPT = {"pending": False, "handled": True}
+#: Clear while a command runs; set once ``main`` caught the KeyboardInterrupt (or returned), so
+#: a repeated interrupt (below) stops.
+_INTERRUPT_HANDLED = threading.Event()
+_INTERRUPT_HANDLED.set()
 #: Seconds between repeats of an interrupt that has not reached ``main`` yet.
 _REPEAT_S = 0.05
 
@@ -363,9 +364,8 @@ def _raise_keyboard_interrupt(signum, frame):
     raises nothing yet, and until ``main`` has caught the KeyboardInterrupt it is raised again
     every ``_REPEAT_S`` seconds.
     """
-    if _INTERRUPT["handled"]:
+    if _INTERRUPT_HANDLED.is_set():
         return
-    _INTERRUPT["pending"] = True
     timer = threading.Timer(_REPEAT_S, _repeat_interrupt, args=(signal.Signals(signum),))
     timer.daemon = True
     timer.start()
@@ -385,7 +385,7 @@ def _in_finalizer(frame) -> bool:
 
 
 def _repeat_interrupt(signum: signal.Signals) -> None:
-    if _INTERRUPT["pending"] and not _INTERRUPT["handled"]:
+    if not _INTERRUPT_HANDLED.is_set():
         _thread.interrupt_main(signum)  # runs _raise_keyboard_interrupt in the main thread
 
 
@@ -394,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    _INTERRUPT.update(pending=False, handled=False)
+    _INTERRUPT_HANDLED.clear()
     previous = {sig: signal.signal(sig, _raise_keyboard_interrupt)
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     # Library messages name options as this command line's flags (--align, not align=True).
@@ -408,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"changedet: error: {message}", file=sys.stderr)
             return EXIT_USER
         except KeyboardInterrupt:
-            _INTERRUPT["handled"] = True
+            _INTERRUPT_HANDLED.set()
             print("changedet: interrupted; no partial output was kept.", file=sys.stderr)
             return EXIT_INTERRUPTED
         except Exception as err:  # internal error: say so, point at -v
@@ -421,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_INTERNAL
         finally:
-            _INTERRUPT["handled"] = True
+            _INTERRUPT_HANDLED.set()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

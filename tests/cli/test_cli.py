@@ -134,7 +134,7 @@ def test_an_interrupt_landing_in_a_finalizer_is_raised_again_not_lost():
     from changedet.cli import commands
 
     previous = signal.signal(signal.SIGTERM, commands._raise_keyboard_interrupt)
-    commands._INTERRUPT.update(pending=False, handled=False)
+    commands._INTERRUPT_HANDLED.clear()
 
     class Finalised:
         def __del__(self):
@@ -147,5 +147,5 @@ def test_an_interrupt_landing_in_a_finalizer_is_raised_again_not_lost():
             while time.monotonic() < deadline:  # the repeated interrupt arrives here
                 time.sleep(0.01)
     finally:
-        commands._INTERRUPT["handled"] = True
+        commands._INTERRUPT_HANDLED.set()
         signal.signal(signal.SIGTERM, previous)
