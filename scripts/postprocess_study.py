@@ -95,32 +95,27 @@ def _ndvi_pair(scene) -> tuple[np.ndarray, np.ndarray]:
 _NDVI: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _ndvi_veto(score, t, cut, scene):
-    """No change where the vegetation index changed by more than ``cut`` (season, fields,
-    parks: OSCD labels urban change only). Local (per pixel); needs red and NIR."""
-    mask = score > t
-    if cut is None:
-        return mask
-    before, after = _ndvi_pair(scene)
-    return mask & ~(np.abs(after - before) > cut)
+def _vegetation_veto(vetoed: Callable[[np.ndarray, np.ndarray, float], np.ndarray]):
+    """A family: no change where ``vetoed(ndvi_before, ndvi_after, param)``; param None = off.
+    Local (per pixel); needs red and NIR."""
+
+    def family(score, t, param, scene):
+        mask = score > t
+        if param is None:
+            return mask
+        return mask & ~vetoed(*_ndvi_pair(scene), param)
+
+    return family
 
 
-def _greening_veto(score, t, cut, scene):
-    """No change where NDVI *rose* by more than ``cut`` (building rarely greens a pixel)."""
-    mask = score > t
-    if cut is None:
-        return mask
-    before, after = _ndvi_pair(scene)
-    return mask & ~(after - before > cut)
-
-
-def _vegetated_veto(score, t, level, scene):
-    """No change where both dates are vegetated (NDVI > ``level`` in each): crops, season."""
-    mask = score > t
-    if level is None:
-        return mask
-    before, after = _ndvi_pair(scene)
-    return mask & ~((before > level) & (after > level))
+#: The vegetation index changed by more than the cut (season, fields, parks: OSCD labels urban
+#: change only).
+_ndvi_veto = _vegetation_veto(lambda before, after, cut: np.abs(after - before) > cut)
+#: NDVI *rose* by more than the cut (building rarely greens a pixel).
+_greening_veto = _vegetation_veto(lambda before, after, cut: after - before > cut)
+#: Both dates vegetated (NDVI above the level in each): crops, season.
+_vegetated_veto = _vegetation_veto(
+    lambda before, after, level: (before > level) & (after > level))
 
 
 FAMILIES: dict[str, Family] = {
