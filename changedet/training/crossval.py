@@ -189,7 +189,6 @@ def cross_validate(
     by_name = {s.name: s for s in scenes}
     cfg = dataclasses.replace(train_cfg, patience=0)
     paths = []
-    models = []
     fold_ids = list(only_folds) if only_folds is not None else list(range(len(folds)))
     for i, held_out in zip(fold_ids, folds, strict=True):  # train every fold first ...
         fold_dir = workdir / f"fold_{i}"
@@ -201,9 +200,8 @@ def cross_validate(
             model = training.fit(train, [], model_cfg, cfg, fold_dir, name=name,
                                  progress=progress)
             save_model(model_path, model)
-        models.append(model_path)
         paths.append(str(model_path))
-    scores = _held_out_scores([load_model(p) for p in models], folds, by_name)  # ... then score
+    scores = _held_out_scores([load_model(p) for p in paths], folds, by_name)  # ... then score
     arrays = {n.replace("/", "__"): s for n, s in scores.items()}
     np.savez_compressed(workdir / "oof.npz", **arrays)  # type: ignore[arg-type]  # numpy stubs
     thr, pooled, ap, per_scene, per_fold = oof_report(scores, scenes, folds)
