@@ -177,13 +177,13 @@ def cross_validate(
       A :class:`CVResult` (also written to ``workdir/cv.json``; OOF scores to ``oof.npz``).
     """
     from changedet.detectors.learned import load_model
-    from changedet.detectors.modelfile import save_model
 
     start = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     folds = [list(f) for f in folds] if folds is not None else make_folds(
         [s.name for s in scenes], k, seed_folds)
+    num_folds = len(folds)
     if only_folds is not None:
         folds = [folds[i] for i in only_folds]
     by_name = {s.name: s for s in scenes}
@@ -195,11 +195,10 @@ def cross_validate(
         model_path = fold_dir / f"{name}.msgpack"
         train = [s for s in scenes if s.name not in held_out]
         if not model_path.is_file():
-            log.info("fold %d/%d: training on %d scenes, holding out %s", i + 1, len(folds),
+            log.info("fold %d/%d: training on %d scenes, holding out %s", i + 1, num_folds,
                      len(train), ", ".join(held_out))
-            model = training.fit(train, [], model_cfg, cfg, fold_dir, name=name,
-                                 progress=progress)
-            save_model(model_path, model)
+            # fit writes the model to fold_dir / f"{name}.msgpack", i.e. model_path
+            training.fit(train, [], model_cfg, cfg, fold_dir, name=name, progress=progress)
         paths.append(str(model_path))
     scores = _held_out_scores([load_model(p) for p in paths], folds, by_name)  # ... then score
     arrays = {n.replace("/", "__"): s for n, s in scores.items()}
