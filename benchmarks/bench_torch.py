@@ -9,7 +9,10 @@ difference| <= 1e-4 in f32), then both are timed in this one process, alternatin
 size, batch size and band count: Mpix/s per date pair, GFLOP/s (XLA's FLOP count) and the share
 of the f32 matmul peak measured at the start of the same run.
 
-Variants: JAX f32 NHWC (``jax.jit`` of ``change_score``), JAX bf16 (params and inputs cast);
+Variants: JAX f32 NHWC (``jax.jit`` of ``change_score``), JAX oneDNN bf16 (the same with the
+3x3 convolutions on the oneDNN route of ``changedet.kernels``, what ``run`` uses by default on
+CPUs with native bf16; left out, with the reason, where that route is unavailable), JAX bf16
+(params and inputs cast);
 PyTorch f32 NCHW, f32 channels_last, bf16 channels_last (``--bf16`` adds the bf16 rows);
 ``--compile`` adds ``torch.compile`` (inductor, ``freezing`` on: PyTorch's CPU inference recipe)
 of f32 channels_last and of bf16 channels_last; each is checked against eager f32 first, and
@@ -55,19 +58,24 @@ from common import (  # noqa: E402
 )
 from torch_siamese import from_flax  # noqa: E402
 
+from changedet import kernels  # noqa: E402
+from changedet.models.layers import conv_route  # noqa: E402
+
 TOLERANCE = 1e-4
 JAX_F32 = "jax f32 NHWC"
 JAX_BF16 = "jax bf16"
+JAX_ONEDNN = "jax onednn bf16"
 TORCH_F32 = ("torch f32 NCHW", "torch f32 channels_last", "torch f32 ch_last compiled")
 
 
-def jax_fn(model, dtype):
+def jax_fn(model, dtype, route: str = "xla"):
     graphdef, state = nnx.split(model.module())
     state = jax.tree.map(lambda a: jnp.asarray(a, dtype), state)
 
     @jax.jit
     def score(state, before, after):
-        return nnx.merge(graphdef, state).change_score(before, after)
+        with conv_route(route):
+            return nnx.merge(graphdef, state).change_score(before, after)
 
     return score, state
 
@@ -142,6 +150,8 @@ def main() -> None:
         inductor_config.freezing = True  # weights as constants: oneDNN prepacking, folding
     print(machine())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    onednn_ok, onednn_why = kernels.onednn_status()
+    print(f"JAX oneDNN route: {onednn_why}")
     start = measure_conditions("start")
     print(start)
     peak = start.matmul_peak_gflops
@@ -154,6 +164,8 @@ def main() -> None:
         torch_net = from_flax(model)
         jax_f32, state_f32 = jax_fn(model, jnp.float32)
         jax_bf16, state_bf16 = jax_fn(model, jnp.bfloat16)
+        if onednn_ok:
+            jax_onednn, _ = jax_fn(model, jnp.float32, "onednn")
         net_cl = from_flax(model).to(memory_format=torch.channels_last)
         net_bf16 = from_flax(model).to(memory_format=torch.channels_last, dtype=torch.bfloat16)
         if use_compile:
@@ -171,6 +183,9 @@ def main() -> None:
               f"({'OK' if diff <= TOLERANCE else 'MISMATCH'} at {TOLERANCE})")
         if diff > TOLERANCE:
             raise SystemExit(f"JAX and PyTorch outputs differ by {diff} > {TOLERANCE}")
+        if onednn_ok:
+            print(f"max |JAX oneDNN bf16 - JAX f32| = "
+                  f"{max_diff(got, np.asarray(jax_onednn(state_f32, x, y))):.2e}")
         print(header)
         for tile in (int(t) for t in args.tiles.split(",")):
             for batch in (int(b) for b in args.batches.split(",")):
@@ -189,6 +204,8 @@ def main() -> None:
                     "torch f32 NCHW": partial(torch_net, xt, yt),
                     "torch f32 channels_last": partial(net_cl, xc, yc),
                 }
+                if onednn_ok:
+                    variants[JAX_ONEDNN] = partial(run_jax, jax_onednn, state_f32, xj, yj)
                 if args.bf16:
                     variants[JAX_BF16] = partial(run_jax, jax_bf16, state_bf16, xb, yb)
                     variants["torch bf16 ch_last"] = partial(net_bf16, xtb, ytb)

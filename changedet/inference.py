@@ -25,9 +25,10 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from changedet import tiling
+from changedet import kernels, tiling
 from changedet.data import normalize, to_nhwc
 from changedet.errors import BandMismatchError, ConfigError, option
+from changedet.models.layers import conv_route
 from changedet.types import size_px
 
 if TYPE_CHECKING:
@@ -124,15 +125,18 @@ class PredictStep:
         compilation (the launch of that first batch is included; its execution, dispatched
         asynchronously, mostly is not).
       tta: Test-time transforms averaged per tile (see :func:`predict_step`).
+      conv_route: How the 3x3 convolutions run: ``"xla"`` (float32) or ``"onednn"`` (bf16
+        through oneDNN on CPUs; see :mod:`changedet.kernels`).
     """
 
     def __init__(self, graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None,
-                 *, tta: int = 1):
+                 *, tta: int = 1, conv: str | None = None):
         if tta not in TTA_CHOICES:
             raise ConfigError(f"tta must be one of {TTA_CHOICES}; got {tta}.")
         self.tta = tta
         self.mesh = data_mesh(devices)
         self.num_devices = self.mesh.size
+        self.conv_route = kernels.resolve_route(conv, list(self.mesh.devices.flat))
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
         self.num_traces = 0
@@ -147,7 +151,8 @@ class PredictStep:
 
         def step(state: nnx.State, before: jax.Array, after: jax.Array) -> jax.Array:
             self.num_traces += 1  # Python side effect: runs at trace time only
-            return predict_step(graphdef, state, before, after, tta)
+            with conv_route(self.conv_route):
+                return predict_step(graphdef, state, before, after, tta)
 
         # out_shardings is pinned: the score stays split along the batch exactly like the
         # inputs, so every call (and every shape) gets the same, known output layout and the
@@ -189,9 +194,9 @@ class PredictStep:
 
 
 def make_predict_step(graphdef: nnx.GraphDef, devices: Sequence[jax.Device] | None = None,
-                      *, tta: int = 1) -> PredictStep:
+                      *, tta: int = 1, conv: str | None = None) -> PredictStep:
     """A :class:`PredictStep` for the model ``graphdef`` over ``devices`` (default: all local)."""
-    return PredictStep(graphdef, devices, tta=tta)
+    return PredictStep(graphdef, devices, tta=tta, conv=conv)
 
 
 class BlockPredictor:
@@ -215,6 +220,10 @@ class BlockPredictor:
         every (square) tile, 1, 2, 4 or 8 (``tta`` times the cost). Tiles are transformed
         whole, halo included, so the result still equals the same transforms applied to one
         pass over the whole padded block.
+      conv: The convolution route, ``"auto"``, ``"xla"`` or ``"onednn"`` (None: the
+        ``CHANGEDET_CPU_CONV`` environment variable, default ``"auto"``: oneDNN bf16 on CPUs
+        with native bf16, else XLA float32; see :mod:`changedet.kernels`). Tiled equals
+        whole-image on the same route.
 
     Raises:
       ConfigError: If ``tile_px`` is not a positive multiple of ``2**num_downsamplings``,
@@ -223,7 +232,8 @@ class BlockPredictor:
     """
 
     def __init__(self, model: ChangeModel, *, tile_px: int = 256, batch_size: int | None = None,
-                 devices: Sequence[jax.Device] | None = None, tta: int = 1) -> None:
+                 devices: Sequence[jax.Device] | None = None, tta: int = 1,
+                 conv: str | None = None) -> None:
         cfg = model.config
         self.align_px = cfg.align_px
         if tile_px < 1 or tile_px % self.align_px:
@@ -235,7 +245,7 @@ class BlockPredictor:
         self.norm_mean = np.asarray(model.norm_mean, np.float64)
         self.norm_std = np.asarray(model.norm_std, np.float64)
         graphdef, state = nnx.split(model.module())
-        self.step = make_predict_step(graphdef, devices, tta=tta)
+        self.step = make_predict_step(graphdef, devices, tta=tta, conv=conv)
         n = self.step.num_devices
         self.batch_size = n if batch_size is None else batch_size
         if self.batch_size < 1 or self.batch_size % n:

@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The float32 XLA route everywhere, so tiled-vs-whole and checksum tests compare like with like
+# on every CPU; tests/models/test_kernels.py exercises the oneDNN bf16 route (the default of
+# `run` on CPUs with native bf16) explicitly.
+os.environ.setdefault("CHANGEDET_CPU_CONV", "xla")
 
 from pathlib import Path  # noqa: E402
 

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from changedet import kernels
 from changedet.config import ModelConfig, to_dict
 from changedet.detectors import modelfile, prepare
 from changedet.detectors.prepare import PreparedModel
@@ -44,7 +45,7 @@ class LearnedDetector(ChangeModel):
     ``norm_mean``, ``prepare(pair)``, ``score_block(before, after)``. Thread-safe.
     """
 
-    _predictors: dict[tuple[int, int | None, int], BlockPredictor] = dataclasses.field(
+    _predictors: dict[tuple[int, int | None, int, str], BlockPredictor] = dataclasses.field(
         default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
                                               repr=False)
@@ -75,13 +76,17 @@ class LearnedDetector(ChangeModel):
         return prepare.prepare_scene(self, scene)
 
     def predictor(self, *, tile_px: int = 512, batch_size: int | None = None,
-                  tta: int = 1) -> BlockPredictor:
-        """The cached :class:`~changedet.inference.BlockPredictor` for these settings."""
-        key = (tile_px, batch_size, tta)
+                  tta: int = 1, conv: str | None = None) -> BlockPredictor:
+        """The cached :class:`~changedet.inference.BlockPredictor` for these settings
+        (``conv``: the convolution route, see :func:`changedet.kernels.resolve_route`; None
+        reads ``CHANGEDET_CPU_CONV`` now, so changing it takes effect on the next call)."""
+        route = kernels.resolve_route(conv)
+        key = (tile_px, batch_size, tta, route)
         with self._lock:
             if key not in self._predictors:
                 self._predictors[key] = BlockPredictor(self, tile_px=tile_px,
-                                                       batch_size=batch_size, tta=tta)
+                                                       batch_size=batch_size, tta=tta,
+                                                       conv=route)
             return self._predictors[key]
 
     def with_weights(self, state: dict[str, Any]) -> LearnedDetector:

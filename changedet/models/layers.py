@@ -12,7 +12,10 @@ Must not import rasterio, rioxarray, xarray, dask or matplotlib.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +23,25 @@ from flax import nnx
 
 from changedet.config import Norm, Upsample
 
-__all__ = ["Footprint", "max_pool_2x", "depth_to_space_2x", "spatial_dropout", "ConvBlock", "Up"]
+__all__ = ["Footprint", "max_pool_2x", "depth_to_space_2x", "spatial_dropout", "ConvBlock", "Up",
+           "conv_route"]
+
+_ROUTE: contextvars.ContextVar[str] = contextvars.ContextVar("conv_route", default="xla")
+
+
+@contextlib.contextmanager
+def conv_route(route: str) -> Iterator[None]:
+    """While tracing inside this context, the convolutions of inference blocks (:class:`Up`, and
+    :class:`ConvBlock` without dropout key or norm layer) go by ``route``: ``"xla"``
+    (``nnx.Conv``, float32) or ``"onednn"`` (:func:`changedet.kernels.conv2d`, bf16 with
+    float32 sums; the route must be registered,
+    see :func:`changedet.kernels.resolve_route`). Read at trace time: a jitted function keeps
+    the route it was traced with."""
+    token = _ROUTE.set(route)
+    try:
+        yield
+    finally:
+        _ROUTE.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +109,15 @@ def spatial_dropout(x: jax.Array, rate: float, key: jax.Array, *, tie: int = 1) 
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def _onednn_conv(conv: nnx.Conv, x: jax.Array, *, relu: bool, out_dtype: jnp.dtype) -> jax.Array:
+    """``conv`` (3x3 or 1x1, 'SAME', stride 1) applied by the oneDNN route."""
+    from changedet.kernels import conv2d
+
+    kernel = conv.kernel[...]  # type: ignore[index]  # always set
+    bias = conv.bias[...] if conv.bias is not None else jnp.zeros(kernel.shape[-1])
+    return conv2d(x, kernel, bias, relu=relu, out_dtype=out_dtype)
+
+
 class ConvBlock(nnx.Module):
     """``num_convs`` x (3x3 'SAME' conv -> optional LayerNorm / BatchNorm -> ReLU
     -> spatial dropout in training).
@@ -127,6 +157,8 @@ class ConvBlock(nnx.Module):
     def __call__(self, x: jax.Array, key: jax.Array | None = None, *, tie: int = 1) -> jax.Array:
         """``key``: PRNG key of a training step (None: inference). ``tie``: see
         :func:`spatial_dropout`."""
+        if key is None and not len(self.norms) and _ROUTE.get() == "onednn":
+            return self._onednn(x)
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if len(self.norms):
@@ -138,6 +170,15 @@ class ConvBlock(nnx.Module):
             x = jax.nn.relu(x)
             if key is not None and self.dropout > 0.0:
                 x = spatial_dropout(x, self.dropout, jax.random.fold_in(key, i), tie=tie)
+        return x
+
+    def _onednn(self, x: jax.Array) -> jax.Array:
+        """Inference by the oneDNN route: bf16 between the block's convolutions (each fused
+        with its bias and ReLU); the block's output is float32, like the XLA route's."""
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            x = _onednn_conv(conv, x, relu=True,
+                             out_dtype=jnp.float32 if i == last else jnp.bfloat16)
         return x
 
     def grow(self, fp: Footprint) -> Footprint:
@@ -165,6 +206,9 @@ class Up(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.mode == "shuffle":
+            if _ROUTE.get() == "onednn":  # bf16 out: the next block's convolution is bf16
+                return depth_to_space_2x(_onednn_conv(self.conv, x, relu=False,
+                                                      out_dtype=jnp.bfloat16))
             return depth_to_space_2x(self.conv(x))
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         return self.conv(x)

@@ -83,7 +83,9 @@ def _decode(up: nnx.List, dec: nnx.List, skips: list[jax.Array],
     x = skips[-1]
     for level in reversed(range(len(up))):
         x = up[level](x)
-        x = dec[level](jnp.concatenate([skips[level], x], axis=-1), _fold(key, 100 + level))
+        # x is bf16 on the oneDNN route (the skip would be rounded by the next conv anyway)
+        skip = skips[level].astype(x.dtype)
+        x = dec[level](jnp.concatenate([skip, x], axis=-1), _fold(key, 100 + level))
     return x
 
 

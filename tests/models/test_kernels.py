@@ -1,0 +1,105 @@
+"""The oneDNN bf16 convolution route (changedet.kernels): agreement with XLA's float32
+convolutions, seam-free tiling on its own path, the packaged model's mask on the README pair,
+and how the route is chosen."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import rasterio
+
+from changedet import kernels, metrics
+from changedet.errors import ConfigError
+from changedet.models.layers import conv_route
+
+OK, WHY = kernels.onednn_status()
+needs_onednn = pytest.mark.skipif(not OK, reason=f"oneDNN route unavailable here: {WHY}")
+
+
+def _xla_conv(x, kernel, bias, relu):
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    return jax.nn.relu(y) if relu else y
+
+
+@needs_onednn
+@pytest.mark.parametrize("size", [3, 1])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_onednn_conv_matches_xla_on_bf16_rounded_inputs(size, relu, out_dtype):
+    rng = np.random.default_rng(size)
+    x = jnp.asarray(rng.normal(size=(2, 21, 34, 13)), jnp.float32)  # odd sizes: edge handling
+    kernel = jnp.asarray(rng.normal(size=(size, size, 13, 24)) / (3 * size), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=24), jnp.float32)
+    got = jax.jit(lambda *a: kernels.conv2d(*a, relu=relu, out_dtype=out_dtype))(
+        x, kernel, bias)
+    assert got.shape == (2, 21, 34, 24) and got.dtype == out_dtype
+    # the same sums in float32 over the bf16-rounded inputs: only the sum order and (for bf16
+    # output) the final rounding differ
+    rounded = [a.astype(jnp.bfloat16).astype(jnp.float32) for a in (x, kernel)]
+    want = _xla_conv(*rounded, bias, relu)
+    tol = 1e-4 if out_dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol)
+    if relu:
+        assert float(jnp.min(got.astype(jnp.float32))) == 0.0
+
+
+@needs_onednn
+def test_packaged_model_on_the_readme_pair_same_mask_within_tolerance(sample_data, monkeypatch):
+    """`detect` with the packaged model, by route: scores within 0.05 of float32 (mean |diff|
+    < 1e-3), the mask's F1 against the OSCD label unchanged within 0.005, and on the oneDNN
+    route 128 px blocks equal one whole-scene block."""
+    import changedet
+
+    city = sample_data / "oscd_paris"
+    with rasterio.open(city / "paris-cm.tif") as ds:
+        truth = ds.read(1) == 2  # OSCD labels: 1 no change, 2 change
+    scores, f1 = {}, {}
+    for route, block in (("xla", 1024), ("onednn", 1024), ("onednn", 128)):
+        monkeypatch.setenv("CHANGEDET_CPU_CONV", route)
+        ds = changedet.detect(city / "imgs_1", city / "imgs_2", block_px=block,
+                              cloud_mask="none")
+        scores[route, block] = ds.score.values
+        counts = metrics.confusion_counts_np(ds["mask"].values == 1, truth,
+                                             np.ones_like(truth))
+        f1[route, block] = metrics.scores_from_counts(*counts).f1
+    diff = np.abs(scores["onednn", 1024] - scores["xla", 1024])
+    assert diff.max() < 0.05 and diff.mean() < 1e-3, (diff.max(), diff.mean())
+    np.testing.assert_array_equal(scores["onednn", 128], scores["onednn", 1024])
+    assert f1["xla", 1024] > 0.1  # a real mask, so "unchanged" means something
+    assert abs(f1["onednn", 1024] - f1["xla", 1024]) <= 0.005, f1
+
+
+def test_route_choice_and_its_errors(monkeypatch):
+    monkeypatch.setenv("CHANGEDET_CPU_CONV", "xla")
+    assert kernels.resolve_route() == "xla"
+    assert kernels.resolve_route("xla") == "xla"
+    monkeypatch.setenv("CHANGEDET_CPU_CONV", "fast")
+    with pytest.raises(ConfigError, match="one of auto, xla, onednn.*CHANGEDET_CPU_CONV"):
+        kernels.resolve_route()
+    auto = kernels.resolve_route("auto")
+    native = OK and WHY.rsplit(" ", 1)[-1] in kernels.NATIVE_BF16_ISAS
+    assert auto == ("onednn" if native else "xla")
+    if not OK:
+        with pytest.raises(ConfigError, match="oneDNN convolution route is unavailable"):
+            kernels.resolve_route("onednn")
+
+
+@needs_onednn
+def test_the_route_is_fixed_when_traced():
+    """A function traced inside ``conv_route("onednn")`` calls oneDNN (its jaxpr holds the FFI
+    call); outside it the same network is plain XLA."""
+    from flax import nnx
+
+    from changedet.config import ModelConfig
+    from changedet.models.siamese import SiameseNet
+
+    net = SiameseNet(ModelConfig(num_bands=3, features=(4, 8), embed_dim=4, head="msdiff"),
+                     rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 16, 16, 3))
+    plain = str(jax.make_jaxpr(net.change_score)(x, x))
+    with conv_route("onednn"):
+        fast = str(jax.make_jaxpr(net.change_score)(x, x))
+    assert "changedet_onednn_conv" in fast and "changedet_onednn_conv" not in plain
