@@ -172,6 +172,11 @@ def score_graph(
     dates = [pair.before.data, pair.after.data]  # file dtype; float32 inside the tasks
 
     small = halo and (height <= halo or width <= halo)
+    if not small and block_px < halo:  # dask's overlap: blocks >= the halo
+        raise ConfigError(
+            f"block size {block_px} px is smaller than this model's {halo} px halo; "
+            f"try {option('block_px', -(-halo // align) * align)} or more."
+        )
     if small:  # one block, mirrored by numpy (dask cannot mirror wider than the array)
         before, after = (d.rechunk((-1, -1, -1)) for d in dates)
         valid_in = valid.rechunk((-1, -1))

@@ -304,3 +304,18 @@ def test_run_logs_compile_time_apart_from_throughput(model_run):
     mpix, seconds, compile_s, rate = (float(g) for g in summary.groups())
     assert compile_s > 0
     assert rate == pytest.approx(mpix / (seconds - compile_s), rel=0.1)
+
+
+def test_a_block_thinner_than_the_models_halo_is_refused_with_a_size_that_works(
+        capsys, paris, tmp_path):
+    """The packaged model needs 56 px of context; 48 px blocks were a dask overlap traceback
+    ("internal error") before. Now one line, the smallest size that works, no output file."""
+    out = tmp_path / "change.tif"
+    assert main(["run", *paris, "-o", str(out), "--block-px", "48", "--cloud-mask", "none",
+                 "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "smaller than this model's 56 px halo; try --block-px 56 or more" in err
+    assert not out.exists()
+    assert main(["run", *paris, "-o", str(out), "--block-px", "56", "--cloud-mask", "none",
+                 "-q"]) == 0
+    assert out.exists()
