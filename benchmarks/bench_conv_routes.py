@@ -12,6 +12,9 @@ convolution:
   then three matmuls over row-shifted views (3x the input in memory instead of 9x);
 - ``winograd f32``: Winograd F(2x2, 3x3) written in ``jnp`` (2.25x fewer multiplications; the
   input and output transforms are strided slices XLA must materialise);
+- ``onednn bf16``: ``changedet.kernels.conv2d``, the XLA FFI call into oneDNN that ``run``
+  uses on CPUs with native bf16 (f32 out, no ReLU here, to compare like with like; left out,
+  with the reason, where the route is unavailable);
 - ``torch f32 cl`` / ``torch bf16 cl``: PyTorch's ``conv2d`` in channels_last (oneDNN), if
   PyTorch is installed (``pip install -e .[bench]``).
 
@@ -39,6 +42,8 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_busy_argument, check_idle, machine, measure_conditions  # noqa: E402
+
+from changedet import kernels  # noqa: E402
 
 HALO_PX = 56  # models.halo_px(config.default()[0])
 FEATURES = (16, 32, 64, 128)
@@ -96,14 +101,21 @@ def conv_winograd(x, w):
     return jnp.einsum("pa,qb,abnhwo->nhpwqo", _AT, _AT, m).reshape(n, h, wd, -1)
 
 
-def jax_routes() -> dict:
+def conv_onednn(x, w):
+    return kernels.conv2d(x, w, jnp.zeros(w.shape[-1]), relu=False, out_dtype=jnp.float32)
+
+
+def jax_routes(onednn: bool) -> dict:
     def cast(fn, dtype):
         return jax.jit(lambda x, w: fn(x.astype(dtype), w.astype(dtype)))
 
-    return {"xla f32": cast(conv_xla, jnp.float32), "xla bf16": cast(conv_xla, jnp.bfloat16),
-            "im2col3 f32": cast(conv_im2col3, jnp.float32),
-            "im2col3 bf16": cast(conv_im2col3, jnp.bfloat16),
-            "winograd f32": cast(conv_winograd, jnp.float32)}
+    routes = {"xla f32": cast(conv_xla, jnp.float32), "xla bf16": cast(conv_xla, jnp.bfloat16),
+              "im2col3 f32": cast(conv_im2col3, jnp.float32),
+              "im2col3 bf16": cast(conv_im2col3, jnp.bfloat16),
+              "winograd f32": cast(conv_winograd, jnp.float32)}
+    if onednn:
+        routes["onednn bf16"] = jax.jit(conv_onednn)
+    return routes
 
 
 def torch_routes(x, w) -> dict:
@@ -143,6 +155,8 @@ def main() -> None:
     check_idle(args.allow_busy)
     print(machine())
     print(measure_conditions("start"))
+    onednn, why = kernels.onednn_status()
+    print(f"oneDNN route: {why}")
     rng = np.random.default_rng(0)
     totals: dict[str, float] = {}
     names: list[str] = []
@@ -150,7 +164,7 @@ def main() -> None:
         x = jnp.asarray(rng.standard_normal((batch, side, side, cin), np.float32))
         w = jnp.asarray(rng.standard_normal((3, 3, cin, cout), np.float32) / np.sqrt(9 * cin))
         gflop = 2 * batch * side * side * 9 * cin * cout / 1e9
-        routes = {k: (lambda f=f, x=x, w=w: f(x, w)) for k, f in jax_routes().items()}
+        routes = {k: (lambda f=f, x=x, w=w: f(x, w)) for k, f in jax_routes(onednn).items()}
         routes |= torch_routes(x, w)
         names = names or list(routes)
         ref = np.asarray(routes["xla f32"]())
