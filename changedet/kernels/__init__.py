@@ -122,6 +122,12 @@ def _load() -> tuple[str | None, str]:
                                     platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         return None, f"the oneDNN kernel did not build or load: {err}"
+    try:  # oneDNN has no bf16 convolution on some older CPUs: try one before relying on it
+        with jax.default_device(jax.devices("cpu")[0]):
+            probe = jnp.ones((1, 4, 4, 2))
+            conv2d(probe, jnp.ones((3, 3, 2, 2)), jnp.zeros(2), relu=True).block_until_ready()
+    except Exception as err:  # noqa: BLE001  # XLA reports the kernel's error as XlaRuntimeError
+        return None, f"oneDNN has no bf16 convolution on this CPU ({isa}): {err}"
     return isa, ""
 
 

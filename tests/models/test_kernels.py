@@ -103,3 +103,24 @@ def test_the_route_is_fixed_when_traced():
     with conv_route("onednn"):
         fast = str(jax.make_jaxpr(net.change_score)(x, x))
     assert "changedet_onednn_conv" in fast and "changedet_onednn_conv" not in plain
+
+
+@needs_onednn
+def test_a_cpu_without_bf16_convolutions_falls_back_to_xla(tmp_path):
+    """oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA, as on an older CPU) has no bf16 convolution:
+    the probe finds out, "auto" runs XLA, and asking for oneDNN is a one-line ConfigError."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from changedet import kernels\n"
+            "from changedet.errors import ConfigError\n"
+            "print(kernels.onednn_status()[0], kernels.resolve_route('auto'))\n"
+            "try:\n    kernels.resolve_route('onednn')\n"
+            "except ConfigError as err:\n    print(err)\n")
+    env = os.environ | {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300, check=True).stdout.splitlines()
+    assert out[0] == "False xla"
+    assert out[1].startswith("the oneDNN convolution route is unavailable: oneDNN has no bf16 "
+                             "convolution on this CPU (avx2)") and len(out) == 2
