@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -211,6 +212,8 @@ def _records_or_empty() -> list[dict]:
 
 
 if __name__ == "__main__":
+    # the float32 XLA route, like the test suite (conftest) and the pre-move code
+    os.environ.setdefault("CHANGEDET_CPU_CONV", "xla")
     if sys.argv[1:] == ["--write"]:
         _save([_take()])
     elif len(sys.argv) == 3 and sys.argv[1] == "--add":
