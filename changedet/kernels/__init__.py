@@ -73,14 +73,16 @@ def _cache_dir() -> Path:
 
 
 def _build(prefix: Path, compiler: str) -> Path:
-    """Compiles ``onednn_conv.cc`` once per (source, jaxlib, oneDNN, compiler); the library is
-    written under a temporary name and renamed, so concurrent builders never see half a file."""
+    """Compiles ``onednn_conv.cc`` once per (source, jaxlib, oneDNN and its path, compiler); the
+    library is written under a temporary name and renamed, so concurrent builders never see
+    half a file."""
     import jaxlib
 
     source = _SOURCE.read_bytes()
     version = (prefix / "include" / "oneapi" / "dnnl" / "dnnl_version.h").read_bytes()
-    digest = hashlib.sha256(source + version + jaxlib.__version__.encode()
-                            + compiler.encode()).hexdigest()[:16]
+    # the library's path is baked in (rpath): another environment gets its own build
+    digest = hashlib.sha256(source + version + jaxlib.__version__.encode() + compiler.encode()
+                            + str(prefix.resolve()).encode()).hexdigest()[:16]
     out = _cache_dir() / f"onednn_conv-{digest}.so"
     if out.is_file():
         return out
