@@ -22,7 +22,7 @@ LAYERS = [
                     "data"]),
     ("io", ["io", "testing"]),
     ("viz", ["viz"]),
-    ("models", ["models"]),
+    ("models", ["models", "kernels"]),
     ("inference", ["inference"]),
     ("detectors", ["detectors"]),
     ("scoring", ["evaluate", "clouds", "coregister"]),
@@ -34,6 +34,7 @@ LAYERS = [
 FORBIDDEN = {
     "io": {"jax", "flax", "optax", "matplotlib"},
     "models": {"rasterio", "rioxarray", "xarray", "dask", "matplotlib"},
+    "kernels": {"rasterio", "rioxarray", "xarray", "dask", "matplotlib"},
     "inference": {"rasterio", "rioxarray", "xarray", "dask", "matplotlib"},
     "training": {"rasterio", "rioxarray", "xarray", "dask", "matplotlib"},
     "metrics": {"rasterio", "dask", "matplotlib"},

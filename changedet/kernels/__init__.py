@@ -55,6 +55,11 @@ _SOURCE = Path(__file__).with_name("onednn_conv.cc")
 _lock = threading.Lock()
 
 
+class _BuildError(Exception):
+    """The kernel did not compile; caught by :func:`_load`, which reports the route as
+    unavailable (never reaches a user as an exception)."""
+
+
 def _onednn_prefix() -> Path | None:
     """The install prefix holding oneDNN's headers and library (pip puts a wheel's data files
     under ``sys.prefix`` or the user base)."""
@@ -96,7 +101,7 @@ def _build(prefix: Path, compiler: str) -> Path:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if done.returncode:
-            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+            raise _BuildError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -122,7 +127,7 @@ def _load() -> tuple[str | None, str]:
         isa = lib.changedet_onednn_isa().decode()
         jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.ChangedetOnednnConv),
                                     platform="cpu")
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+    except (OSError, _BuildError, subprocess.SubprocessError) as err:
         return None, f"the oneDNN kernel did not build or load: {err}"
     try:  # oneDNN has no bf16 convolution on some older CPUs: try one before relying on it
         with jax.default_device(jax.devices("cpu")[0]):
