@@ -109,6 +109,11 @@ def _build(prefix: Path, compiler: str) -> Path:
     return out
 
 
+def _one_line(err: BaseException) -> str:
+    """A compiler's or XLA's multi-line message as one line (errors are one line here)."""
+    return " ".join(str(err).split())
+
+
 @functools.cache
 def _load() -> tuple[str | None, str]:
     """(ISA, "") when the kernel is built, loaded and registered; (None, why not) otherwise."""
@@ -128,13 +133,13 @@ def _load() -> tuple[str | None, str]:
         jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.ChangedetOnednnConv),
                                     platform="cpu")
     except (OSError, _BuildError, subprocess.SubprocessError) as err:
-        return None, f"the oneDNN kernel did not build or load: {err}"
+        return None, f"the oneDNN kernel did not build or load: {_one_line(err)}"
     try:  # oneDNN has no bf16 convolution on some older CPUs: try one before relying on it
         with jax.default_device(jax.devices("cpu")[0]):
             probe = jnp.ones((1, 4, 4, 2))
             conv2d(probe, jnp.ones((3, 3, 2, 2)), jnp.zeros(2), relu=True).block_until_ready()
     except Exception as err:  # noqa: BLE001  # XLA reports the kernel's error as XlaRuntimeError
-        return None, f"oneDNN has no bf16 convolution on this CPU ({isa}): {err}"
+        return None, f"oneDNN has no bf16 convolution on this CPU ({isa}): {_one_line(err)}"
     return isa, ""
 
 
