@@ -62,7 +62,7 @@ swir16, ...): the sentinel2 model takes any subset holding blue, green and red (
 TM bands 1-5 and 7 (docs/inputs.md). A 3-band photo pair (PNG, JPEG, GeoTIFF) runs the rgb model.
 
 On CPUs with native bf16 (AVX512-BF16 or AMX) the network's convolutions run in bf16 through
-oneDNN, about 3x faster than float32 (scores within 0.02 on average 1e-4, masks' F1 unchanged);
+oneDNN, about 3x faster than float32 (scores differ by ~3e-4 on average, F1 is unchanged);
 CHANGEDET_CPU_CONV=xla forces float32 XLA convolutions, =onednn the oneDNN route.
 """
 

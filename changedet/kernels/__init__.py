@@ -33,18 +33,16 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from changedet.errors import ConfigError
 
-__all__ = ["CONV_ROUTES", "ConvRoute", "onednn_status", "resolve_route", "conv2d"]
+__all__ = ["CONV_ROUTES", "onednn_status", "resolve_route", "conv2d"]
 
 log = logging.getLogger(__name__)
 
-ConvRoute = Literal["auto", "xla", "onednn"]
 #: Accepted values of a predictor's ``conv`` argument and of ``$CHANGEDET_CPU_CONV``.
 CONV_ROUTES: tuple[str, ...] = ("auto", "xla", "onednn")
 #: oneDNN CPU ISAs with native bf16 arithmetic: where ``"auto"`` takes the oneDNN route.
@@ -143,11 +141,16 @@ def _load() -> tuple[str | None, str]:
     return isa, ""
 
 
+def _loaded() -> tuple[str | None, str]:
+    """:func:`_load` under the lock (concurrent first calls build once)."""
+    with _lock:
+        return _load()
+
+
 def onednn_status() -> tuple[bool, str]:
     """Whether the oneDNN route can run here, and a one-line description (the CPU ISA oneDNN
     uses, or why the route is unavailable). Builds the kernel on the first call."""
-    with _lock:
-        isa, why = _load()
+    isa, why = _loaded()
     if isa is None:
         return False, why
     return True, f"oneDNN bf16 on {isa}"
@@ -183,10 +186,10 @@ def resolve_route(route: str | None = None,
         return "onednn"
     if not on_cpu:
         return "xla"
-    ok, why = onednn_status()
-    if ok and why.rsplit(" ", 1)[-1] in NATIVE_BF16_ISAS:
+    isa, why = _loaded()
+    if isa in NATIVE_BF16_ISAS:
         return "onednn"
-    log.debug("convolutions through XLA: %s", why if not ok else f"{why} has no native bf16")
+    log.debug("convolutions through XLA: %s", why or f"oneDNN's ISA {isa} has no native bf16")
     return "xla"
 
 

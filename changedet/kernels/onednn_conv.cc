@@ -8,8 +8,9 @@
 // accumulation is f32 inside oneDNN.
 //
 // Primitives are created once per shape and cached (they are immutable, and each call passes
-// its own scratchpad, so calls from several threads at once are safe); weights are reordered into oneDNN's
-// preferred layout on every call (at most 150k values: negligible beside the convolution).
+// its own scratchpad, so calls from several threads at once are safe); weights are reordered
+// into oneDNN's preferred layout on every call (at most 150k values: negligible beside the
+// convolution).
 // The spatial dimensions are the parallel ones, each output pixel's sum runs over the same
 // taps and channels in the same order wherever it sits, so a tile's pixels equal the same
 // pixels of a whole-image pass.
