@@ -130,8 +130,8 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 Loss = Literal["bce", "contrastive", "triplet"]
 Mining = Literal["batch_hard", "semi_hard", "all"]
 Schedule = Literal["cosine", "constant"]
-Normalization = Literal["global", "per_image"]
-NORMALIZATIONS: tuple[str, ...] = ("global", "per_image")
+Normalization = Literal["global", "per_image", "per_image_scalar"]
+NORMALIZATIONS: tuple[str, ...] = ("global", "per_image", "per_image_scalar")
 LOSSES: tuple[str, ...] = ("bce", "contrastive", "triplet")
 MININGS: tuple[str, ...] = ("batch_hard", "semi_hard", "all")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
@@ -167,7 +167,10 @@ class TrainConfig:
       augment: Random flips / 90° rotations / date swaps of the patches.
       normalization: ``"global"`` (per-band mean/std of all training pixels, stored in the
         model) or ``"per_image"`` (each date standardised by its own statistics, in training
-        and at inference: units, gains and offsets of the input cancel out).
+        and at inference: units, gains and offsets of the input cancel out) or
+        ``"per_image_scalar"`` (each date scaled by one mean and std pooled over its blue, green
+        and red bands, as FC-Siam-diff does: brightness and contrast cancel out, the spectral
+        shape stays).
       radiometric: Strength of the per-date radiometric jitter (gain, offset, haze ramp in
         normalised units; 0 = off), so that illumination differences are not change.
       band_drop: Probability that a training patch keeps only one of the model's accepted band

@@ -13,11 +13,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from changedet.bands import REQUIRED_BANDS
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
 
 __all__ = [
     "normalize", "to_nhwc", "Scene", "Batch", "band_statistics", "MIN_STD", "stats_from_sums",
-    "image_statistics", "normalize_per_image", "normalize_scene",
+    "image_statistics", "normalize_per_image", "normalize_scene", "scalar_reference",
+    "scalar_statistics",
 ]
 
 log = logging.getLogger(__name__)
@@ -204,14 +206,61 @@ def image_statistics(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, 
     return stats_from_sums(values.sum(axis=1), (values * values).sum(axis=1), int(valid.sum()))
 
 
-def normalize_per_image(scene: Scene) -> Scene:
+def scalar_reference(band_ids: Sequence[str]) -> tuple[int, ...]:
+    """Positions of the bands whose pooled statistics scale a ``per_image_scalar`` image.
+
+    Sentinel-2 band ids holding blue, green and red (:data:`changedet.bands.REQUIRED_BANDS`,
+    which every accepted band set holds): those three, so a 4-band or Landsat input is scaled
+    by the same numbers as the full 13-band image it was cut from. Otherwise every band.
+
+    Example:
+      >>> scalar_reference(("B01", "B02", "B03", "B04", "B08")), scalar_reference(("1", "2"))
+      ((1, 2, 3), (0, 1))
+    """
+    ids = tuple(str(b) for b in band_ids)
+    if all(b in ids for b in REQUIRED_BANDS):
+        return tuple(ids.index(b) for b in REQUIRED_BANDS)
+    return tuple(range(len(ids)))
+
+
+def scalar_statistics(mean: np.ndarray, std: np.ndarray, reference: Sequence[int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band ``(mean, std)`` replaced by one mean and one std pooled over the
+    ``reference`` bands (equal pixel counts), repeated for every band.
+
+    Standardising by these (``per_image_scalar``, as FC-Siam-diff does) removes a date's overall
+    brightness and contrast but keeps its spectral shape: the ratios between bands, which tell
+    vegetation, water, soil and roofs apart, survive, where per-band standardisation maps every
+    band of every image to mean 0 and std 1.
+
+    Example:
+      >>> m, s = scalar_statistics(np.array([1.0, 3.0]), np.array([0.0, 0.0]), (0, 1))
+      >>> m.tolist(), s.tolist()
+      ([2.0, 2.0], [1.0, 1.0])
+    """
+    mean = np.asarray(mean, np.float64)
+    std = np.asarray(std, np.float64)
+    ref = list(reference)
+    m = float(mean[ref].mean())
+    var = max(float((std[ref] ** 2 + mean[ref] ** 2).mean()) - m * m, 0.0)
+    s = float(np.sqrt(var))
+    if s <= MIN_STD * max(1.0, abs(m)):
+        s = 1.0
+    return np.full(mean.shape, m), np.full(mean.shape, s)
+
+
+def normalize_per_image(scene: Scene, scalar: bool = False) -> Scene:
     """The scene with each date standardised by its own per-band statistics (see
-    :func:`image_statistics`); invalid pixels are 0."""
+    :func:`image_statistics`), or with ``scalar`` by one mean and std per date pooled over
+    :func:`scalar_reference`'s bands (:func:`scalar_statistics`); invalid pixels are 0."""
 
     ok = scene.pixels_valid
+    reference = scalar_reference(scene.band_ids) if scalar else ()
 
     def scale(x: np.ndarray) -> np.ndarray:
         mean, std = image_statistics(x, ok)
+        if scalar:
+            mean, std = scalar_statistics(mean, std, reference)
         return np.where(ok[None], normalize(x, mean, std), np.float32(0.0))
 
     return scene._replace(before=scale(scene.before), after=scale(scene.after))

@@ -290,13 +290,15 @@ def test_tiled_model_output_equals_whole_image(sample_data, block_px):
     np.testing.assert_allclose(tiled, reference, atol=2e-5)
 
 
-@pytest.mark.parametrize("block_px", [48, 1024])
+@pytest.mark.parametrize(("block_px", "normalization"), [
+    (48, "per_image"), (1024, "per_image"), (48, "per_image_scalar")])
 def test_per_image_model_tiled_equals_whole_image_with_whole_scene_statistics(
-        sample_data, block_px):
+        sample_data, block_px, normalization):
     """Per-image standardisation uses statistics of the whole scene (one reduction first), so
-    tiles stay seam-free and equal one whole-scene pass standardised by those statistics."""
+    tiles stay seam-free and equal one whole-scene pass standardised by those statistics
+    (per band, or pooled over blue, green and red for ``per_image_scalar``)."""
     from changedet.config import ModelConfig
-    from changedet.data import image_statistics
+    from changedet.data import image_statistics, scalar_reference, scalar_statistics
     from changedet.detectors.learned import random_init_model
 
     city = sample_data / "oscd_paris"
@@ -304,17 +306,45 @@ def test_per_image_model_tiled_equals_whole_image_with_whole_scene_statistics(
     # The packaged models' head (dates fused at every level), at a test-sized width.
     cfg = ModelConfig(num_bands=13, features=(8, 16, 16), head="msdiff", head_convs=0)
     model = dataclasses.replace(random_init_model(cfg, pair.band_ids, seed=3),
-                                normalization="per_image")
+                                normalization=normalization)
     ds = changedet.detect(city / "imgs_1", city / "imgs_2", model=model, block_px=block_px,
                           cloud_mask="none")
     before = pair.before.values.astype(np.float32)
     after = pair.after.values.astype(np.float32)
     valid = np.ones(before.shape[1:], bool)
     (bm, bs), (am, as_) = image_statistics(before, valid), image_statistics(after, valid)
+    if normalization == "per_image_scalar":
+        reference = scalar_reference(pair.band_ids)
+        assert [pair.band_ids[i] for i in reference] == ["B02", "B03", "B04"]
+        (bm, bs), (am, as_) = (scalar_statistics(m, s, reference) for m, s in ((bm, bs), (am, as_)))
+        assert np.ptp(bm) == 0 and bm[0] > 0
     reference = _whole_image_score(model, (before - bm[:, None, None]) / bs[:, None, None],
                                    (after - am[:, None, None]) / as_[:, None, None])
     assert np.std(reference) > 1e-3
     np.testing.assert_allclose(ds.score.values, reference, atol=3e-5)
+
+
+def test_per_image_scalar_scales_a_band_subset_as_the_full_image(sample_data):
+    """A ``per_image_scalar`` model trained with band dropout pools its statistics over blue,
+    green and red, which every accepted input holds: a 4-band cut of the real Paris pair gets
+    exactly the numbers the 13-band pair gets (pooling over whatever bands came would not)."""
+    from changedet.config import ModelConfig
+    from changedet.detectors.learned import random_init_model
+    from changedet.io.pair import select_bands
+
+    city = sample_data / "oscd_paris"
+    full = changedet.open_pair(city / "imgs_1", city / "imgs_2")
+    four = select_bands(full, ["B02", "B03", "B04", "B08"])
+    cfg = ModelConfig(num_bands=13, features=(8, 16, 16), head="msdiff", head_convs=0)
+    model = dataclasses.replace(random_init_model(cfg, full.band_ids, seed=3),
+                                normalization="per_image_scalar",
+                                required_bands=("B02", "B03", "B04"))
+    a, b = model.prepare(full), model.prepare(four)
+    assert b.slots == (1, 2, 3, 7)
+    for x, y in ((a.before_mean, b.before_mean), (a.before_std, b.before_std),
+                 (a.after_mean, b.after_mean), (a.after_std, b.after_std)):
+        assert np.ptp(x) == 0
+        np.testing.assert_allclose(y, x[:4], rtol=1e-12)
 
 
 def test_quality_best_is_seam_free_recorded_and_differs_from_fast(sample_data, tmp_path):

@@ -11,8 +11,9 @@ blocks:
   standardisation), exactly as in training;
 * **statistics** — ``per_image`` models standardise each date by its own per-band mean and
   std over the pixels valid in both dates (one reduction over the whole scene before the main
-  pass, so tiled output still equals whole-image output); ``global`` models use the training
-  statistics stored in the model file.
+  pass, so tiled output still equals whole-image output); ``per_image_scalar`` models pool
+  those into one mean and std per date over the blue, green and red bands; ``global`` models
+  use the training statistics stored in the model file.
 
 NumPy only here; the dask reduction for a lazy pair is in :func:`pair_statistics`.
 """
@@ -27,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from changedet import bands
-from changedet.data import image_statistics, normalize, stats_from_sums
+from changedet.data import (
+    image_statistics,
+    normalize,
+    scalar_reference,
+    scalar_statistics,
+    stats_from_sums,
+)
 from changedet.errors import (
     BandMismatchError,
     ConfigError,
@@ -208,6 +215,12 @@ def _bind(model: LearnedDetector, input_bands: Sequence[str], stats: Any) -> Pre
     slots = match_bands(model, input_bands)
     if model.normalization == "per_image":
         (bm, bs), (am, as_) = stats()
+    elif model.normalization == "per_image_scalar":
+        # pooled over the model's reference bands (blue, green, red for Sentinel-2 models), which
+        # every accepted input holds: a band subset is scaled as the full image would be
+        reference = set(scalar_reference(model.band_ids))
+        ref = [i for i, slot in enumerate(slots) if slot in reference]
+        (bm, bs), (am, as_) = (scalar_statistics(m, s, ref) for m, s in stats())
     else:
         (in_b, _), (in_a, _) = stats()
         check_range(model, input_bands, slots, (in_b, in_a))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from changedet.config import ModelConfig
+from changedet.config import NORMALIZATIONS, ModelConfig
 from changedet.errors import ConfigError, ModelFileError
 from changedet.models.ensemble import SiameseEnsemble, build_network, stack_states
 from changedet.models.siamese import SiameseNet, halo_px
@@ -51,7 +51,9 @@ class ChangeModel:
       training: JSON-friendly training summary (data, epochs, seed, validation figures).
       normalization: ``"global"`` (``norm_mean``/``norm_std`` of the training data) or
         ``"per_image"`` (each date standardised by its own per-band statistics at run time;
-        ``norm_mean``/``norm_std`` are then 0/1 and unused).
+        ``norm_mean``/``norm_std`` are then 0/1 and unused) or ``"per_image_scalar"`` (each
+        date scaled by one mean and std pooled over its blue, green and red bands; see
+        :func:`changedet.data.scalar_statistics`).
       required_bands: Bands an input must have when the model accepts subsets of ``band_ids``
         (trained with band dropout; missing bands are filled with their mean). None: every
         band in ``band_ids`` is required.
@@ -90,9 +92,9 @@ class ChangeModel:
                 f"model {self.name!r}: config has {n} bands but band_ids/norm_mean/norm_std "
                 f"have {len(self.band_ids)}/{len(self.norm_mean)}/{len(self.norm_std)}; "
                 "rebuild it with one entry per band.")
-        if self.normalization not in ("global", "per_image"):
-            raise ModelFileError(f"model {self.name!r}: normalization must be 'global' or "
-                                 f"'per_image'; got {self.normalization!r}.")
+        if self.normalization not in NORMALIZATIONS:
+            raise ModelFileError(f"model {self.name!r}: normalization must be one of "
+                                 f"{', '.join(NORMALIZATIONS)}; got {self.normalization!r}.")
         if self.required_bands is not None:
             object.__setattr__(self, "required_bands", tuple(str(b) for b in self.required_bands))
             extra = set(self.required_bands) - set(self.band_ids)

@@ -284,9 +284,10 @@ class _Data(NamedTuple):
 def _prepare_data(train_scenes: Sequence[Scene], band_ids: tuple[str, ...],
                   train_cfg: TrainConfig) -> _Data:
     """Phase 1: normalise the training scenes, build the sampler, resolve ``pos_weight=0``."""
-    if train_cfg.normalization == "per_image":
+    if train_cfg.normalization in ("per_image", "per_image_scalar"):
         mean, std = np.zeros(len(band_ids)), np.ones(len(band_ids))
-        train_n = [normalize_per_image(s) for s in train_scenes]
+        scalar = train_cfg.normalization == "per_image_scalar"
+        train_n = [normalize_per_image(s, scalar=scalar) for s in train_scenes]
     else:
         mean, std = band_statistics(train_scenes)
         train_n = [normalize_scene(s, mean, std) for s in train_scenes]

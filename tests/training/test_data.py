@@ -87,3 +87,31 @@ def test_normalize_scene_and_bad_config():
     assert (n.before[:, ~n.valid] == 0).all()
     with pytest.raises(ConfigError):
         sampling.PatchSampler([s], patch_px=16, changed_fraction=1.5)
+
+
+def test_per_image_scalar_keeps_the_spectral_shape_and_cancels_brightness():
+    """``per_image_scalar`` pools one mean/std per date over blue, green and red: a common gain
+    and offset on every band cancels (as with per-band standardisation), but the bands'
+    relative levels survive, where per-band standardisation erases them."""
+    ids = ("B01", "B02", "B03", "B04", "B08")
+    rng = np.random.default_rng(0)
+    shape = (30, 40)
+    levels = np.array([1500.0, 1200.0, 1000.0, 900.0, 3000.0])[:, None, None]  # a vegetation-like spectrum
+    before = (levels * (1 + 0.1 * rng.standard_normal((5, *shape)))).astype(np.float32)
+    after = (1.7 * before + 250.0).astype(np.float32)  # brighter, hazier: no ground change
+    scene = data.Scene("s", before, after, np.zeros(shape, np.uint8), np.ones(shape, bool), ids)
+    scalar = data.normalize_per_image(scene, scalar=True)
+    np.testing.assert_allclose(scalar.before, scalar.after, atol=2e-5)
+    # the NIR band stays far above the visible ones (vegetation stays vegetation) ...
+    nir, red = scalar.before[4].mean(), scalar.before[3].mean()
+    assert nir - red > 5.0
+    # ... and the pooled statistics come from B02-B04 only: they average 0 with unit std.
+    visible = scalar.before[1:4].astype(np.float64)
+    assert abs(visible.mean()) < 1e-5 and visible.std() == pytest.approx(1.0, rel=1e-5)
+    per_band = data.normalize_per_image(scene)
+    assert abs(per_band.before[4].mean() - per_band.before[3].mean()) < 1e-5
+    # one mean and std, repeated for every band; a constant image gets std 1
+    m, s = data.scalar_statistics(np.array([2.0, 4.0, 6.0]), np.array([1.0, 1.0, 1.0]), (0, 2))
+    assert m.tolist() == [4.0] * 3 and s.tolist() == pytest.approx([np.sqrt(5.0)] * 3)
+    assert data.scalar_statistics(np.array([3.0]), np.array([0.0]), (0,))[1].tolist() == [1.0]
+    assert data.scalar_reference(("3", "2", "1")) == (0, 1, 2)  # positional bands: all
