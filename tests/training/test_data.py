@@ -96,7 +96,8 @@ def test_per_image_scalar_keeps_the_spectral_shape_and_cancels_brightness():
     ids = ("B01", "B02", "B03", "B04", "B08")
     rng = np.random.default_rng(0)
     shape = (30, 40)
-    levels = np.array([1500.0, 1200.0, 1000.0, 900.0, 3000.0])[:, None, None]  # a vegetation-like spectrum
+    # a vegetation-like spectrum
+    levels = np.array([1500.0, 1200.0, 1000.0, 900.0, 3000.0])[:, None, None]
     before = (levels * (1 + 0.1 * rng.standard_normal((5, *shape)))).astype(np.float32)
     after = (1.7 * before + 250.0).astype(np.float32)  # brighter, hazier: no ground change
     scene = data.Scene("s", before, after, np.zeros(shape, np.uint8), np.ones(shape, bool), ids)
