@@ -161,6 +161,14 @@ def _input_note(model) -> str:
                 "in\n  both dates (`normalization: per_image`): any units (DN, reflectance x "
                 "10000,\n  8 bit, the +1000 offset of processing baseline 04.00) give the same "
                 "result")
+    if model.normalization == "per_image_scalar":
+        return ("each date scaled by one mean and std pooled over its blue, green and red "
+                "bands
+  (`normalization: per_image_scalar`, as FC-Siam-diff): any gain and "
+                "offset common to all
+  bands cancels (DN, reflectance x 10000, the +1000 "
+                "offset of processing baseline 04.00),
+  the ratios between bands stay")
     return ("standardised with the training statistics stored in the file (`normalization: "
             "global`):\n  input must be in the training units")
 
