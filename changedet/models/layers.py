@@ -24,7 +24,7 @@ from flax import nnx
 from changedet.config import Norm, Upsample
 
 __all__ = ["Footprint", "max_pool_2x", "depth_to_space_2x", "spatial_dropout", "ConvBlock", "Up",
-           "conv_route"]
+           "conv_route", "fold_batchnorm"]
 
 _ROUTE: contextvars.ContextVar[str] = contextvars.ContextVar("conv_route", default="xla")
 
@@ -109,13 +109,38 @@ def spatial_dropout(x: jax.Array, rate: float, key: jax.Array, *, tie: int = 1) 
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def _onednn_conv(conv: nnx.Conv, x: jax.Array, *, relu: bool, out_dtype: jnp.dtype) -> jax.Array:
-    """``conv`` (3x3 or 1x1, 'SAME', stride 1) applied by the oneDNN route."""
+def _onednn_conv(conv: nnx.Conv, x: jax.Array, *, relu: bool, out_dtype: jnp.dtype,
+                 norm: nnx.BatchNorm | None = None) -> jax.Array:
+    """``conv`` (3x3 or 1x1, 'SAME', stride 1) applied by the oneDNN route; an inference
+    BatchNorm after it is folded into its weights and bias (``norm``)."""
     from changedet.kernels import conv2d
 
     kernel = conv.kernel[...]  # type: ignore[index]  # always set
     bias = conv.bias[...] if conv.bias is not None else jnp.zeros(kernel.shape[-1])
+    if norm is not None:
+        kernel, bias = fold_batchnorm(norm, kernel, bias)
     return conv2d(x, kernel, bias, relu=relu, out_dtype=out_dtype)
+
+
+def fold_batchnorm(norm: nnx.BatchNorm, kernel: jax.Array, bias: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+    """``(kernel, bias)`` of one convolution equal to the convolution followed by ``norm``
+    with its running averages (inference): ``scale * (conv(x) + b - mean) / sqrt(var + eps) +
+    offset`` is a per-output-channel affine map, so it folds into the HWIO kernel's last axis
+    and the bias, in float32 before the route rounds to bf16.
+
+    Example:
+      >>> from flax import nnx
+      >>> bn = nnx.BatchNorm(1, use_running_average=True, rngs=nnx.Rngs(0))
+      >>> k, b = fold_batchnorm(bn, jnp.ones((1, 1, 1, 1)), jnp.zeros(1))
+      >>> round(float(k[0, 0, 0, 0]), 4), float(b[0])   # var 1, eps 1e-5: 1 / sqrt(1 + 1e-5)
+      (1.0, 0.0)
+    """
+    inv = jax.lax.rsqrt(norm.var[...] + norm.epsilon)  # type: ignore[index]
+    if norm.scale is not None:
+        inv = inv * norm.scale[...]  # type: ignore[index]
+    offset = norm.bias[...] if norm.bias is not None else 0.0  # type: ignore[index]
+    return kernel * inv, (bias - norm.mean[...]) * inv + offset  # type: ignore[index]
 
 
 class ConvBlock(nnx.Module):
@@ -157,7 +182,8 @@ class ConvBlock(nnx.Module):
     def __call__(self, x: jax.Array, key: jax.Array | None = None, *, tie: int = 1) -> jax.Array:
         """``key``: PRNG key of a training step (None: inference). ``tie``: see
         :func:`spatial_dropout`."""
-        if key is None and not len(self.norms) and _ROUTE.get() == "onednn":
+        if key is None and _ROUTE.get() == "onednn" and all(
+                isinstance(n, nnx.BatchNorm) for n in self.norms):
             return self._onednn(x)
         for i, conv in enumerate(self.convs):
             x = conv(x)
@@ -174,11 +200,13 @@ class ConvBlock(nnx.Module):
 
     def _onednn(self, x: jax.Array) -> jax.Array:
         """Inference by the oneDNN route: bf16 between the block's convolutions (each fused
-        with its bias and ReLU); the block's output is float32, like the XLA route's."""
+        with its bias, its BatchNorm if any, and ReLU); the block's output is float32, like
+        the XLA route's."""
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
             x = _onednn_conv(conv, x, relu=True,
-                             out_dtype=jnp.float32 if i == last else jnp.bfloat16)
+                             out_dtype=jnp.float32 if i == last else jnp.bfloat16,
+                             norm=self.norms[i] if len(self.norms) else None)
         return x
 
     def grow(self, fp: Footprint) -> Footprint:

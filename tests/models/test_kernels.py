@@ -72,6 +72,61 @@ def test_packaged_model_on_the_readme_pair_same_mask_within_tolerance(sample_dat
     assert abs(f1["onednn", 1024] - f1["xla", 1024]) <= 0.005, f1
 
 
+def _batchnorm_net(seed: int):
+    """A small msdiff network with BatchNorm whose running averages are far from the identity
+    (as after training), so folding them matters."""
+    from flax import nnx
+
+    from changedet.config import ModelConfig
+    from changedet.models.siamese import SiameseNet
+
+    net = SiameseNet(ModelConfig(num_bands=4, features=(8, 16), head="msdiff", head_convs=0,
+                                 norm="batch"), rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    for _, bn in nnx.iter_graph(net):
+        if isinstance(bn, nnx.BatchNorm):
+            n = bn.mean[...].shape[0]
+            bn.mean[...] = jnp.asarray(rng.normal(size=n), jnp.float32)
+            bn.var[...] = jnp.asarray(rng.uniform(0.2, 3.0, n), jnp.float32)
+            bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2.0, n), jnp.float32)
+            bn.bias[...] = jnp.asarray(rng.normal(size=n) * 0.3, jnp.float32)
+    return net
+
+
+def test_batchnorm_folds_into_the_convolution_exactly_in_float32():
+    """conv -> BatchNorm (running averages) equals one conv with the folded kernel and bias."""
+    from flax import nnx
+
+    from changedet.models.layers import fold_batchnorm
+
+    net = _batchnorm_net(1)
+    convs = [(c, b) for _, blk in nnx.iter_graph(net) if hasattr(blk, "norms") and len(blk.norms)
+             for c, b in zip(blk.convs, blk.norms, strict=True)]
+    assert convs
+    conv, bn = convs[0]
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 12, 10, conv.in_features)),
+                    jnp.float32)
+    want = bn(conv(x), use_running_average=True)
+    kernel, bias = fold_batchnorm(bn, conv.kernel[...], conv.bias[...])
+    np.testing.assert_allclose(_xla_conv(x, kernel, bias, relu=False), want, rtol=1e-5,
+                               atol=1e-5)
+
+
+@needs_onednn
+def test_batchnorm_network_runs_on_the_onednn_route():
+    """A BatchNorm model takes the oneDNN route (its norms folded) and scores as on XLA."""
+    net = _batchnorm_net(3)
+    rng = np.random.default_rng(4)
+    a, b = (jnp.asarray(rng.normal(size=(1, 32, 32, 4)), jnp.float32) for _ in range(2))
+    want = jax.jit(net.change_score)(a, b)
+    with conv_route("onednn"):
+        assert "changedet_onednn_conv" in str(jax.make_jaxpr(net.change_score)(a, b))
+        got = jax.jit(net.change_score)(a, b)
+    assert float(jnp.std(want)) > 1e-3
+    np.testing.assert_allclose(got, want, atol=0.03)
+    assert float(jnp.mean(jnp.abs(got - want))) < 3e-3
+
+
 def test_route_choice_and_its_errors(monkeypatch):
     monkeypatch.setenv("CHANGEDET_CPU_CONV", "xla")
     assert kernels.resolve_route() == "xla"
