@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from changedet.bands import REQUIRED_BANDS
+from changedet.bands import REQUIRED_BANDS, canonical_band
 from changedet.errors import BandMismatchError, ConfigError, EmptySceneError
 
 __all__ = [
@@ -216,8 +216,10 @@ def scalar_reference(band_ids: Sequence[str]) -> tuple[int, ...]:
     Example:
       >>> scalar_reference(("B01", "B02", "B03", "B04", "B08")), scalar_reference(("1", "2"))
       ((1, 2, 3), (0, 1))
+      >>> scalar_reference(("nir", "red", "green", "blue"))
+      (3, 2, 1)
     """
-    ids = tuple(str(b) for b in band_ids)
+    ids = tuple(canonical_band(str(b)) or str(b) for b in band_ids)  # blue, B2, B02: one band
     if all(b in ids for b in REQUIRED_BANDS):
         return tuple(ids.index(b) for b in REQUIRED_BANDS)
     return tuple(range(len(ids)))

@@ -163,12 +163,9 @@ def _input_note(model) -> str:
                 "result")
     if model.normalization == "per_image_scalar":
         return ("each date scaled by one mean and std pooled over its blue, green and red "
-                "bands
-  (`normalization: per_image_scalar`, as FC-Siam-diff): any gain and "
-                "offset common to all
-  bands cancels (DN, reflectance x 10000, the +1000 "
-                "offset of processing baseline 04.00),
-  the ratios between bands stay")
+                "bands\n  (`normalization: per_image_scalar`, as FC-Siam-diff): any gain and "
+                "offset common to all\n  bands cancels (DN, reflectance x 10000, the +1000 "
+                "offset of processing baseline 04.00),\n  the ratios between bands stay")
     return ("standardised with the training statistics stored in the file (`normalization: "
             "global`):\n  input must be in the training units")
 

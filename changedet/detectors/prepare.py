@@ -220,6 +220,12 @@ def _bind(model: LearnedDetector, input_bands: Sequence[str], stats: Any) -> Pre
         # every accepted input holds: a band subset is scaled as the full image would be
         reference = set(scalar_reference(model.band_ids))
         ref = [i for i, slot in enumerate(slots) if slot in reference]
+        if len(ref) < len(reference):
+            names = ",".join(model.band_ids[i] for i in sorted(reference))
+            raise BandMismatchError(
+                f"model {model.name!r} scales each image by its bands {names}, but the input "
+                f"has {','.join(map(str, input_bands))}; choose the bands with "
+                f"{option('bands')} or name them with {option('band_names')}.")
         (bm, bs), (am, as_) = (scalar_statistics(m, s, ref) for m, s in stats())
     else:
         (in_b, _), (in_a, _) = stats()

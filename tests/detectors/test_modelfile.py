@@ -253,3 +253,31 @@ def test_run_takes_a_plain_record_and_scores_as_its_detector(sample_data):
     assert float(maps[0].score.std()) > 1e-4
     np.testing.assert_array_equal(maps[0].score.values, maps[1].score.values)
     np.testing.assert_array_equal(maps[0].mask.values, maps[1].mask.values)
+
+
+def test_a_per_image_scalar_model_round_trips_and_needs_its_reference_bands(tmp_path):
+    """The normalisation mode survives the file; the reloaded model scales a date by one mean
+    and std over blue, green and red (a common gain and offset cancel exactly), and an input
+    without those bands is one clear error, not NaN scores."""
+    import dataclasses
+
+    ids = ("B02", "B03", "B04", "B08")
+    cfg = ModelConfig(num_bands=4, features=(4, 8), embed_dim=4, head="msdiff", head_convs=0)
+    model = dataclasses.replace(random_init_model(cfg, ids, seed=5, name="scalar"),
+                                normalization="per_image_scalar", required_bands=ids[:3])
+    loaded = load_model(save_model(tmp_path / "s.msgpack", model))
+    assert loaded.normalization == "per_image_scalar" and loaded.required_bands == ids[:3]
+    rng = np.random.default_rng(3)
+    before = rng.normal(1000, 200, size=(4, 24, 20)).astype(np.float32)
+    after = rng.normal(1100, 250, size=(4, 24, 20)).astype(np.float32)
+    prepared = loaded.prepare_scene(_scene(before, after, ids))
+    visible = before[:3].astype(np.float64)
+    np.testing.assert_allclose(prepared.before_mean, visible.mean(), rtol=1e-9)
+    np.testing.assert_allclose(prepared.before_std, visible.std(), rtol=1e-9)
+    scaled = loaded.prepare_scene(_scene(3 * before + 500, after, ids))
+    np.testing.assert_allclose(scaled.score_block(3 * before + 500, after),
+                               prepared.score_block(before, after), atol=1e-5)
+    # a hand-made file whose required bands leave out blue, green and red
+    broken = dataclasses.replace(loaded, required_bands=("B08",))
+    with pytest.raises(BandMismatchError, match="scales each image by its bands B02,B03,B04"):
+        broken.prepare_scene(_scene(before[3:], after[3:], ("B08",)))
