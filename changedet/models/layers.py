@@ -204,9 +204,10 @@ class ConvBlock(nnx.Module):
         the XLA route's."""
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
+            norm = self.norms[i] if len(self.norms) else None
             x = _onednn_conv(conv, x, relu=True,
                              out_dtype=jnp.float32 if i == last else jnp.bfloat16,
-                             norm=self.norms[i] if len(self.norms) else None)
+                             norm=norm if isinstance(norm, nnx.BatchNorm) else None)
         return x
 
     def grow(self, fp: Footprint) -> Footprint:
