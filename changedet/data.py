@@ -243,11 +243,9 @@ def scalar_statistics(mean: np.ndarray, std: np.ndarray, reference: Sequence[int
     mean = np.asarray(mean, np.float64)
     std = np.asarray(std, np.float64)
     ref = list(reference)
-    m = float(mean[ref].mean())
-    var = max(float((std[ref] ** 2 + mean[ref] ** 2).mean()) - m * m, 0.0)
-    s = float(np.sqrt(var))
-    if s <= MIN_STD * max(1.0, abs(m)):
-        s = 1.0
+    # each band's sums over its n pixels are n * mean and n * (std^2 + mean^2); n cancels
+    (m,), (s,) = stats_from_sums(mean[ref].sum(keepdims=True),
+                                 (std[ref] ** 2 + mean[ref] ** 2).sum(keepdims=True), len(ref))
     return np.full(mean.shape, m), np.full(mean.shape, s)
 
 

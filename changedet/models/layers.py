@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import dataclasses
 from collections.abc import Iterator
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -204,10 +205,10 @@ class ConvBlock(nnx.Module):
         the XLA route's."""
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
-            norm = self.norms[i] if len(self.norms) else None
+            # __call__ routes here only blocks without norms or with BatchNorms
+            norm = cast(nnx.BatchNorm, self.norms[i]) if len(self.norms) else None
             x = _onednn_conv(conv, x, relu=True,
-                             out_dtype=jnp.float32 if i == last else jnp.bfloat16,
-                             norm=norm if isinstance(norm, nnx.BatchNorm) else None)
+                             out_dtype=jnp.float32 if i == last else jnp.bfloat16, norm=norm)
         return x
 
     def grow(self, fp: Footprint) -> Footprint:

@@ -101,10 +101,10 @@ def test_batchnorm_folds_into_the_convolution_exactly_in_float32():
     """conv -> BatchNorm (running averages) equals one conv with the folded kernel and bias."""
     from flax import nnx
 
-    from changedet.models.layers import fold_batchnorm
+    from changedet.models.layers import ConvBlock, fold_batchnorm
 
     net = _batchnorm_net(1, tiny_var=True)
-    convs = [(c, b) for _, blk in nnx.iter_graph(net) if hasattr(blk, "norms") and len(blk.norms)
+    convs = [(c, b) for _, blk in nnx.iter_graph(net) if isinstance(blk, ConvBlock)
              for c, b in zip(blk.convs, blk.norms, strict=True)]
     assert convs
     conv, bn = convs[0]
