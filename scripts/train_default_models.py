@@ -8,9 +8,10 @@ F1 picks the threshold), then trained on all its scenes with the same recipe
 Models:
   sentinel2  the 13 Sentinel-2 band slots, trained with band dropout so that any subset holding
              blue, green, red works (L1C, L2A, 10 m + 20 m, 4-band, Landsat TM/OLI); all 14 OSCD
-             cities of ../shared/data/oscd; 4 folds of cities.
+             cities of ../shared/data/oscd; 4 folds of cities. 4500 steps, BatchNorm and
+             spatial dropout 0.2, seed 1 (``PACKAGED``).
   rgb        3 positional bands (red, green, blue photos): SZTAKI AirChange, LEVIR-CD and DSIFN
-             samples; 3 folds, each holding a third of every source.
+             samples; 3 folds, each holding a third of every source. 1500 steps, seed 0.
 
 Both standardise each date by its own statistics, so input units do not matter.
 
@@ -54,8 +55,24 @@ SOURCES = {
     "samples_DSIFN": "DSIFN samples (Google Earth imagery)",
 }
 FOLDS = {"sentinel2": 4, "rgb": 3}
-#: The packaged models train 1500 steps (15 epochs of 100), 2.5x ``config.default()``'s 600.
-PACKAGED_EPOCHS = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A packaged model's recipe on top of ``config.default()`` (600 steps alone)."""
+
+    epochs: int  #: epochs of 100 steps
+    seed: int
+    overrides: tuple[str, ...] = ()  #: ``--set`` assignments, applied before the command's own
+
+
+#: What the defaults of this script train (docs/models.md says why): ``sentinel2`` 4500 steps of
+#: the msdiff network with BatchNorm and spatial dropout 0.2 (the regularised longer recipe,
+#: ``s2_ms_bn_do2_long``), ``rgb`` 1500 steps of the plain network.
+PACKAGED = {
+    "sentinel2": Recipe(45, 1, ("model.norm=batch", "model.dropout=0.2")),
+    "rgb": Recipe(15, 0),
+}
 
 
 def load_sentinel2(data: Path):
@@ -230,10 +247,11 @@ def train_one(name: str, args: argparse.Namespace) -> None:
         model_cfg, train_cfg = config.tiny(len(band_ids))
     else:
         model_cfg, train_cfg = config.default(band_ids)
+    recipe = PACKAGED[name] if args.preset == "default" else Recipe(train_cfg.num_epochs, 0)
     train_cfg = dataclasses.replace(
-        train_cfg, seed=args.seed, num_epochs=args.epochs or (
-            PACKAGED_EPOCHS if args.preset == "default" else train_cfg.num_epochs))
-    model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, args.set)
+        train_cfg, seed=recipe.seed if args.seed is None else args.seed,
+        num_epochs=args.epochs or recipe.epochs)
+    model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, [*recipe.overrides, *args.set])
     log.info("%s: %d scenes, bands %s, %d folds", name, len(scenes), band_ids, FOLDS[name])
     only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
     workdir = Path(args.workdir) / name
@@ -295,13 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(here / "runs"), help="checkpoints and logs")
     p.add_argument("--preset", choices=("default", "tiny"), default="default")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs of 100 steps (default {PACKAGED_EPOCHS} with the default "
-                   "preset: the packaged models' recipe; config.default() alone trains 600 "
-                   "steps)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="epochs of 100 steps (default with the default preset: the packaged "
+                   "recipe's, " + ", ".join(f"{n} {r.epochs}" for n, r in PACKAGED.items())
+                   + "; config.default() alone trains 600 steps)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed (default: the packaged recipe's, " + ", ".join(
+                       f"{n} {r.seed}" for n, r in PACKAGED.items()) + "; 0 with --preset tiny)")
     p.add_argument("--set", action="append", default=[], metavar="PART.FIELD=VALUE",
                    help="override one field of the recipe, e.g. model.dropout=0.2 or "
-                   "train.weight_decay=0.01 (repeatable; recorded in the card's configs)")
+                   "train.weight_decay=0.01 (repeatable; after the packaged recipe's own: "
+                   + "; ".join(f"{n} {' '.join(r.overrides)}" for n, r in PACKAGED.items()
+                               if r.overrides) + "; recorded in the card's configs)")
     p.add_argument("--only-folds", help="cross-validate on these folds only (e.g. 0): cheaper, "
                    "partial estimate; the threshold comes from their held-out scenes")
     p.add_argument("--stage", choices=("all", "cv", "final", "report"), default="all",
