@@ -14,9 +14,11 @@ best threshold and the ensemble's. The calibration ``P(change | score)`` is fitt
 ensemble's out-of-fold scores.
 
 The two-seed ``sentinel2`` experiment (``docs/models.md``; measured, not shipped: the ensemble
-did not beat its better member on folds 0-1): ``sentinel2_seed0.msgpack`` is the packaged single
-network (sha256 395a3861…, ``scripts/train_default_models.py --models sentinel2 --epochs 15
---seed 0``), ``sentinel2_seed1.msgpack`` the same command with ``--seed 1 --stage final``. Their
+did not beat its better member on folds 0-1): ``sentinel2_seed0.msgpack`` is the single network
+packaged until 2026-12-07 (sha256 395a3861…, ``scripts/train_default_models.py --models sentinel2
+--epochs 15 --seed 0 --set model.norm=none --set model.dropout=0.0``: the script's defaults have
+since become the BatchNorm recipe), ``sentinel2_seed1.msgpack`` the same command with ``--seed 1
+--stage final``. Their
 out-of-fold maps come from ``--stage cv --only-folds 0,1 --epochs 15 --seed S --workdir runs/msS``
 (``runs/msS/sentinel2/cv/oof.npz``)::
 
