@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from changedet import metrics
+from changedet.changecap import capped_threshold, check_max_change
 from changedet.data import Scene
 from changedet.detectors.cva import BandStats, CVADetector, otsu_threshold
 from changedet.detectors.prepare import match_bands
@@ -140,8 +141,12 @@ def otsu_over(scores: Sequence[np.ndarray], valids: Sequence[np.ndarray],
     return float(otsu_threshold(counts, edges))
 
 
-def _result(scene: Scene, method: str, score: np.ndarray, threshold: float | None) -> SceneResult:
+def _result(scene: Scene, method: str, score: np.ndarray, threshold: float | None,
+            max_change: float | None = None) -> SceneResult:
     thr = otsu_over([score], [scene.valid]) if threshold is None else float(threshold)
+    if max_change is not None and max_change < 1.0:  # as run raises it on this scene
+        thr = capped_threshold(np.where(scene.pixels_valid, score, np.nan), thr,
+                               max_change).threshold
     counts = metrics.confusion_counts_np(score > thr, scene.label, scene.valid)
     return SceneResult(scene.name, method, thr, counts, metrics.scores_from_counts(*counts))
 
@@ -163,6 +168,7 @@ def evaluate(
     *,
     baseline: bool = True,
     threshold: float | None = None,
+    max_change: float | None = None,
 ) -> EvalReport:
     """Evaluates ``detector`` (and the CVA baseline) on labelled scenes, on the same pixels.
 
@@ -174,6 +180,9 @@ def evaluate(
         ignored by every method.
       baseline: Also evaluate CVA with a per-scene Otsu threshold.
       threshold: Override the detector's threshold (None: its own, else Otsu per scene).
+      max_change: The scene change cap, as ``changedet.run`` takes it (default: the model's
+        stored cap with its own threshold, none with ``threshold``; 1: none): each scene's
+        threshold is raised as ``run`` raises it (:mod:`changedet.changecap`).
 
     Returns:
       An :class:`EvalReport`.
@@ -186,6 +195,9 @@ def evaluate(
         raise EmptySceneError("evaluate needs at least one labelled scene; got none.")
     wanted = getattr(detector, "band_ids", None)
     thr = threshold if threshold is not None else detector.threshold
+    cap = check_max_change(max_change)
+    if cap is None and threshold is None:
+        cap = getattr(detector, "max_change_fraction", None)
     methods = [detector.name] + (["cva"] if baseline else [])
     results = []
     for scene in scenes:
@@ -196,7 +208,7 @@ def evaluate(
             )
         if not scene.valid.any():
             raise EmptySceneError(f"scene {scene.name!r} has no valid labelled pixel.")
-        results.append(_result(scene, detector.name, score_scene(detector, scene), thr))
+        results.append(_result(scene, detector.name, score_scene(detector, scene), thr, cap))
         if baseline:
             cva = cva_for_scene(scene)
             results.append(_result(scene, "cva", score_scene(cva, scene), None))

@@ -105,8 +105,11 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
     t = model.training
     tc = t["train_config"]
     cv = t["cv"]
+    cap = result.change_cap if model.max_change_fraction is not None else None
+    capped = cap["per_scene"] if cap else {}
     rows = "\n".join(
         f"| {n} | {m.precision:.3f} | {m.recall:.3f} | {m.f1:.3f} |"
+        + (f" {capped[n]['f1']:.3f} |" if cap else "")
         for n, m in sorted(result.per_scene.items()))
     sources = sorted({s.name.split("/")[0] for s in scenes})
     p, c = result.pooled, result.cva
@@ -127,6 +130,7 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
 - decision threshold: {model.threshold:.4f} on the change probability, chosen on the pooled
   out-of-fold predictions of the cross-validation below (never on a scene the model that scored
   it was trained on)
+- {_cap_note(model, result)}
 - cost: {s_per_mpix:.2f} s of model time per megapixel on this machine (2-core CPU, 1-minute load
   average {os.getloadavg()[0]:.1f} when measured: figures taken under load are upper bounds)
 
@@ -143,18 +147,41 @@ scenes through `changedet run`'s scoring path. Pooled over all scenes (valid lab
 | method | precision | recall | F1 | average precision |
 |---|---|---|---|---|
 | {name} (out-of-fold) | {p.precision:.3f} | {p.recall:.3f} | {p.f1:.3f} | {ap:.3f} |
-| CVA + Otsu | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | |
+{_cap_row(name, cap)}| CVA + Otsu | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | |
 
 F1 per fold: {", ".join(f"{f:.3f}" for f in result.per_fold)} (mean {cv["fold_f1_mean"]:.3f},
 std {cv["fold_f1_std"]:.3f}). Folds: {"; ".join(", ".join(f) for f in result.folds)}.
 
 {_band_set_table(band_sets) + _quality_table(qualities)}\
-Per scene, out-of-fold, at the shipped threshold:
+Per scene, out-of-fold, at the shipped threshold{" (and F1 with the change cap)" if cap else ""}:
 
-| scene | precision | recall | F1 |
-|---|---|---|---|
+| scene | precision | recall | F1 |{" F1 capped |" if cap else ""}
+|---|---|---|---|{"---|" if cap else ""}
 {rows}
 """
+
+
+def _cap_note(model, result) -> str:
+    cap = result.change_cap
+    if cap is None:
+        return "scene change cap: none"
+    if model.max_change_fraction is None:
+        return (f"scene change cap: none (a cap of {100 * cap['max_fraction']:.3g} % gave pooled "
+                f"out-of-fold F1 {cap['pooled']['f1']:.3f} against {cap['f1_without']:.3f})")
+    return (f"scene change cap: at most {100 * model.max_change_fraction:.3g} % of a scene's "
+            "valid pixels are marked (`run` raises the threshold on a scene where more score "
+            "above it; the largest change share among the training scenes, rounded up; "
+            "`--max-change 1` turns it off): pooled out-of-fold F1 "
+            f"{cap['pooled']['f1']:.3f} with it, {cap['f1_without']:.3f} without; it raised the "
+            f"threshold on {len(cap['raised'])} of {len(cap['per_scene'])} held-out scenes")
+
+
+def _cap_row(name: str, cap: dict | None) -> str:
+    if not cap:
+        return ""
+    m = cap["pooled"]
+    return (f"| {name} (out-of-fold) with the change cap, as `run` applies it | "
+            f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | |\n")
 
 
 def _command() -> str:

@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--threshold", type=float, help="decision threshold on the score")
     run.add_argument(
+        "--max-change", type=float, metavar="FRACTION",
+        help="mark at most this fraction of the valid pixels: where more score above the "
+        "threshold, the scene's threshold is raised until no more do (default: the model's "
+        "stored cap, 0.04 for sentinel2, applied with its own threshold only; 1 turns it off; "
+        "no extra model time)",
+    )
+    run.add_argument(
         "--calibrate", metavar="POINTS",
         help="vector file (.gpkg, .geojson; any CRS) of points or small polygons labelled "
         "changed (1) / unchanged (0): the threshold is re-chosen on them for this scene "
@@ -310,6 +317,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             calibrate_property=args.calibrate_property,
             uncertainty_path=args.uncertainty,
+            max_change=args.max_change,
         )
     finally:
         if client is not None:

@@ -89,6 +89,9 @@ def add_commands(sub: argparse._SubParsersAction, add_common: Callable) -> None:
     ev.add_argument("--model", help="packaged model name or file (default: from the bands); "
                     "the CVA baseline is always reported beside it")
     ev.add_argument("--threshold", type=float, help="override the model's threshold")
+    ev.add_argument("--max-change", type=float, metavar="FRACTION",
+                    help="scene change cap as run applies it (default: the model's stored cap "
+                    "with its own threshold; 1 turns it off)")
     ev.add_argument("--json", help="also write the report as JSON here")
     add_common(ev)
     ev.set_defaults(func=_cmd_evaluate)
@@ -270,7 +273,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if model is None:
         model = "sentinel2" if tuple(band_ids) == pipeline.SENTINEL2_BANDS else "rgb"
     detector = load_model(model)
-    report = evaluate.evaluate(detector, scenes, threshold=args.threshold)
+    report = evaluate.evaluate(detector, scenes, threshold=args.threshold,
+                               max_change=args.max_change)
     print(report.to_table())
     if args.json:
         Path(args.json).write_text(report.to_json())

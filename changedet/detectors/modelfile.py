@@ -6,7 +6,7 @@ A model file is ONE msgpack map (``flax.serialization``; no pickle)::
 
     {"format": "changedet-model", "format_version": 1,
      "metadata": "<JSON: config, band_ids, norm_mean, norm_std, threshold, margin, name, training,
-                  normalization, required_bands, calibration>",
+                  normalization, required_bands, calibration, max_change_fraction>",
      "params": <nnx state as a nested dict of numpy arrays>}
 
 An ensemble (``config.members > 1``) stores its members' states under ``params["nets"][i]``
@@ -87,6 +87,7 @@ def _metadata(model: ChangeModel) -> str:
         "normalization": model.normalization,
         "required_bands": None if model.required_bands is None else list(model.required_bands),
         "calibration": None if model.calibration is None else model.calibration.to_dict(),
+        "max_change_fraction": model.max_change_fraction,
     })
 
 
@@ -261,6 +262,7 @@ def read_model(path_or_name: str | os.PathLike[str], *,
             required_bands=meta.get("required_bands"),
             calibration=(None if meta.get("calibration") is None
                          else ScoreCalibration.from_dict(meta["calibration"])),
+            max_change_fraction=meta.get("max_change_fraction"),
         )
     except ModelFileError as err:
         raise ModelFileError(f"model file {path}: {err}") from err

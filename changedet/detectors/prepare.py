@@ -135,6 +135,10 @@ class PreparedModel:
         return self.model.threshold
 
     @property
+    def max_change_fraction(self) -> float | None:
+        return self.model.max_change_fraction
+
+    @property
     def compile_seconds(self) -> float:
         """One-off compile time of the model's predictors so far (see ``LearnedDetector``)."""
         return self.model.compile_seconds

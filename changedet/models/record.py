@@ -60,6 +60,12 @@ class ChangeModel:
       calibration: ``P(change | score)`` measured on out-of-fold scenes when the model was
         cross-validated (:class:`changedet.uncertainty.ScoreCalibration`); ``run
         --uncertainty`` needs it. None for models trained without cross-validation.
+      max_change_fraction: The most of a scene's valid pixels the model's own decision marks
+        as change, in (0, 1]: where ``score > threshold`` would mark more, the scene's
+        threshold is raised until it marks no more than this (``changedet.run``). Set from the
+        training scenes by cross-validation (the largest change fraction among them, rounded
+        up to a whole percent) and kept only when it raised the pooled out-of-fold F1. None:
+        no cap.
     """
 
     config: ModelConfig
@@ -74,6 +80,7 @@ class ChangeModel:
     normalization: str = "global"
     required_bands: tuple[str, ...] | None = None
     calibration: ScoreCalibration | None = None
+    max_change_fraction: float | None = None
     #: ``(absolute path, sha256)`` of the file this model was loaded from, else None.
     _source: tuple[str, str] | None = dataclasses.field(default=None, init=False, repr=False)
 
@@ -101,6 +108,12 @@ class ChangeModel:
             if extra:
                 raise ModelFileError(f"model {self.name!r}: required bands {sorted(extra)} are "
                                      "not among its band_ids.")
+        if self.max_change_fraction is not None:
+            cap = float(self.max_change_fraction)
+            if not 0.0 < cap <= 1.0:
+                raise ModelFileError(f"model {self.name!r}: max_change_fraction must be in "
+                                     f"(0, 1]; got {self.max_change_fraction!r}.")
+            object.__setattr__(self, "max_change_fraction", cap)
         if any(not np.isfinite(s) or s <= 0 for s in self.norm_std):
             raise ModelFileError(f"model {self.name!r}: norm_std must be finite and > 0; got "
                                  f"{self.norm_std}.")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from changedet import evaluate, metrics, training
+from changedet.changecap import capped_threshold
 from changedet.config import ModelConfig, TrainConfig, to_dict
 from changedet.data import Scene
 from changedet.errors import ConfigError
@@ -31,8 +32,8 @@ from changedet.uncertainty import ScoreCalibration, error_probability, fit_calib
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CVResult", "average_precision", "cross_validate", "folds_by_source", "make_folds",
-           "oof_report"]
+__all__ = ["CVResult", "average_precision", "change_cap_for", "change_cap_report",
+           "cross_validate", "folds_by_source", "make_folds", "oof_report"]
 
 
 def make_folds(names: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
@@ -90,6 +91,8 @@ class CVResult:
       model_paths: The fold models.
       calibration: ``P(change | score)`` over every out-of-fold pixel
         (:func:`changedet.uncertainty.fit_calibration`); the final model carries it.
+      change_cap: The scene change cap's out-of-fold figures (:func:`change_cap_report`):
+        the final model keeps the cap when ``change_cap["kept"]``.
     """
 
     threshold: float
@@ -102,6 +105,7 @@ class CVResult:
     seconds: float
     model_paths: list[str]
     calibration: ScoreCalibration | None = None
+    change_cap: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -118,7 +122,61 @@ class CVResult:
             "seconds": self.seconds,
             "model_paths": self.model_paths,
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "change_cap": self.change_cap,
         }
+
+
+def change_cap_for(scenes: Sequence[Scene]) -> float:
+    """The change cap a model trained on ``scenes`` gets: the largest share of changed pixels
+    among their valid labelled pixels, rounded up to a whole percent (at least 1 %)."""
+    worst = 0.0
+    for s in scenes:
+        labelled = s.valid & (s.label <= 1)
+        if labelled.any():
+            worst = max(worst, float((s.label[labelled] == 1).mean()))
+    return float(min(1.0, max(0.01, np.ceil(100 * worst - 1e-9) / 100)))
+
+
+def change_cap_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
+                      folds: Sequence[Sequence[str]], threshold: float,
+                      max_fraction: float | None = None) -> dict[str, Any]:
+    """Out-of-fold figures of the scene change cap (:mod:`changedet.changecap`) at
+    ``threshold``: every held-out scene's threshold raised as ``run`` raises it.
+
+    Args:
+      scores, scenes, folds: As for :func:`oof_report`.
+      threshold: The model's threshold (the pooled-OOF one).
+      max_fraction: The cap; default :func:`change_cap_for` of ``scenes``.
+
+    Returns:
+      ``max_fraction``; ``pooled`` and ``per_scene`` metrics and ``per_fold_f1`` with the cap;
+      ``raised``: the scenes whose threshold it raised, with the threshold; ``f1_without``;
+      ``kept``: whether the pooled F1 with the cap is higher than without (what
+      ``train_with_cv`` decides by: a cap that never binds, or costs F1, is not stored).
+    """
+    by_name = {s.name: s for s in scenes}
+    cap = change_cap_for(scenes) if max_fraction is None else float(max_fraction)
+    names = [n for fold in folds for n in fold]
+    plain, capped, raised = {}, {}, {}
+    for n in names:
+        s = by_name[n]
+        scene_thr = capped_threshold(np.where(s.pixels_valid, scores[n], np.nan), threshold, cap)
+        if scene_thr.raised:
+            raised[n] = scene_thr.threshold
+        plain[n] = metrics.confusion_counts_np(scores[n] > threshold, s.label, s.valid)
+        capped[n] = metrics.confusion_counts_np(scores[n] > scene_thr.threshold, s.label, s.valid)
+    pooled = metrics.scores_from_counts(*metrics.sum_counts(*capped.values()))
+    without = metrics.scores_from_counts(*metrics.sum_counts(*plain.values()))
+    return {
+        "max_fraction": cap,
+        "pooled": pooled._asdict(),
+        "per_scene": {n: metrics.scores_from_counts(*c)._asdict() for n, c in capped.items()},
+        "per_fold_f1": [metrics.scores_from_counts(*metrics.sum_counts(
+            *(capped[n] for n in fold))).f1 for fold in folds],
+        "raised": raised,
+        "f1_without": without.f1,
+        "kept": bool(pooled.f1 > without.f1),
+    }
 
 
 def oof_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
@@ -216,13 +274,17 @@ def cross_validate(
     names = [n for fold in folds for n in fold]
     calibration = fit_calibration([scores[n] for n in names], [by_name[n].label for n in names],
                                   [by_name[n].valid for n in names])
+    cap = change_cap_report(scores, scenes, folds, thr)
     result = CVResult(thr, pooled, ap, per_scene, per_fold, [list(f) for f in folds], cva,
-                      time.perf_counter() - start, paths, calibration)
+                      time.perf_counter() - start, paths, calibration, cap)
     record = result.to_dict() | {"model": to_dict(model_cfg), "train": to_dict(cfg)}
     (workdir / "cv.json").write_text(json.dumps(record, indent=2))
     log.info("CV %s: pooled OOF P %.3f R %.3f F1 %.3f AP %.3f at threshold %.3f (folds F1 %s)",
              workdir.name, pooled.precision, pooled.recall, pooled.f1, ap, thr,
              ", ".join(f"{f:.3f}" for f in per_fold))
+    log.info("CV %s: with a change cap of %.3g %% of each scene, pooled OOF P %.3f R %.3f F1 "
+             "%.3f (%s)", workdir.name, 100 * cap["max_fraction"], cap["pooled"]["precision"],
+             cap["pooled"]["recall"], cap["pooled"]["f1"], "kept" if cap["kept"] else "dropped")
     return result
 
 
@@ -240,7 +302,8 @@ def train_with_cv(
 ):
     """Cross-validates the setting, then trains the final model on **all** scenes with the
     same setting and gives it the pooled-OOF threshold (never chosen on a scene it scored
-    after training on). The CV figures go into the model's ``training["cv"]``.
+    after training on) and, when it raised the pooled out-of-fold F1, the scene change cap
+    (:func:`change_cap_report`). The CV figures go into the model's ``training["cv"]``.
 
     ``only_folds`` runs only some folds (a cheaper, partial estimate: the threshold and the
     figures then come from those folds' held-out scenes alone).
@@ -260,10 +323,14 @@ def train_with_cv(
     cv = result.to_dict()
     summary["cv"] = {key: cv[key] for key in ("threshold", "pooled", "average_precision",
                                               "per_scene", "per_fold_f1", "fold_f1_mean",
-                                              "fold_f1_std", "folds", "cva")}
+                                              "fold_f1_std", "folds", "cva",
+                                              "change_cap")}
     summary["val_scenes"] = []
+    cap = result.change_cap
     model = dataclasses.replace(model, threshold=result.threshold, training=summary,
-                                calibration=result.calibration)
+                                calibration=result.calibration,
+                                max_change_fraction=(cap["max_fraction"] if cap and cap["kept"]
+                                                     else None))
     return model, result
 
 

@@ -1,0 +1,172 @@
+"""The scene change cap: at most a fraction of a scene marked, exactly; the run writes it on the
+input grid, from the score it wrote (no leftovers); the model file stores it; cross-validation
+sets it from the training scenes and reports it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio
+
+import changedet
+from changedet import pipeline
+from changedet.changecap import capped_threshold
+from changedet.data import Scene
+from changedet.detectors.learned import load_model
+from changedet.detectors.modelfile import save_model
+from changedet.errors import ConfigError, ModelFileError
+from changedet.training import crossval
+
+
+def _scores(seed=0, shape=(300, 410)):
+    rng = np.random.default_rng(seed)
+    score = rng.beta(0.5, 3.0, size=shape).astype(np.float32)
+    score[:20] = np.nan  # invalid rows
+    return score
+
+
+@pytest.mark.parametrize("cap", [0.001, 0.02, 0.1, 0.5])
+def test_capped_threshold_marks_at_most_the_cap_and_close_to_it(cap):
+    score = _scores()
+    valid = np.isfinite(score)
+    result = capped_threshold(score, 0.05, cap)
+    marked = (score > result.threshold).sum() / valid.sum()
+    assert marked <= cap
+    assert marked > cap - 0.002  # the histogram is fine: it does not give away much
+    assert result.raised and result.threshold > 0.05
+    assert result.fraction <= cap and result.fraction >= marked
+    assert result.uncapped_fraction == pytest.approx((score > 0.05).sum() / valid.sum())
+
+
+def test_under_the_cap_the_threshold_is_the_models():
+    score = _scores()
+    result = capped_threshold(score, 0.6, 0.5)
+    assert not result.raised and result.threshold == 0.6
+    assert result.tags().keys() == {"max_change_fraction", "model_threshold"}
+
+
+def test_capped_threshold_does_not_depend_on_chunks_or_array_type():
+    score = _scores(seed=3)
+    whole = capped_threshold(score, 0.1, 0.03)
+    for chunks in [(64, 64), (300, 37), (17, 410)]:
+        assert capped_threshold(da.from_array(score, chunks=chunks), 0.1, 0.03) == whole
+
+
+@pytest.mark.parametrize("cap", [0, -0.1, 1.5, float("nan")])
+def test_a_cap_outside_0_1_is_refused(cap):
+    with pytest.raises(ConfigError, match="max_change"):
+        capped_threshold(_scores(), 0.1, cap)
+
+
+def test_run_with_a_cap_writes_at_most_that_share_on_the_input_grid(synthetic_pair, tmp_path):
+    out, score_path = tmp_path / "change.tif", tmp_path / "score.tif"
+    plain = changedet.run(synthetic_pair.before_path, synthetic_pair.after_path,
+                          tmp_path / "plain.tif", method="cva", progress=False)
+    result = changedet.run(synthetic_pair.before_path, synthetic_pair.after_path, out,
+                           score_path=score_path, method="cva", progress=False,
+                           max_change=0.05, block_px=16)
+    with rasterio.open(out) as src, rasterio.open(synthetic_pair.before_path) as ref:
+        mask, tags = src.read(1), src.tags()
+        assert (src.crs, src.transform, src.shape, src.nodata) == (
+            ref.crs, ref.transform, ref.shape, 255)
+    with rasterio.open(score_path) as src:
+        score = src.read(1)
+        assert src.nodata is None or np.isnan(src.nodata)
+    valid = synthetic_pair.valid
+    np.testing.assert_array_equal(mask == 255, ~valid)
+    assert (mask[valid] == 1).mean() <= 0.05
+    np.testing.assert_array_equal(mask[valid], score[valid] > result.threshold)
+    assert result.threshold > plain.threshold  # Otsu marks the planted box: more than 5 %
+    assert float(tags["threshold"]) == result.threshold
+    assert float(tags["model_threshold"]) == pytest.approx(plain.threshold)
+    assert "raised" in tags["change_cap"]
+    # the cap does not depend on the block size, and the first pass leaves nothing behind
+    again = changedet.run(synthetic_pair.before_path, synthetic_pair.after_path,
+                          tmp_path / "again.tif", method="cva", progress=False, max_change=0.05)
+    assert again.threshold == result.threshold
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["before.tif", "after.tif", "plain.tif", "change.tif", "score.tif", "again.tif"])
+
+
+def test_failure_after_the_first_pass_leaves_no_file(synthetic_pair, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "capped_threshold", fail)
+    with pytest.raises(KeyboardInterrupt):
+        changedet.run(synthetic_pair.before_path, synthetic_pair.after_path,
+                      tmp_path / "change.tif", score_path=tmp_path / "score.tif",
+                      method="cva", progress=False, max_change=0.05)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.tif", "before.tif"]
+
+
+@pytest.fixture(scope="module")
+def capped_model(tmp_path_factory):
+    """The packaged sentinel2 model with a tight stored cap (0.2 % of a scene)."""
+    model = load_model("sentinel2")
+    path = tmp_path_factory.mktemp("model") / "capped.msgpack"
+    save_model(path, dataclasses.replace(model, max_change_fraction=0.002))
+    return path
+
+
+def test_a_stored_cap_applies_to_the_models_own_threshold_only(sample_data, capped_model,
+                                                               tmp_path):
+    paris = sample_data / "oscd_paris"
+    args = (paris / "imgs_1", paris / "imgs_2")
+    kw = {"model": capped_model, "progress": False, "cloud_mask": "none"}
+    capped = changedet.run(*args, tmp_path / "capped.tif", **kw)
+    off = changedet.run(*args, tmp_path / "off.tif", max_change=1, **kw)
+    own = changedet.run(*args, tmp_path / "own.tif", threshold=off.threshold, **kw)
+    model_threshold = load_model(capped_model).threshold
+    assert off.threshold == own.threshold == model_threshold
+    assert capped.threshold > model_threshold
+    with rasterio.open(tmp_path / "capped.tif") as c, rasterio.open(tmp_path / "off.tif") as o:
+        cm, om = c.read(1), o.read(1)
+        assert c.tags()["max_change_fraction"] == "0.002"
+    valid = cm != 255
+    assert (cm[valid] == 1).mean() <= 0.002 < (om[valid] == 1).mean()
+    assert not np.any((cm == 1) & (om != 1))  # the cap only removes marks
+    # detect applies the same cap
+    ds = changedet.detect(*args, model=capped_model, cloud_mask="none")
+    assert ds.attrs["threshold"] == capped.threshold
+    assert ds.attrs["max_change_fraction"] == 0.002
+
+
+def test_model_files_keep_the_cap_and_older_files_have_none(tmp_path):
+    model = load_model("rgb")  # written before the cap existed
+    assert model.max_change_fraction is None
+    path = save_model(tmp_path / "m.msgpack", dataclasses.replace(model, max_change_fraction=0.04))
+    assert load_model(path).max_change_fraction == 0.04
+    with pytest.raises(ModelFileError, match="max_change_fraction"):
+        dataclasses.replace(model, max_change_fraction=1.5)
+
+
+def _scene(name, changed_fraction, seed):
+    rng = np.random.default_rng(seed)
+    label = np.zeros(2000, np.uint8)
+    label[rng.permutation(2000)[:round(changed_fraction * 2000)]] = 1
+    label = label.reshape(40, 50)
+    ones = np.ones((1, 40, 50), np.float32)
+    return Scene(name, ones, ones, label, np.ones((40, 50), bool), ("1",))
+
+
+def test_cv_sets_the_cap_from_the_training_scenes_and_keeps_it_only_if_it_helps():
+    scenes = [_scene("a", 0.01, 0), _scene("b", 0.023, 1), _scene("c", 0.005, 2)]
+    assert crossval.change_cap_for(scenes) == 0.03  # 2.3 % rounded up
+    rng = np.random.default_rng(5)
+    # scene "c" is "hot": most of it scores above the threshold (a score-scale failure)
+    scores = {s.name: np.where(s.label == 1, 0.9, rng.uniform(0, 0.4, s.label.shape))
+              for s in scenes}
+    scores["c"] = np.where(scenes[2].label == 1, 0.95, rng.uniform(0.3, 0.9, (40, 50)))
+    report = crossval.change_cap_report(scores, scenes, [["a"], ["b", "c"]], 0.5)
+    assert report["kept"] and list(report["raised"]) == ["c"]
+    assert report["pooled"]["f1"] > report["f1_without"]
+    assert report["per_scene"]["a"]["f1"] == 1.0
+    # where no scene is hot, the cap changes nothing, and a cap that never binds is not kept
+    calm = dict(scores, c=np.where(scenes[2].label == 1, 0.9, 0.1))
+    report = crossval.change_cap_report(calm, scenes, [["a"], ["b", "c"]], 0.5)
+    assert report["raised"] == {} and report["pooled"]["f1"] == report["f1_without"] == 1.0
+    assert not report["kept"]
