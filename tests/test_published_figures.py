@@ -83,3 +83,24 @@ def test_recorded_cva_baseline_is_what_a_fresh_evaluation_gives(name, shared_dat
     fresh = metrics.scores_from_counts(*metrics.sum_counts(*counts))
     for key in ("precision", "recall", "f1"):
         assert getattr(fresh, key) == pytest.approx(rec["cva"][key], abs=1e-3), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_stored_change_cap_is_the_recorded_one_and_its_figures_are_quoted(name):
+    """A model that caps the share of a scene it marks says so with the figures of the cap
+    as ``run`` applies it (card and README), from the same record."""
+    rec, model = record(name), changedet.load_model(name)
+    cap = rec.get("change_cap")
+    if model.max_change_fraction is None:
+        assert cap is None or not cap["kept"]
+        return
+    assert cap["kept"] and model.max_change_fraction == cap["max_fraction"]
+    m = cap["pooled"]
+    figures = f"{f3(m['precision'])} | {f3(m['recall'])} | {f3(m['f1'])}"
+    card = (WEIGHTS / f"{name}.md").read_text()
+    assert f"| {name} (out-of-fold) with the change cap, as `run` applies it | {figures} |" in card
+    rows = [line for line in README.read_text().splitlines()
+            if line.startswith(f"| `{name}` + scene change cap")]
+    assert len(rows) == 1, f"README has no single change-cap row for {name}"
+    cells = [cell.strip().strip("*") for cell in rows[0].strip("|").split("|")]
+    assert cells[1:4] == figures.split(" | ")
