@@ -22,13 +22,11 @@ import dataclasses
 import logging
 import math
 
-import dask
-import dask.array as da
 import numpy as np
 
 from changedet.errors import ConfigError, option
 
-__all__ = ["CappedThreshold", "capped_threshold", "check_max_change"]
+__all__ = ["CappedThreshold", "capped_threshold", "check_max_change", "cap_in_force"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +81,20 @@ def check_max_change(value: float | None) -> float | None:
     return cap
 
 
-def _as_dask(score) -> da.Array:
+def cap_in_force(max_change: float | None, stored: float | None, *,
+                 own_threshold: bool) -> float | None:
+    """The cap a run applies (None: none): ``max_change`` when given (1 turns it off), else
+    the model's ``stored`` one, which belongs to the model's own threshold: a threshold the user
+    gives or calibrates (``own_threshold=False``) is applied as it is."""
+    cap = check_max_change(max_change)
+    if cap is None and own_threshold:
+        cap = stored
+    return None if cap is None or cap >= 1.0 else float(cap)
+
+
+def _as_dask(score):
+    import dask.array as da
+
     if isinstance(score, da.Array):
         return score
     score = getattr(score, "data", score)  # an xarray DataArray
@@ -116,6 +127,9 @@ def capped_threshold(score, threshold: float, max_fraction: float) -> CappedThre
       of the valid pixels (exactly: the histogram counts are integers, and the edge is
       rounded up to float32).
     """
+    import dask
+    import dask.array as da
+
     cap = check_max_change(max_fraction)
     assert cap is not None
     s = _as_dask(score)

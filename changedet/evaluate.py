@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from changedet import metrics
-from changedet.changecap import capped_threshold, check_max_change
+from changedet.changecap import cap_in_force, capped_threshold
 from changedet.data import Scene
 from changedet.detectors.cva import BandStats, CVADetector, otsu_threshold
 from changedet.detectors.prepare import match_bands
@@ -144,7 +144,7 @@ def otsu_over(scores: Sequence[np.ndarray], valids: Sequence[np.ndarray],
 def _result(scene: Scene, method: str, score: np.ndarray, threshold: float | None,
             max_change: float | None = None) -> SceneResult:
     thr = otsu_over([score], [scene.valid]) if threshold is None else float(threshold)
-    if max_change is not None and max_change < 1.0:  # as run raises it on this scene
+    if max_change is not None:  # as run raises it on this scene
         thr = capped_threshold(np.where(scene.pixels_valid, score, np.nan), thr,
                                max_change).threshold
     counts = metrics.confusion_counts_np(score > thr, scene.label, scene.valid)
@@ -195,9 +195,8 @@ def evaluate(
         raise EmptySceneError("evaluate needs at least one labelled scene; got none.")
     wanted = getattr(detector, "band_ids", None)
     thr = threshold if threshold is not None else detector.threshold
-    cap = check_max_change(max_change)
-    if cap is None and threshold is None:
-        cap = getattr(detector, "max_change_fraction", None)
+    cap = cap_in_force(max_change, getattr(detector, "max_change_fraction", None),
+                       own_threshold=threshold is None)
     methods = [detector.name] + (["cva"] if baseline else [])
     results = []
     for scene in scenes:

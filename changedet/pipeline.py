@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import xarray as xr
 
 from changedet import bands, clouds, io
 from changedet.calibrate import calibrate_on_points
-from changedet.changecap import capped_threshold, check_max_change
+from changedet.changecap import cap_in_force, capped_threshold
 from changedet.detectors.choice import (
     Method,
     check_threshold,
@@ -223,39 +222,6 @@ def _threshold_for(score: da.Array, detector: Detector, threshold: float | None)
     return float(value)
 
 
-def _change_cap(detector: Detector, threshold: float | None, calibrate: Any,
-                max_change: float | None) -> float | None:
-    """The change cap in force (None: none): ``max_change`` when given (1 turns it off),
-    else the model's stored one, which belongs to the model's own threshold: a threshold the
-    user gives or calibrates is applied as it is."""
-    cap = check_max_change(max_change)
-    if cap is None and threshold is None and calibrate is None:
-        cap = getattr(detector, "max_change_fraction", None)
-    return None if cap is None or cap >= 1.0 else float(cap)
-
-
-def _read_score(path: Path, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
-    """A written score GeoTIFF, lazily, in the chunks it was computed in."""
-    import warnings
-
-    import rasterio.errors
-    import rioxarray
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        arr = rioxarray.open_rasterio(path, chunks={"band": 1, "y": 1024, "x": 1024},
-                                      lock=False, cache=False)
-    assert isinstance(arr, xr.DataArray)  # one single-band GeoTIFF
-    return arr.data[0].astype(np.float32).rechunk(chunks)
-
-
-def _stage_paths(mask_path: Path) -> tuple[Path, Path]:
-    """Hidden first-pass files of a capped run, beside the mask."""
-    mask_path = Path(mask_path).expanduser().resolve()
-    stem = f".{mask_path.stem}.capped-pass-{os.getpid()}"
-    return mask_path.with_name(stem + "-score.tif"), mask_path.with_name(stem + "-mask.tif")
-
-
 def _check_not_empty(pair: io.RasterPair) -> None:
     """Raises EmptySceneError when no pixel is valid in both dates (one cheap pass)."""
     if not bool(pair.valid.data.any().compute()):
@@ -351,13 +317,10 @@ def detect(
       uncertainty: Also return ``uncertainty``: per pixel, the probability that the mask is
         wrong there, from the model's out-of-fold calibration of its score
         (:mod:`changedet.uncertainty`; no extra model time). Cross-validated models only.
-      max_change: Mark at most this fraction of the valid pixels: where more score above
-        the threshold, the scene's threshold is raised until no more do
-        (:mod:`changedet.changecap`); 1 turns it off. Default: the model's stored cap
-        (``max_change_fraction``; sentinel2: see its card), applied with the model's own
-        threshold only (not with ``threshold``). A cap needs the whole scene's scores before
-        any mask pixel: ``detect`` computes them once to find the scene's threshold (one
-        extra model pass; ``run`` reads back the score it writes instead).
+      max_change: Mark at most this fraction of the valid pixels, raising the scene's
+        threshold where more score above it (:mod:`changedet.changecap`); 1: no cap. Default:
+        the model's stored cap, with its own threshold only. ``detect`` scores the scene once
+        more to find the scene's threshold (``run`` reads back the score it wrote).
 
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
@@ -378,7 +341,8 @@ def detect(
         coregister=coregister,
     )
     check_threshold(threshold, detector)
-    cap = _change_cap(detector, threshold, None, max_change)
+    cap = cap_in_force(max_change, getattr(detector, "max_change_fraction", None),
+                       own_threshold=threshold is None)
     calibration = score_calibration_for(detector) if uncertainty else None
     score = score_graph(pair, detector, block_px=block_px)
     thr = _threshold_for(score, detector, threshold)
@@ -440,13 +404,6 @@ def _scheduler_settings(detector: Detector, client: Any) -> dict[str, Any]:
     return {}
 
 
-def _scratch_score_path(mask_path: Path) -> Path:
-    """Hidden score file beside the mask, for products that need the score when the user did
-    not ask for one (``.<mask stem>.partial-score-<pid>.tif``)."""
-    mask_path = Path(mask_path).expanduser().resolve()
-    return mask_path.with_name(f".{mask_path.stem}.partial-score-{os.getpid()}.tif")
-
-
 def run(
     before: str | Path,
     after: str | Path,
@@ -500,10 +457,8 @@ def run(
         the probability that the mask is wrong there, from the model's out-of-fold
         calibration of its score (:mod:`changedet.uncertainty`, ``docs/uncertainty.md``);
         written in the same pass, at no extra model time. Cross-validated models only.
-      max_change: As for :func:`detect`; the stored cap applies to the model's own threshold
-        only (not with ``threshold`` or ``calibrate``). With a cap, the score is first
-        written to a hidden file beside the mask, the scene's threshold is found on it, and
-        the outputs are then written from it: no second model pass.
+      max_change: As for :func:`detect` (the stored cap not with ``calibrate`` either): the
+        score goes to a hidden file first, the outputs are written from it.
 
     Returns:
       A :class:`RunResult`.
@@ -545,12 +500,12 @@ def run(
                           "calibration chooses the threshold.")
     if calibrate is not None:
         _check_extras(vector=True, quicklook=False, vector_option="calibrate")
-    cap = _change_cap(detector, threshold, calibrate, max_change)
+    cap = cap_in_force(max_change, getattr(detector, "max_change_fraction", None),
+                       own_threshold=threshold is None and calibrate is None)
     score_table = score_calibration_for(detector) if uncertainty_path is not None else None
     coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)
-    stage: tuple[Path, ...] = ()
     with dask.config.set(**_scheduler_settings(detector, client)):
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
@@ -560,28 +515,22 @@ def run(
             calibration = calibrate_on_points(score, pair, calibrate, thr,
                                               prop=calibrate_property)
             thr, calibration_tags = calibration.threshold, calibration.tags()
-        if cap is not None:  # the model pass goes to a hidden file; the outputs come from it
-            stage = _stage_paths(outputs[0])
-            try:
-                io.write_outputs(score, pair.grid, mask_path=stage[1], score_path=stage[0],
-                                 threshold=thr, progress=progress)
-                score = _read_score(stage[0], score.chunks)
-                capped = capped_threshold(score, thr, cap)
-            except BaseException:
-                for path in stage:
-                    io.remove_output(path)
-                raise
-            thr = capped.threshold
-            calibration_tags = calibration_tags | capped.tags()
+        # With a cap, the model pass goes to hidden files and the outputs are written from them.
+        stage = tuple(io.hidden_path(outputs[0], f"capped-{k}") for k in ("score", "mask")
+                      if cap is not None)
         # The polygons' mean_score needs the score: without --score it goes to a hidden
         # scratch file beside the mask (written in the same pass), removed after polygonising.
-        scratch = _scratch_score_path(outputs[0]) if vector_path and not score_path else None
+        scratch = (io.hidden_path(outputs[0], "partial-score") if vector_path and not score_path
+                   else None)
         try:
+            if cap is not None:
+                io.write_outputs(score, pair.grid, mask_path=stage[1], score_path=stage[0],
+                                 threshold=thr, progress=progress)
+                score = io.read_score(stage[0], score.chunks)
+                capped = capped_threshold(score, thr, cap)
+                thr, calibration_tags = capped.threshold, calibration_tags | capped.tags()
             written = io.write_outputs(
-                score,
-                pair.grid,
-                mask_path=outputs[0],
-                score_path=score_path or scratch,
+                score, pair.grid, mask_path=outputs[0], score_path=score_path or scratch,
                 threshold=thr,
                 tags=(provenance(detector, thr, pair) | cloud_tags(masks) | coreg_tags
                       | calibration_tags | uncertainty_tags(score_table)),

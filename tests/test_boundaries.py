@@ -19,7 +19,7 @@ ROOT = Path(changedet.__file__).parent
 #: annotations only and do not count). ``docs/design.md`` draws them.
 LAYERS = [
     ("foundation", ["errors", "types", "bands", "config", "tiling", "metrics", "uncertainty",
-                    "data"]),
+                    "data", "changecap"]),
     ("io", ["io", "testing"]),
     ("viz", ["viz"]),
     ("models", ["models", "kernels"]),

@@ -161,6 +161,25 @@ def remove_output(path: str | Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def hidden_path(beside: str | Path, kind: str) -> Path:
+    """A hidden scratch GeoTIFF beside an output, unique to this process
+    (``.<stem>.<kind>-<pid>.tif``): a run's intermediate files, removed when it ends."""
+    beside = Path(beside).expanduser().resolve()
+    return beside.with_name(f".{beside.stem}.{kind}-{os.getpid()}.tif")
+
+
+def read_score(path: str | Path, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
+    """A score GeoTIFF written by :func:`write_outputs`, lazily, as float32 in ``chunks``."""
+    import rioxarray
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        arr = rioxarray.open_rasterio(path, chunks={"band": 1, "y": 1024, "x": 1024},
+                                      lock=False, cache=False)
+    assert not isinstance(arr, list)  # one single-band GeoTIFF
+    return arr.data[0].astype(np.float32).rechunk(chunks)
+
+
 def mask_from_score(score: np.ndarray, threshold: float) -> np.ndarray:
     """Binary change mask from a score block.
 
