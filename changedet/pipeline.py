@@ -7,6 +7,7 @@ streams that graph to georeferenced files. The same graph runs on dask's threads
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -22,7 +23,7 @@ import xarray as xr
 
 from changedet import bands, clouds, io
 from changedet.calibrate import calibrate_on_points
-from changedet.changecap import cap_in_force, capped_threshold
+from changedet.changecap import cap_in_force, capped_threshold, check_max_change
 from changedet.detectors.choice import (
     Method,
     check_threshold,
@@ -34,11 +35,7 @@ from changedet.detectors.choice import (
 )
 from changedet.detectors.cva import otsu_threshold_dask
 from changedet.detectors.prepare import PreparedModel, with_quality
-from changedet.errors import (
-    ConfigError,
-    EmptySceneError,
-    option,
-)
+from changedet.errors import ConfigError, EmptySceneError, option
 from changedet.provenance import cloud_tags, coregistration_tags, provenance, uncertainty_tags
 from changedet.types import MASK_NODATA, Detector, Grid
 from changedet.uncertainty import error_probability
@@ -50,10 +47,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
 #: Sentinel-2 MSI band ids in canonical order (as ``io.open_scene`` orders a band folder).
 SENTINEL2_BANDS: tuple[str, ...] = bands.SENTINEL2_BANDS
-
 
 Quality = Literal["fast", "best"]
 
@@ -319,8 +314,8 @@ def detect(
         (:mod:`changedet.uncertainty`; no extra model time). Cross-validated models only.
       max_change: Mark at most this fraction of the valid pixels, raising the scene's
         threshold where more score above it (:mod:`changedet.changecap`); 1: no cap. Default:
-        the model's stored cap, with its own threshold only. ``detect`` scores the scene once
-        more to find the scene's threshold (``run`` reads back the score it wrote).
+        the model's stored cap, with its own threshold only. ``detect`` scores the scene up
+        front to find its threshold, twice where the cap binds (``run`` reads back its file).
 
     Returns:
       Dataset on the grid of ``before`` with ``score`` (float32, NaN = invalid) and ``mask``
@@ -335,6 +330,7 @@ def detect(
       >>> ds = changedet.detect(f"{paris}/imgs_1", f"{paris}/imgs_2")  # doctest: +SKIP
       >>> int((ds.mask == 1).sum())  # changed pixels; computes the graph  # doctest: +SKIP
     """
+    max_change = check_max_change(max_change)  # before any work
     pair, detector, _ = open_for_detection(
         before, after, method=method, model=model, bands=bands, align=align,
         band_names=band_names, cloud_mask=cloud_mask, offset=offset, quality=quality,
@@ -348,7 +344,8 @@ def detect(
     thr = _threshold_for(score, detector, threshold)
     cap_attrs = {}
     if cap is not None:
-        capped = capped_threshold(score, thr, cap)
+        with dask.config.set(**_scheduler_settings(detector, None)):
+            capped = capped_threshold(score, thr, cap)
         thr = capped.threshold
         cap_attrs = {"max_change_fraction": cap, "model_threshold": capped.model_threshold}
     extra = {}
@@ -486,7 +483,7 @@ def run(
         raise ConfigError("the mask, score, uncertainty, vector and quicklook outputs must be "
                           "different files.")
     _check_extras(vector=vector_path is not None, quicklook=quicklook_path is not None)
-
+    max_change = check_max_change(max_change)
     pair, detector, masks = open_for_detection(
         before, after, method=method, model=model, bands=bands, align=align,
         band_names=band_names, cloud_mask=cloud_mask, offset=offset, quality=quality,
@@ -506,7 +503,8 @@ def run(
     coreg_tags = coregistration_tags(pair)
     prepared_at = time.perf_counter()
     compiled_before = _compile_seconds(detector)
-    with dask.config.set(**_scheduler_settings(detector, client)):
+    with (dask.config.set(**_scheduler_settings(detector, client)),
+          contextlib.ExitStack() as local):
         _check_not_empty(pair)
         score = score_graph(pair, detector, block_px=block_px)
         thr = _threshold_for(score, detector, threshold)
@@ -525,7 +523,9 @@ def run(
         try:
             if cap is not None:
                 io.write_outputs(score, pair.grid, mask_path=stage[1], score_path=stage[0],
-                                 threshold=thr, progress=progress)
+                                 threshold=thr, progress=progress, overwrite=True)
+                # from here the graph reads that file: local threads (a cluster may not see it)
+                local.enter_context(dask.config.set(scheduler="threads"))
                 score = io.read_score(stage[0], score.chunks)
                 capped = capped_threshold(score, thr, cap)
                 thr, calibration_tags = capped.threshold, calibration_tags | capped.tags()

@@ -35,10 +35,47 @@ def test_capped_threshold_marks_at_most_the_cap_and_close_to_it(cap):
     result = capped_threshold(score, 0.05, cap)
     marked = (score > result.threshold).sum() / valid.sum()
     assert marked <= cap
-    assert marked > cap - 0.002  # the histogram is fine: it does not give away much
+    # exact: the raised threshold is the (allowed + 1)-th largest score
+    allowed = int(np.floor(cap * valid.sum() + 1e-9))
+    assert (score > result.threshold).sum() <= allowed < (score >= result.threshold).sum()
     assert result.raised and result.threshold > 0.05
     assert result.fraction <= cap and result.fraction >= marked
     assert result.uncapped_fraction == pytest.approx((score > 0.05).sum() / valid.sum())
+
+
+def _order_statistic_holds(score, result, cap):
+    valid = np.isfinite(score)
+    allowed = int(np.floor(cap * valid.sum() + 1e-9))
+    above, at_or_above = (score > result.threshold).sum(), (score >= result.threshold).sum()
+    return above <= allowed < at_or_above and result.fraction == above / valid.sum()
+
+
+def test_saturated_and_tightly_packed_scores_keep_their_most_confident_pixels():
+    """A hot scene's probabilities pile up just below 1: the threshold still lands among them,
+    so the scene keeps (almost) its full cap of the most confident pixels, not none."""
+    rng = np.random.default_rng(5)
+    score = rng.uniform(0.0, 0.5, size=(200, 200)).astype(np.float32)
+    packed = np.float32(1) - rng.integers(1, 300, size=8000).astype(np.float32) * np.float32(6e-8)
+    score.flat[:8000] = packed  # 20 % of the scene within 2e-5 of 1
+    score.flat[8000:9000] = 1.0  # and 2.5 % saturated: ties
+    result = capped_threshold(score, 0.5, 0.04)
+    assert result.raised and _order_statistic_holds(score, result, 0.04)
+    assert (score > result.threshold).mean() > 0.039
+    # where the ties alone exceed the cap they cannot be split: none of them is marked
+    tied = capped_threshold(score, 0.5, 0.01)
+    assert tied.threshold == 1.0 and _order_statistic_holds(score, tied, 0.01)
+
+
+def test_negative_and_infinite_scores():
+    rng = np.random.default_rng(2)
+    score = rng.normal(size=(120, 130)).astype(np.float32)  # a log-ratio-like score
+    score[0, :5] = np.inf
+    score[1, :5] = -np.inf
+    score[2, :5] = np.nan
+    for thr, cap in [(-1.0, 0.3), (0.2, 0.05), (-3.0, 0.9)]:
+        result = capped_threshold(score, thr, cap)
+        finite = np.where(np.isfinite(score), score, np.nan)
+        assert np.isfinite(result.threshold) and _order_statistic_holds(finite, result, cap)
 
 
 def test_under_the_cap_the_threshold_is_the_models():
