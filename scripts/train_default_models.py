@@ -100,8 +100,25 @@ def seconds_per_megapixel(model, scenes) -> float:
     return (time.perf_counter() - start) / (scene.valid.size / 1e6)
 
 
+def uncertainty_note(result: crossval.CVResult, scenes, cv_dir: Path) -> str:
+    """The card's line on ``run --uncertainty``: how well the calibration finds the wrong pixels
+    of held-out scenes (``crossval.uncertainty_report`` on the out-of-fold scores)."""
+    oof = np.load(cv_dir / "oof.npz")
+    scores = {k.replace("__", "/"): oof[k] for k in oof.files}
+    r = crossval.uncertainty_report(scores, scenes, result.folds, result.threshold)
+    return (f"uncertainty (`run --uncertainty`): P(change | score) in 64 bins, measured on the "
+            f"{r['pixels'] / 1e6:.1f} M\n  out-of-fold pixels of this model's own "
+            f"{len(result.folds)} fold models; across folds it ranks the wrong pixels\n  with "
+            f"AUROC {r['auroc']:.3f} (per fold "
+            + " / ".join(f"{a:.3f}" for a in r["auroc_per_fold"])
+            + f"; the bare distance to the threshold {r['auroc_margin']:.3f})\n  "
+            "(docs/uncertainty.md, `scripts/uncertainty_report.py`; at the model's threshold,\n"
+            "  before any change cap)")
+
+
 def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256: str,
-               s_per_mpix: float, band_sets: dict | None, qualities: dict | None = None) -> str:
+               s_per_mpix: float, band_sets: dict | None, qualities: dict | None = None,
+               uncertainty: str = "") -> str:
     t = model.training
     tc = t["train_config"]
     cv = t["cv"]
@@ -121,7 +138,7 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
 - file: `{name}.msgpack`, sha256 `{sha256}`
 - band slots (in order): {", ".join(model.band_ids)}; required:
   {", ".join(model.required_bands) if model.required_bands else "all"}
-- input: {_input_note(model)}
+{f"- {uncertainty}" + chr(10) if uncertainty else ""}- input: {_input_note(model)}
 - architecture: {json.dumps(config.to_dict(model.config))}
 - training: {tc["num_epochs"] * tc["steps_per_epoch"]} AdamW steps (lr {tc["learning_rate"]},
   warmup + cosine), batch {tc["batch_size"]} x {tc["patch_px"]} px uniform patches, BCE with an
@@ -317,8 +334,9 @@ def train_one(name: str, args: argparse.Namespace) -> None:
                                         bands.BAND_SETS, result.threshold)
     qualities = crossval.quality_report(result.model_paths, scenes, result.folds,
                                         result.threshold)
+    note = uncertainty_note(result, scenes, Path(args.workdir) / name / "cv")
     card = model_card(name, model, scenes, result, args, modelfile.sha256_file(path), cost, sets,
-                      qualities)
+                      qualities, note)
     (out / f"{name}.md").write_text(card)
     (out / f"{name}.eval.json").write_text(json.dumps(
         result.to_dict() | {"band_sets": sets, "qualities": qualities,
