@@ -14,8 +14,8 @@ histograms of their order-preserving 32-bit keys (the high 16 bits, then the low
 one high bin that holds it): dask reductions whose memory does not depend on the scene size.
 The mask then marks *at most* ``max_fraction`` of the valid pixels, whatever the chunking, so
 tiled output still equals whole-image output. ``run`` applies it to the score file it has just
-written (no second model pass); the packaged ``sentinel2`` model stores its cap (``ChangeModel.max_change_fraction``,
-chosen by cross-validation: ``docs/models.md``).
+written (no second model pass); the packaged ``sentinel2`` model stores its cap
+(``ChangeModel.max_change_fraction``, chosen by cross-validation: ``docs/models.md``).
 """
 
 from __future__ import annotations
