@@ -149,3 +149,25 @@ def test_an_interrupt_landing_in_a_finalizer_is_raised_again_not_lost():
     finally:
         commands._INTERRUPT_HANDLED.set()
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_run_max_change_caps_the_mask_and_says_so(capsys, synthetic_pair, tmp_path):
+    out = tmp_path / "change.tif"
+    code, _, _ = _run(capsys, "run", str(synthetic_pair.before_path),
+                      str(synthetic_pair.after_path), "-o", str(out), "--method", "cva",
+                      "--max-change", "0.05", "--quiet")
+    assert code == 0
+    with rasterio.open(out) as src:
+        mask, tags = src.read(1), src.tags()
+    assert (mask[synthetic_pair.valid] == 1).mean() <= 0.05
+    assert float(tags["max_change_fraction"]) == 0.05 and "raised" in tags["change_cap"]
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "nan"])
+def test_run_bad_max_change_is_one_line_and_writes_nothing(capsys, synthetic_pair, tmp_path,
+                                                           value):
+    code, _, err = _run(capsys, "run", str(synthetic_pair.before_path),
+                        str(synthetic_pair.after_path), "-o", str(tmp_path / "c.tif"),
+                        "--method", "cva", "--max-change", value, "--quiet")
+    assert code != 0 and "max" in _one_line_error(err) and "change" in _one_line_error(err)
+    assert not (tmp_path / "c.tif").exists()
