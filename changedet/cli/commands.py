@@ -365,6 +365,9 @@ _INTERRUPT_HANDLED = threading.Event()
 _INTERRUPT_HANDLED.set()
 #: Seconds between repeats of an interrupt that has not reached ``main`` yet.
 _REPEAT_S = 0.05
+#: Which ``main`` call is running: a repeat belongs to the call it was started in, so one still
+#: pending when that call ends cannot interrupt the next command in the same process.
+_RUN = [0]
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -378,7 +381,8 @@ def _raise_keyboard_interrupt(signum, frame):
     """
     if _INTERRUPT_HANDLED.is_set():
         return
-    timer = threading.Timer(_REPEAT_S, _repeat_interrupt, args=(signal.Signals(signum),))
+    timer = threading.Timer(_REPEAT_S, _repeat_interrupt,
+                            args=(signal.Signals(signum), _RUN[0]))
     timer.daemon = True
     timer.start()
     if not _in_finalizer(frame):
@@ -396,8 +400,8 @@ def _in_finalizer(frame) -> bool:
     return False
 
 
-def _repeat_interrupt(signum: signal.Signals) -> None:
-    if not _INTERRUPT_HANDLED.is_set():
+def _repeat_interrupt(signum: signal.Signals, run: int) -> None:
+    if run == _RUN[0] and not _INTERRUPT_HANDLED.is_set():
         _thread.interrupt_main(signum)  # runs _raise_keyboard_interrupt in the main thread
 
 
@@ -406,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
+    _RUN[0] += 1
     _INTERRUPT_HANDLED.clear()
     previous = {sig: signal.signal(sig, _raise_keyboard_interrupt)
                 for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -171,3 +171,25 @@ def test_run_bad_max_change_is_one_line_and_writes_nothing(capsys, synthetic_pai
                         "--method", "cva", "--max-change", value, "--quiet")
     assert code != 0 and "max" in _one_line_error(err) and "change" in _one_line_error(err)
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_a_pending_repeat_of_an_earlier_interrupt_does_not_stop_the_next_command(
+        capsys, synthetic_pair, tmp_path):
+    """An interrupt's repeat (``_REPEAT_S`` later) belongs to the command it was raised in: one
+    still pending when that command ended must not interrupt the next ``main`` call."""
+    import signal
+
+    from changedet.cli import commands
+
+    commands._INTERRUPT_HANDLED.clear()
+
+    class Finalised:
+        def __del__(self):
+            commands._raise_keyboard_interrupt(signal.SIGTERM, sys._getframe())
+
+    Finalised()  # a repeat is now pending
+    commands._INTERRUPT_HANDLED.set()  # ... and the command it belonged to has ended
+    code, _, err = _run(capsys, "run", str(synthetic_pair.before_path),
+                        str(synthetic_pair.after_path), "-o", str(tmp_path / "c.tif"),
+                        "--method", "cva", "--quiet")
+    assert code == 0, err
