@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 #: inside the one high bin that holds it.
 HALF_BITS = 16
 
+
 @dataclasses.dataclass(frozen=True)
 class CappedThreshold:
     """The scene's threshold under a change cap.
@@ -130,13 +131,11 @@ def _counts(score, threshold: float, high: int | None = None) -> np.ndarray:
     data = getattr(score, "data", score)  # an xarray DataArray
     if not isinstance(data, da.Array):
         return _block_counts(np.asarray(data), threshold, high)
-    if data.ndim != 2:
-        data = data.reshape(-1, 1) if data.ndim < 2 else data.reshape(-1, data.shape[-1])
-    size = 2 + (1 << HALF_BITS)
-    parts = data.map_blocks(
-        lambda b: _block_counts(b, threshold, high)[None, None], dtype=np.int64, new_axis=2,
-        chunks=((1,) * data.numblocks[0], (1,) * data.numblocks[1], (size,)))
-    return np.asarray(parts.sum(axis=(0, 1)).compute(), dtype=np.int64)
+    size, one = 2 + (1 << HALF_BITS), (1,) * data.ndim
+    parts = da.map_blocks(
+        lambda b: _block_counts(b, threshold, high).reshape(one + (size,)), data, dtype=np.int64,
+        new_axis=data.ndim, chunks=tuple((1,) * n for n in data.numblocks) + ((size,),))
+    return np.asarray(parts.sum(axis=tuple(range(data.ndim))).compute(), dtype=np.int64)
 
 
 def _select(hist: np.ndarray, allowed: int) -> tuple[int, int]:

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from changedet.io import datasets
+from changedet.training import crossval
 
 log = logging.getLogger("postprocess_study")
 
@@ -200,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     folds, scores = [], {}
     for cv_dir in map(Path, args.cv_dir):
         cv = json.loads((cv_dir / "cv.json").read_text())
-        with np.load(cv_dir / "oof.npz") as z:
-            these = {k.replace("__", "/"): z[k] for k in z.files}
+        these = crossval.load_oof_scores(cv_dir)
         scores |= these
         folds += [f for f in cv["folds"] if all(n in these for n in f) and f not in folds]
     cities = [n.split("/", 1)[1] for fold in folds for n in fold]

@@ -105,9 +105,8 @@ def seconds_per_megapixel(model, scenes) -> float:
 def uncertainty_note(result: crossval.CVResult, scenes, cv_dir: Path) -> str:
     """The card's line on ``run --uncertainty``: how well the calibration finds the wrong pixels
     of held-out scenes (``crossval.uncertainty_report`` on the out-of-fold scores)."""
-    oof = np.load(cv_dir / "oof.npz")
-    scores = {k.replace("__", "/"): oof[k] for k in oof.files}
-    r = crossval.uncertainty_report(scores, scenes, result.folds, result.threshold)
+    r = crossval.uncertainty_report(crossval.load_oof_scores(cv_dir), scenes, result.folds,
+                                    result.threshold)
     return (f"uncertainty (`run --uncertainty`): P(change | score) in 64 bins, measured on the "
             f"{r['pixels'] / 1e6:.1f} M\n  out-of-fold pixels of this model's own "
             f"{len(result.folds)} fold models; across folds it ranks the wrong pixels\n  with "

@@ -71,8 +71,7 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cv = json.loads((args.cv / "cv.json").read_text())
-    oof = np.load(args.cv / "oof.npz")
-    scores = {k.replace("__", "/"): oof[k] for k in oof.files}
+    scores = crossval.load_oof_scores(args.cv)
     names = [n for fold in cv["folds"] for n in fold]
     if all(n.startswith("oscd/") for n in names):
         scenes, panel_scene = datasets.load_oscd(args.data / "oscd"), "oscd/beirut"

@@ -35,9 +35,7 @@ def test_capped_threshold_marks_at_most_the_cap_and_close_to_it(cap):
     result = capped_threshold(score, 0.05, cap)
     marked = (score > result.threshold).sum() / valid.sum()
     assert marked <= cap
-    # exact: the raised threshold is the (allowed + 1)-th largest score
-    allowed = int(np.floor(cap * valid.sum() + 1e-9))
-    assert (score > result.threshold).sum() <= allowed < (score >= result.threshold).sum()
+    assert _order_statistic_holds(score, result, cap)  # exact: the (allowed + 1)-th largest
     assert result.raised and result.threshold > 0.05
     assert result.fraction <= cap and result.fraction >= marked
     assert result.uncapped_fraction == pytest.approx((score > 0.05).sum() / valid.sum())

@@ -259,7 +259,7 @@ def cross_validate(
             training.fit(train, [], model_cfg, cfg, fold_dir, name=name, progress=progress)
         paths.append(str(model_path))
     scores = _held_out_scores([load_model(p) for p in paths], folds, by_name)  # ... then score
-    arrays = {n.replace("/", "__"): s for n, s in scores.items()}
+    arrays = {n.replace("/", "__"): s for n, s in scores.items()}  # load_oof_scores reverses it
     np.savez_compressed(workdir / "oof.npz", **arrays)  # type: ignore[arg-type]  # numpy stubs
     thr, pooled, ap, per_scene, per_fold = oof_report(scores, scenes, folds)
     cva = None
@@ -335,6 +335,16 @@ def train_with_cv(
 
 
 __all__ += ["train_with_cv"]
+
+
+def load_oof_scores(workdir: str | Path) -> dict[str, np.ndarray]:
+    """The out-of-fold score maps :func:`cross_validate` wrote to ``workdir/oof.npz``, by scene
+    name."""
+    with np.load(Path(workdir) / "oof.npz") as z:
+        return {k.replace("__", "/"): z[k] for k in z.files}
+
+
+__all__ += ["load_oof_scores"]
 
 
 def _held_out_scores(models: Sequence[Any], folds: Sequence[Sequence[str]],
