@@ -175,6 +175,9 @@ class TrainConfig:
         normalised units; 0 = off), so that illumination differences are not change.
       band_drop: Probability that a training patch keeps only one of the model's accepted band
         sets (``changedet.bands.BAND_SETS``; Sentinel-2 models), the rest set to their mean.
+      scale: Scale augmentation in octaves: each patch is cut from a window ``2**U(-scale,
+        scale)`` times ``patch_px`` wide and resampled to ``patch_px``, so that the model sees
+        objects at other ground resolutions than its training scenes' (0 = off).
       seed: Seeds the parameter init, the patch sampler and the dropout-free step keys.
       patience: Stop after this many epochs without a better validation F1 (0 = never stop).
       log_every_steps: Fetch and log training metrics every this many steps.
@@ -201,6 +204,7 @@ class TrainConfig:
     normalization: Normalization = "global"
     radiometric: float = 0.0
     band_drop: float = 0.0
+    scale: float = 0.0
     pos_weight_power: float = 1.0
     seed: int = 0
     patience: int = 8
@@ -236,6 +240,8 @@ class TrainConfig:
             raise ConfigError(f"train.radiometric must be >= 0; got {self.radiometric}.")
         if not 0.0 <= self.band_drop <= 1.0:
             raise ConfigError(f"train.band_drop must be in [0, 1]; got {self.band_drop}.")
+        if not 0.0 <= self.scale <= 3.0:
+            raise ConfigError(f"train.scale must be in [0, 3] octaves; got {self.scale}.")
         if self.num_thresholds < 2:
             raise ConfigError(f"train.num_thresholds must be >= 2; got {self.num_thresholds}.")
         if self.loss not in LOSSES:

@@ -1,5 +1,6 @@
 """Training patches: ``PatchSampler`` draws square patches from scenes (uniformly or centred on
-change), with flips/rotations, date swaps, per-date radiometric jitter and band dropout.
+change), with scale changes, flips/rotations, date swaps, per-date radiometric jitter and band
+dropout.
 
 Pure numpy; every draw comes from the ``numpy.random.Generator`` the caller passes.
 """
@@ -9,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from changedet.data import Batch, Scene, to_nhwc
 from changedet.errors import ConfigError, EmptySceneError
 
-__all__ = ["augment", "radiometric_jitter", "PatchSampler"]
+__all__ = ["augment", "radiometric_jitter", "rescale", "PatchSampler"]
 
 
 def augment(
@@ -71,6 +73,35 @@ def radiometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: fl
     return image * gain[:, None, None] + offset[:, None, None] + ramp_amp[:, None, None] * ramp
 
 
+def rescale(
+    before: np.ndarray, after: np.ndarray, label: np.ndarray, valid: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Resamples a square window (``(band, S, S)`` images, ``(S, S)`` label and valid mask) to
+    ``size`` x ``size``: the same ground seen at another resolution.
+
+    The images are interpolated bilinearly, after a Gaussian blur of ``sigma = (S/size - 1)/2``
+    when shrinking (a coarser sensor integrates over its larger pixels; without it, shrinking
+    aliases); the label and the valid mask take the nearest pixel, so the label stays 0/1 and
+    padding stays invalid.
+    """
+    src = before.shape[-1]
+    if src == size:
+        return before, after, label, valid
+    zoom = size / src
+    sigma = max(src / size - 1.0, 0.0) / 2
+
+    def image(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32, copy=False)
+        if sigma > 0:
+            x = ndimage.gaussian_filter(x, (0, sigma, sigma), mode="nearest")
+        return ndimage.zoom(x, (1, zoom, zoom), order=1, mode="nearest", grid_mode=True)
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        return ndimage.zoom(x, zoom, order=0, mode="nearest", grid_mode=True)
+
+    return image(before), image(after), nearest(label), nearest(valid)
+
+
 def _crop_padded(
     arr: np.ndarray, row0: int, col0: int, size: int, fill: float | bool = 0
 ) -> np.ndarray:
@@ -111,6 +142,7 @@ class PatchSampler:
         radiometric: float = 0.0,
         band_drop: float = 0.0,
         band_sets: Sequence[Sequence[bool] | np.ndarray] = (),
+        scale: float = 0.0,
     ) -> None:
         """Indexes the scenes' valid and changed pixels.
 
@@ -126,15 +158,20 @@ class PatchSampler:
             (drawn uniformly); the others are set to 0, the band mean after normalisation, in
             both dates — how a model learns to work on any of those band sets.
           band_sets: Masks (one bool per band) of the band sets to train for.
+          scale: Scale augmentation: each patch is cut from a window ``2**U(-scale, scale)``
+            times ``patch_px`` wide and resampled to ``patch_px`` (:func:`rescale`), so that
+            objects appear at other ground resolutions (0 = off; 1 = half to double size).
 
         Raises:
-          ConfigError: On a bad ``patch_px`` or ``changed_fraction``.
+          ConfigError: On a bad ``patch_px``, ``changed_fraction`` or ``scale``.
           EmptySceneError: If no scene has a valid pixel.
         """
         if patch_px < 1:
             raise ConfigError(f"patch_px must be >= 1; got {patch_px}.")
         if not 0.0 <= changed_fraction <= 1.0:
             raise ConfigError(f"changed_fraction must be in [0, 1]; got {changed_fraction}.")
+        if not 0.0 <= scale <= 3.0:
+            raise ConfigError(f"scale must be in [0, 3] (octaves); got {scale}.")
         self.scenes = list(scenes)
         self.patch_px = int(patch_px)
         self.changed_fraction = float(changed_fraction)
@@ -142,6 +179,7 @@ class PatchSampler:
         self.swap_dates = swap_dates
         self.radiometric = float(radiometric)
         self.band_drop = float(band_drop)
+        self.scale = float(scale)
         self.band_sets = [np.asarray(m, bool) for m in band_sets]
         if self.band_drop and not self.band_sets:
             raise ConfigError("band_drop > 0 needs at least one band set to drop to.")
@@ -182,6 +220,8 @@ class PatchSampler:
         scene_i, row, col = self._draw_pixel(rng, changed)
         s = self.scenes[scene_i]
         size = self.patch_px
+        if self.scale:
+            size = max(int(round(size * 2.0 ** rng.uniform(-self.scale, self.scale))), 2)
         jitter = size // 4
         h, w = s.valid.shape
         row0 = row - size // 2 + int(rng.integers(-jitter, jitter + 1))
@@ -192,6 +232,8 @@ class PatchSampler:
         after = _crop_padded(s.after, row0, col0, size, 0)
         label = _crop_padded(s.label, row0, col0, size, 0)
         valid = _crop_padded(s.valid, row0, col0, size, False)
+        if size != self.patch_px:
+            before, after, label, valid = rescale(before, after, label, valid, self.patch_px)
         if self.augment:
             before, after, label, valid = augment(
                 before, after, label, valid, rng, swap_dates=self.swap_dates
