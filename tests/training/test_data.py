@@ -77,6 +77,50 @@ def test_small_scene_is_padded_invalid():
     assert not batch.valid[0, 10:].any() and not batch.valid[0, :, 12:].any()
 
 
+def _square_scene(edge=16, size=400) -> data.Scene:
+    """A flat scene with one changed ``edge`` px square in the middle (after = before + 50)."""
+    before = np.full((1, size, size), 100, np.float32)
+    label = np.zeros((size, size), np.uint8)
+    lo = size // 2 - edge // 2
+    label[lo:lo + edge, lo:lo + edge] = 1
+    after = before + 50 * label
+    return data.Scene("sq", before, after, label, np.ones((size, size), bool), ("1",))
+
+
+def test_scale_augmentation_shows_objects_at_other_sizes():
+    s = _square_scene()
+    plain = sampling.PatchSampler([s], patch_px=96, changed_fraction=1.0)
+    areas = [int(p.sum()) for p in plain.sample(40, np.random.default_rng(0)).label]
+    assert set(areas) == {256}  # the whole square in every patch, at its own size
+    scaled = sampling.PatchSampler([s], patch_px=96, changed_fraction=1.0, scale=1.0)
+    batch = scaled.sample(40, np.random.default_rng(0))
+    areas = np.array([int(p.sum()) for p in batch.label])
+    # Windows 48 to 192 px wide resampled to 96: the square is 8 to 32 px wide, never cut.
+    assert areas.min() >= 8 * 8 - 40 and areas.max() <= 32 * 32 + 140
+    assert areas.min() < 256 / 2 and areas.max() > 256 * 2
+    assert set(np.unique(batch.label)) == {0, 1} and batch.valid.all()
+    # Images and label stay aligned: change <=> the dates differ (blurred edges aside).
+    diff = np.abs(batch.after - batch.before)[..., 0]
+    assert (diff[batch.label == 1] > 25).mean() > 0.9
+    assert (diff[batch.label == 0] > 25).mean() < 0.01
+
+
+def test_rescale_keeps_padding_invalid_and_shrinks_without_aliasing():
+    stripes = np.zeros((1, 66, 66), np.float32)
+    stripes[:, :, ::2] = 1.0  # finer than the coarser grid can hold: a coarser sensor sees grey
+    valid = np.ones((66, 66), bool)
+    valid[:, 48:] = False  # padding past a scene edge
+    label = np.zeros((66, 66), np.uint8)
+    b, a, lab, v = sampling.rescale(stripes, stripes, label, valid, 22)
+    assert b.shape == (1, 22, 22) and lab.shape == v.shape == (22, 22)
+    assert v[:, :15].all() and not v[:, 17:].any()
+    # Point-sampling every third pixel would give full-contrast stripes (aliasing).
+    assert np.ptp(b[0, 4:18, 4:18]) < 0.1
+    assert b[0, 4:18, 4:18].mean() == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ConfigError):
+        sampling.PatchSampler([_scene()], patch_px=16, scale=-1.0)
+
+
 def test_normalize_scene_and_bad_config():
     s = _scene()
     mean, std = data.band_statistics([s])
