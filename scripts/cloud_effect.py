@@ -18,6 +18,7 @@ import numpy as np
 
 from changedet import clouds, io, metrics
 from changedet.io import datasets
+from changedet.training import crossval
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.data) / "oscd"
     cv = json.loads((HERE / "runs" / "cv" / args.setting / "cv.json").read_text())
-    oof = np.load(HERE / "runs" / "cv" / args.setting / "oof.npz")
+    oof = crossval.load_oof_scores(HERE / "runs" / "cv" / args.setting)
     thr = cv["threshold"]
     totals = {"none": [], "excluded": [], "as_no_change": []}
     rows = []
@@ -40,7 +41,7 @@ def main() -> int:
                             align=True)
         masks = clouds.auto_masks(pair)
         cloudy = np.asarray((masks.before | masks.after).compute())
-        score = oof[f"oscd__{city}"]
+        score = oof[scene.name]
         pred = score > thr
         none = metrics.confusion_counts_np(pred, scene.label, scene.valid)
         excl = metrics.confusion_counts_np(pred, scene.label, scene.valid & ~cloudy)

@@ -138,6 +138,33 @@ def test_failure_after_the_first_pass_leaves_no_file(synthetic_pair, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["after.tif", "before.tif"]
 
 
+def test_failure_in_the_second_write_leaves_no_file(synthetic_pair, tmp_path, monkeypatch):
+    """The outputs are written from the first pass's hidden files: a failure part way through
+    that write (a disk filling up at the last block) leaves neither outputs nor hidden files."""
+    real, calls = pipeline.io.write_outputs, []
+
+    def flaky(score, *args, **kwargs):
+        calls.append(kwargs["mask_path"])
+        if len(calls) == 2:
+            last = tuple(n - 1 for n in score.numblocks)
+
+            def boom(block, block_info=None):
+                if block_info[0]["chunk-location"] == last:
+                    raise OSError("No space left on device")
+                return block
+
+            score = score.map_blocks(boom, dtype=score.dtype)
+        return real(score, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.io, "write_outputs", flaky)
+    with pytest.raises(OSError, match="No space left"):
+        changedet.run(synthetic_pair.before_path, synthetic_pair.after_path,
+                      tmp_path / "change.tif", score_path=tmp_path / "score.tif",
+                      method="cva", progress=False, max_change=0.05, block_px=16)
+    assert len(calls) == 2 and calls[1] == tmp_path / "change.tif"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.tif", "before.tif"]
+
+
 @pytest.fixture(scope="module")
 def capped_model(tmp_path_factory):
     """The packaged sentinel2 model with a tight stored cap (0.2 % of a scene)."""
@@ -193,9 +220,11 @@ def test_cv_sets_the_cap_from_the_training_scenes_and_keeps_it_only_if_it_helps(
     assert crossval.change_cap_for(scenes) == 0.03  # 2.3 % rounded up
     rng = np.random.default_rng(5)
     # scene "c" is "hot": most of it scores above the threshold (a score-scale failure)
-    scores = {s.name: np.where(s.label == 1, 0.9, rng.uniform(0, 0.4, s.label.shape))
-              for s in scenes}
-    scores["c"] = np.where(scenes[2].label == 1, 0.95, rng.uniform(0.3, 0.9, (40, 50)))
+    # float32, as the out-of-fold maps are
+    scores = {s.name: np.where(s.label == 1, 0.9, rng.uniform(0, 0.4, s.label.shape)
+                               ).astype(np.float32) for s in scenes}
+    scores["c"] = np.where(scenes[2].label == 1, 0.95, rng.uniform(0.3, 0.9, (40, 50))
+                           ).astype(np.float32)
     report = crossval.change_cap_report(scores, scenes, [["a"], ["b", "c"]], 0.5)
     assert report["kept"] and list(report["raised"]) == ["c"]
     assert report["pooled"]["f1"] > report["f1_without"]

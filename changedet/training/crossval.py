@@ -128,7 +128,11 @@ class CVResult:
 
 def change_cap_for(scenes: Sequence[Scene]) -> float:
     """The change cap a model trained on ``scenes`` gets: the largest share of changed pixels
-    among their valid labelled pixels, rounded up to a whole percent (at least 1 %)."""
+    among their valid labelled pixels, rounded up to a whole percent (at least 1 %).
+
+    The cap applies to all of a scene's valid pixels; where labels are sparse (a few labelled
+    samples, the rest unlabelled), the labelled share usually overstates the scene's change,
+    which errs towards a looser cap."""
     worst = 0.0
     for s in scenes:
         labelled = s.valid & (s.label <= 1)
