@@ -15,7 +15,8 @@ from scipy import ndimage
 from changedet.data import Batch, Scene, to_nhwc
 from changedet.errors import ConfigError, EmptySceneError
 
-__all__ = ["augment", "radiometric_jitter", "rescale", "PatchSampler"]
+__all__ = ["augment", "radiometric_jitter", "rescale", "zoom_arrays", "resample_scene",
+           "PatchSampler"]
 
 
 def augment(
@@ -77,18 +78,26 @@ def rescale(
     before: np.ndarray, after: np.ndarray, label: np.ndarray, valid: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Resamples a square window (``(band, S, S)`` images, ``(S, S)`` label and valid mask) to
-    ``size`` x ``size``: the same ground seen at another resolution.
-
-    The images are interpolated bilinearly, after a Gaussian blur of ``sigma = (S/size - 1)/2``
-    when shrinking (a coarser sensor integrates over its larger pixels; without it, shrinking
-    aliases); the label and the valid mask take the nearest pixel, so the label stays 0/1 and
-    padding stays invalid.
-    """
+    ``size`` x ``size``: the same ground seen at another resolution (:func:`zoom_arrays`)."""
     src = before.shape[-1]
     if src == size:
         return before, after, label, valid
-    zoom = size / src
-    sigma = max(src / size - 1.0, 0.0) / 2
+    return zoom_arrays(before, after, label, valid, size / src)
+
+
+def zoom_arrays(
+    before: np.ndarray, after: np.ndarray, label: np.ndarray, valid: np.ndarray, zoom: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(band, H, W)`` images and ``(H, W)`` label and valid mask resampled to
+    ``round(H * zoom) x round(W * zoom)`` pixels, as a sensor with ``zoom`` times the pixel
+    density would see the same ground.
+
+    The images are interpolated bilinearly, after a Gaussian blur of ``sigma = (1/zoom - 1)/2``
+    input pixels when shrinking (a coarser sensor integrates over its larger pixels; without
+    it, shrinking aliases); the label and the valid mask take the nearest pixel, so the label
+    keeps its values and padding stays invalid.
+    """
+    sigma = max(1.0 / zoom - 1.0, 0.0) / 2
 
     def image(x: np.ndarray) -> np.ndarray:
         x = x.astype(np.float32, copy=False)
@@ -100,6 +109,19 @@ def rescale(
         return ndimage.zoom(x, zoom, order=0, mode="nearest", grid_mode=True)
 
     return image(before), image(after), nearest(label), nearest(valid)
+
+
+def resample_scene(scene: Scene, zoom: float) -> Scene:
+    """``scene`` at ``zoom`` times its pixel density (0.5: pixels twice as large), bands, label
+    and valid mask resampled together (:func:`zoom_arrays`): how a model fares on imagery of
+    another ground resolution than its training scenes'."""
+    before, after, label, valid = zoom_arrays(scene.before, scene.after, scene.label,
+                                              scene.valid, zoom)
+    image_valid = scene.image_valid
+    if image_valid is not None:
+        image_valid = ndimage.zoom(image_valid, zoom, order=0, mode="nearest", grid_mode=True)
+    return scene._replace(before=before, after=after, label=label, valid=valid,
+                          image_valid=image_valid)
 
 
 def _crop_padded(

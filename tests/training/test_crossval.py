@@ -80,6 +80,13 @@ def test_out_of_fold_scores_are_run_scores_of_the_fold_model(levir, shared_data,
     assert report["fast"]["average_precision"] == pytest.approx(result.average_precision)
     assert report["best"]["average_precision"] != pytest.approx(result.average_precision)
     assert 0.0 <= report["best"]["best_f1"] <= 1.0 and report["best"]["seconds"] > 0
+    # The resolution report: at zoom 1 the OOF result itself; at half the pixel density the
+    # same fold models score other (resampled) scenes.
+    report = crossval.resolution_report(result.model_paths, levir, result.folds,
+                                        result.threshold, zooms=(1.0, 0.5))
+    assert report["x1"]["f1"] == pytest.approx(result.pooled.f1)
+    assert report["x0.5"]["average_precision"] != pytest.approx(result.average_precision)
+    assert 0.0 <= report["x0.5"]["f1"] <= 1.0
 
 
 def test_train_cv_cli_ships_a_model_with_the_out_of_fold_threshold(shared_data, tmp_path):

@@ -121,6 +121,18 @@ def test_rescale_keeps_padding_invalid_and_shrinks_without_aliasing():
         sampling.PatchSampler([_scene()], patch_px=16, scale=-1.0)
 
 
+def test_resample_scene_keeps_the_ground_and_the_label_aligned():
+    s = _square_scene(edge=40, size=200)._replace(image_valid=np.ones((200, 200), bool))
+    coarse = sampling.resample_scene(s, 0.5)
+    assert coarse.before.shape == (1, 100, 100) and coarse.label.shape == (100, 100)
+    assert coarse.image_valid.shape == coarse.valid.shape == (100, 100)
+    assert int(coarse.label.sum()) == 20 * 20 and coarse.name == s.name
+    fine = sampling.resample_scene(s, 2.0)
+    assert int(fine.label.sum()) == 80 * 80
+    diff = np.abs(fine.after - fine.before)[0]
+    assert (diff[fine.label == 1] > 25).mean() > 0.95 and (diff[fine.label == 0] > 25).mean() < 0.01
+
+
 def test_normalize_scene_and_bad_config():
     s = _scene()
     mean, std = data.band_statistics([s])
