@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     cv = json.loads((args.cv / "cv.json").read_text())
     load = load_sentinel2 if cv["model"]["num_bands"] == 13 else load_rgb
     scenes, _ = load(args.data)
-    report = crossval.resolution_report(cv["model_paths"], scenes, cv["folds"],
+    # the fold models beside cv.json (cv.json's paths are relative to where training ran)
+    paths = [args.cv / Path(p).parent.name / Path(p).name for p in cv["model_paths"]]
+    report = crossval.resolution_report(paths, scenes, cv["folds"],
                                         cv["threshold"], args.zooms)
     print(f"{'zoom':>6s} {'P':>6s} {'R':>6s} {'F1':>6s} {'AP':>6s}  best F1 (threshold)")
     for key, m in report.items():

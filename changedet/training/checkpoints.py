@@ -59,7 +59,10 @@ class _Progress:
 def _run_signature(model_cfg: ModelConfig, train_cfg: TrainConfig, band_ids, names) -> dict:
     model = to_dict(model_cfg)
     model.pop("members")  # always 1 in training; checkpoints from before the field resume
-    return {"model": model, "train": to_dict(train_cfg),
+    train = to_dict(train_cfg)
+    if not train["scale"]:  # off: checkpoints from before the field resume
+        train.pop("scale")
+    return {"model": model, "train": train,
             "band_ids": list(band_ids), "train_scenes": sorted(names)}
 
 

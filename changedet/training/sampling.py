@@ -88,40 +88,56 @@ def rescale(
 def zoom_arrays(
     before: np.ndarray, after: np.ndarray, label: np.ndarray, valid: np.ndarray, zoom: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(band, H, W)`` images and ``(H, W)`` label and valid mask resampled to
+    """``(band, H, W)`` images and ``(H, W)`` 0/1 label and valid mask resampled to
     ``round(H * zoom) x round(W * zoom)`` pixels, as a sensor with ``zoom`` times the pixel
     density would see the same ground.
 
-    The images are interpolated bilinearly, after a Gaussian blur of ``sigma = (1/zoom - 1)/2``
-    input pixels when shrinking (a coarser sensor integrates over its larger pixels; without
-    it, shrinking aliases); the label and the valid mask take the nearest pixel, so the label
-    keeps its values and padding stays invalid.
+    Everything is interpolated bilinearly on the same grid, after a Gaussian blur of ``sigma =
+    (1/zoom - 1)/2`` input pixels when shrinking (a coarser sensor integrates over its larger
+    pixels; without it, shrinking aliases). Invalid pixels take no part: the images are
+    resampled as ``image * valid / valid`` (normalised convolution), a new pixel is valid only
+    where it draws on valid pixels alone, and changed where the resampled label is at least
+    one half. Invalid pixels come out 0.
+
+    Raises:
+      ConfigError: ``zoom`` is not positive.
     """
+    if not zoom > 0:
+        raise ConfigError(f"zoom must be > 0; got {zoom}.")
     sigma = max(1.0 / zoom - 1.0, 0.0) / 2
 
-    def image(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float32, copy=False)
+    def resample(x: np.ndarray) -> np.ndarray:  # (..., H, W) float32
+        lead = (0,) * (x.ndim - 2)
         if sigma > 0:
-            x = ndimage.gaussian_filter(x, (0, sigma, sigma), mode="nearest")
-        return ndimage.zoom(x, (1, zoom, zoom), order=1, mode="nearest", grid_mode=True)
+            x = ndimage.gaussian_filter(x, lead + (sigma, sigma), mode="nearest")
+        return ndimage.zoom(x, (1,) * len(lead) + (zoom, zoom), order=1, mode="nearest",
+                            grid_mode=True)
 
-    def nearest(x: np.ndarray) -> np.ndarray:
-        return ndimage.zoom(x, zoom, order=0, mode="nearest", grid_mode=True)
+    weight = valid.astype(np.float32)
+    new_weight = resample(weight)
+    new_valid = new_weight > 0.999
 
-    return image(before), image(after), nearest(label), nearest(valid)
+    def image(x: np.ndarray) -> np.ndarray:
+        num = resample(np.where(valid, x, 0).astype(np.float32))
+        return np.where(new_valid, num / np.maximum(new_weight, 1e-6), 0).astype(np.float32)
+
+    changed = resample(np.where(valid, label, 0).astype(np.float32))
+    new_label = (new_valid & (changed >= 0.5 * new_weight)).astype(label.dtype)
+    return image(before), image(after), new_label, new_valid
 
 
 def resample_scene(scene: Scene, zoom: float) -> Scene:
     """``scene`` at ``zoom`` times its pixel density (0.5: pixels twice as large), bands, label
     and valid mask resampled together (:func:`zoom_arrays`): how a model fares on imagery of
-    another ground resolution than its training scenes'."""
-    before, after, label, valid = zoom_arrays(scene.before, scene.after, scene.label,
-                                              scene.valid, zoom)
-    image_valid = scene.image_valid
-    if image_valid is not None:
-        image_valid = ndimage.zoom(image_valid, zoom, order=0, mode="nearest", grid_mode=True)
-    return scene._replace(before=before, after=after, label=label, valid=valid,
-                          image_valid=image_valid)
+    another ground resolution than its training scenes'. The bands draw on the imagery's
+    valid pixels (``image_valid``: labelled or not), the label on the labelled ones."""
+    imagery = scene.valid if scene.image_valid is None else scene.image_valid
+    before, after, _, new_imagery = zoom_arrays(scene.before, scene.after, scene.label,
+                                                imagery, zoom)
+    first = scene.before[:1]
+    _, _, label, valid = zoom_arrays(first, first, scene.label, scene.valid, zoom)
+    return scene._replace(before=before, after=after, label=label, valid=valid & new_imagery,
+                          image_valid=None if scene.image_valid is None else new_imagery)
 
 
 def _crop_padded(
@@ -270,7 +286,7 @@ class PatchSampler:
                 zero = ~keep[:, None, None]
                 before = np.where(zero, np.float32(0), before)
                 after = np.where(zero, np.float32(0), after)
-        if self.radiometric or self.band_drop:
+        if self.radiometric or self.band_drop or size != self.patch_px:
             before = np.where(valid[None], before, np.float32(0)).astype(np.float32)
             after = np.where(valid[None], after, np.float32(0)).astype(np.float32)
         return before, after, label, valid
