@@ -15,8 +15,7 @@ from scipy import ndimage
 from changedet.data import Batch, Scene, to_nhwc
 from changedet.errors import ConfigError, EmptySceneError
 
-__all__ = ["augment", "radiometric_jitter", "rescale", "zoom_arrays", "resample_scene",
-           "PatchSampler"]
+__all__ = ["augment", "radiometric_jitter", "zoom_arrays", "resample_scene", "PatchSampler"]
 
 
 def augment(
@@ -72,17 +71,6 @@ def radiometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: fl
     cols = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
     ramp = np.float32(np.cos(angle)) * rows + np.float32(np.sin(angle)) * cols
     return image * gain[:, None, None] + offset[:, None, None] + ramp_amp[:, None, None] * ramp
-
-
-def rescale(
-    before: np.ndarray, after: np.ndarray, label: np.ndarray, valid: np.ndarray, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Resamples a square window (``(band, S, S)`` images, ``(S, S)`` label and valid mask) to
-    ``size`` x ``size``: the same ground seen at another resolution (:func:`zoom_arrays`)."""
-    src = before.shape[-1]
-    if src == size:
-        return before, after, label, valid
-    return zoom_arrays(before, after, label, valid, size / src)
 
 
 def zoom_arrays(
@@ -197,8 +185,9 @@ class PatchSampler:
             both dates — how a model learns to work on any of those band sets.
           band_sets: Masks (one bool per band) of the band sets to train for.
           scale: Scale augmentation: each patch is cut from a window ``2**U(-scale, scale)``
-            times ``patch_px`` wide and resampled to ``patch_px`` (:func:`rescale`), so that
+            times ``patch_px`` wide and resampled to ``patch_px``, so that
             objects appear at other ground resolutions (0 = off; 1 = half to double size).
+            :func:`zoom_arrays` resamples it.
 
         Raises:
           ConfigError: On a bad ``patch_px``, ``changed_fraction`` or ``scale``.
@@ -270,12 +259,23 @@ class PatchSampler:
         after = _crop_padded(s.after, row0, col0, size, 0)
         label = _crop_padded(s.label, row0, col0, size, 0)
         valid = _crop_padded(s.valid, row0, col0, size, False)
+        # where the imagery is valid, labelled or not (sparse labels: more than `valid`)
+        imagery = (valid if s.image_valid is None
+                   else _crop_padded(s.image_valid, row0, col0, size, False))
         if size != self.patch_px:
-            before, after, label, valid = rescale(before, after, label, valid, self.patch_px)
-        if self.augment:
-            before, after, label, valid = augment(
-                before, after, label, valid, rng, swap_dates=self.swap_dates
-            )
+            zoom = self.patch_px / size
+            if s.image_valid is None:
+                before, after, label, valid = zoom_arrays(before, after, label, valid, zoom)
+                imagery = valid
+            else:  # the bands draw on all the imagery, the label on the labelled pixels
+                _, _, label, valid = zoom_arrays(before[:1], after[:1], label, valid, zoom)
+                before, after, _, imagery = zoom_arrays(before, after, imagery, imagery, zoom)
+                valid &= imagery
+        if self.augment:  # the two masks travel as one (2, P, P) array
+            before, after, label, masks = augment(
+                before, after, label, np.stack([valid, imagery]), rng,
+                swap_dates=self.swap_dates)
+            valid, imagery = masks
         if self.radiometric:
             before = radiometric_jitter(before, rng, self.radiometric)
             after = radiometric_jitter(after, rng, self.radiometric)
@@ -287,8 +287,9 @@ class PatchSampler:
                 before = np.where(zero, np.float32(0), before)
                 after = np.where(zero, np.float32(0), after)
         if self.radiometric or self.band_drop or size != self.patch_px:
-            before = np.where(valid[None], before, np.float32(0)).astype(np.float32)
-            after = np.where(valid[None], after, np.float32(0)).astype(np.float32)
+            # nodata back to 0 (the band mean); unlabelled imagery keeps its values
+            before = np.where(imagery[None], before, np.float32(0)).astype(np.float32)
+            after = np.where(imagery[None], after, np.float32(0)).astype(np.float32)
         return before, after, label, valid
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:

@@ -105,13 +105,13 @@ def test_scale_augmentation_shows_objects_at_other_sizes():
     assert (diff[batch.label == 0] > 25).mean() < 0.01
 
 
-def test_rescale_keeps_padding_invalid_and_shrinks_without_aliasing():
+def test_zoom_keeps_padding_invalid_and_shrinks_without_aliasing():
     stripes = np.zeros((1, 66, 66), np.float32)
     stripes[:, :, ::2] = 1.0  # finer than the coarser grid can hold: a coarser sensor sees grey
     valid = np.ones((66, 66), bool)
     valid[:, 48:] = False  # padding past a scene edge
     label = np.zeros((66, 66), np.uint8)
-    b, a, lab, v = sampling.rescale(stripes, stripes, label, valid, 22)
+    b, a, lab, v = sampling.zoom_arrays(stripes, stripes, label, valid, 1 / 3)
     assert b.shape == (1, 22, 22) and lab.shape == v.shape == (22, 22)
     assert v[:, :15].all() and not v[:, 17:].any()
     # Point-sampling every third pixel would give full-contrast stripes (aliasing).
@@ -119,6 +119,23 @@ def test_rescale_keeps_padding_invalid_and_shrinks_without_aliasing():
     assert b[0, 4:18, 2:14].mean() == pytest.approx(0.5, abs=0.05)
     with pytest.raises(ConfigError):
         sampling.PatchSampler([_scene()], patch_px=16, scale=-1.0)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_sparse_labels_keep_the_unlabelled_imagery_in_training_patches(scale):
+    """A scene labelled at a few points (Landsat Taizhou): the loss sees the labelled pixels
+    only, but the network must see the imagery around them, as ``run`` shows it all."""
+    s = _square_scene(edge=16, size=200)
+    labelled = np.zeros((200, 200), bool)
+    labelled[::10, ::10] = True
+    labelled[92:108, 92:108] = True  # the change is labelled
+    s = s._replace(valid=labelled, image_valid=np.ones((200, 200), bool))
+    sampler = sampling.PatchSampler([s], patch_px=32, changed_fraction=1.0, radiometric=0.1,
+                                    scale=scale)
+    batch = sampler.sample(16, np.random.default_rng(0))
+    assert batch.valid.mean() < 0.4  # the loss mask stays sparse ...
+    assert (np.abs(batch.before) > 1e-3).mean() > 0.9  # ... the imagery does not go to 0
+    assert batch.label[batch.valid].any() and not batch.label[~batch.valid].any()
 
 
 def test_resample_scene_keeps_the_ground_and_the_label_aligned():
