@@ -119,7 +119,7 @@ def uncertainty_note(result: crossval.CVResult, scenes, cv_dir: Path) -> str:
 
 def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256: str,
                s_per_mpix: float, band_sets: dict | None, qualities: dict | None = None,
-               uncertainty: str = "") -> str:
+               uncertainty: str = "", resolutions: dict | None = None) -> str:
     t = model.training
     tc = t["train_config"]
     cv = t["cv"]
@@ -144,7 +144,8 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
 - training: {tc["num_epochs"] * tc["steps_per_epoch"]} AdamW steps (lr {tc["learning_rate"]},
   warmup + cosine), batch {tc["batch_size"]} x {tc["patch_px"]} px uniform patches, BCE with an
   automatic change weight (inverse frequency ^ {tc["pos_weight_power"]}), flips, rotations, date
-  swaps, radiometric jitter {tc["radiometric"]}, band dropout {tc["band_drop"]}
+  swaps, radiometric jitter {tc["radiometric"]}, band dropout {tc["band_drop"]}, scale
+  augmentation {tc.get("scale", 0.0)} octaves
 - decision threshold: {model.threshold:.4f} on the change probability, chosen on the pooled
   out-of-fold predictions of the cross-validation below (never on a scene the model that scored
   it was trained on)
@@ -170,7 +171,7 @@ scenes through `changedet run`'s scoring path. Pooled over all scenes (valid lab
 F1 per fold: {", ".join(f"{f:.3f}" for f in result.per_fold)} (mean {cv["fold_f1_mean"]:.3f},
 std {cv["fold_f1_std"]:.3f}). Folds: {"; ".join(", ".join(f) for f in result.folds)}.
 
-{_band_set_table(band_sets) + _quality_table(qualities)}\
+{_band_set_table(band_sets) + _quality_table(qualities) + _resolution_table(resolutions)}\
 Per scene, out-of-fold, at the shipped threshold{" (and F1 with the change cap)" if cap else ""}:
 
 | scene | precision | recall | F1 |{" F1 capped |" if cap else ""}
@@ -264,6 +265,23 @@ images of every tile):
 """
 
 
+def _resolution_table(resolutions: dict | None) -> str:
+    if not resolutions:
+        return ""
+    rows = "\n".join(
+        f"| x{key[1:]} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+        f"{r['best_f1']:.3f} | {r['average_precision']:.3f} |" for key, r in resolutions.items())
+    return f"""Per ground resolution (the same fold models on their held-out scenes resampled to
+0.5x, 1x and 2x the pixel density: imagery twice as coarse or twice as fine as the training
+scenes'; `scripts/resolution_study.py`):
+
+| pixel density | precision | recall | F1 | F1 at its best threshold | average precision |
+|---|---|---|---|---|---|
+{rows}
+
+"""
+
+
 def apply_overrides(model_cfg, train_cfg, assignments: list[str]):
     """``model.FIELD=VALUE`` / ``train.FIELD=VALUE`` (VALUE parsed as JSON, else a string)."""
     changes: dict[str, dict] = {"model": {}, "train": {}}
@@ -335,13 +353,15 @@ def train_one(name: str, args: argparse.Namespace) -> None:
                                         bands.BAND_SETS, result.threshold)
     qualities = crossval.quality_report(result.model_paths, scenes, result.folds,
                                         result.threshold)
+    resolutions = crossval.resolution_report(result.model_paths, scenes, result.folds,
+                                             result.threshold)
     note = uncertainty_note(result, scenes, Path(args.workdir) / name / "cv")
     card = model_card(name, model, scenes, result, args, modelfile.sha256_file(path), cost, sets,
-                      qualities, note)
+                      qualities, note, resolutions)
     (out / f"{name}.md").write_text(card)
     (out / f"{name}.eval.json").write_text(json.dumps(
         result.to_dict() | {"band_sets": sets, "qualities": qualities,
-                            "seconds_per_mpix": cost}, indent=2))
+                            "resolutions": resolutions, "seconds_per_mpix": cost}, indent=2))
     print(f"{name}: wrote {path} (out-of-fold F1 {result.pooled.f1:.3f}, AP "
           f"{result.average_precision:.3f}, CVA {result.cva.f1:.3f}; "
           f"{cost:.2f} s/Mpix)", flush=True)
