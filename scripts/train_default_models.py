@@ -12,7 +12,8 @@ Models:
              spatial dropout 0.2, seed 1 (``PACKAGED``).
   rgb        3 positional bands (red, green, blue photos): SZTAKI AirChange, LEVIR-CD and DSIFN
              samples; 3 folds, each holding a third of every source. 4500 steps, BatchNorm
-             and spatial dropout 0.2, seed 0 (``PACKAGED``).
+             and spatial dropout 0.2, scale augmentation over one octave (objects at half to
+             double their size), seed 0 (``PACKAGED``).
 
 Both standardise each date by its own statistics, so input units do not matter.
 
@@ -69,11 +70,13 @@ class Recipe:
 
 #: What the defaults of this script train (docs/models.md says why): ``sentinel2`` 4500 steps of
 #: the msdiff network with BatchNorm and spatial dropout 0.2 (the regularised longer recipe,
-#: ``s2_ms_bn_do2_long``); ``rgb`` the same recipe at seed 0 (since 2026-12-07; before, 1500 steps
-#: of the plain network: ``--epochs 15 --set model.norm=none --set model.dropout=0.0``).
+#: ``s2_ms_bn_do2_long``); ``rgb`` the same recipe at seed 0 plus scale augmentation over one
+#: octave (since the evening of 2026-12-07; before it, ``--set train.scale=0``; before that
+#: day, 1500 steps of the plain network: ``--epochs 15 --set model.norm=none --set
+#: model.dropout=0.0 --set train.scale=0``).
 PACKAGED = {
     "sentinel2": Recipe(45, 1, ("model.norm=batch", "model.dropout=0.2")),
-    "rgb": Recipe(45, 0, ("model.norm=batch", "model.dropout=0.2")),
+    "rgb": Recipe(45, 0, ("model.norm=batch", "model.dropout=0.2", "train.scale=1.0")),
 }
 
 
