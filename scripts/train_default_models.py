@@ -236,53 +236,44 @@ def _input_note(model) -> str:
             "global`):\n  input must be in the training units")
 
 
-def _band_set_table(band_sets: dict | None) -> str:
-    if not band_sets:
+def _figures_table(caption: str, header: str, report: dict | None, label=str,
+                   seconds: bool = False) -> str:
+    """A card table of pooled out-of-fold figures, one row per entry of a ``crossval`` report
+    (``label`` names the row; ``seconds`` adds the scoring time)."""
+    if not report:
         return ""
     rows = "\n".join(
-        f"| {label} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
-        f"{r['best_f1']:.3f} | {r['average_precision']:.3f} |" for label, r in band_sets.items())
-    return f"""Per band set (the same fold models, each held-out city reduced to the set's bands):
+        f"| {label(key)} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+        f"{r['best_f1']:.3f} | {r['average_precision']:.3f} |"
+        + (f" {r['seconds']:.0f} s |" if seconds else "") for key, r in report.items())
+    columns = (f"| {header} | precision | recall | F1 | F1 at its best threshold | average "
+               "precision |" + (" scoring time |" if seconds else ""))
+    return f"""{caption}
 
-| band set | precision | recall | F1 | F1 at its best threshold | average precision |
-|---|---|---|---|---|---|
+{columns}
+{"|---" * (7 if seconds else 6)}|
 {rows}
 
 """
+
+
+def _band_set_table(band_sets: dict | None) -> str:
+    return _figures_table("Per band set (the same fold models, each held-out city reduced to the "
+                          "set's bands):", "band set", band_sets)
 
 
 def _quality_table(qualities: dict | None) -> str:
-    if not qualities:
-        return ""
-    rows = "\n".join(
-        f"| `--quality {q}` | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
-        f"{r['best_f1']:.3f} | {r['average_precision']:.3f} | {r['seconds']:.0f} s |"
-        for q, r in qualities.items())
-    return f"""Per `run --quality` (the same fold models; `best` averages the 8 rotations and mirror
-images of every tile):
-
-| quality | precision | recall | F1 | F1 at its best threshold | average precision | scoring time |
-|---|---|---|---|---|---|---|
-{rows}
-
-"""
+    return _figures_table(
+        "Per `run --quality` (the same fold models; `best` averages the 8 rotations and mirror\n"
+        "images of every tile):", "quality", qualities, lambda q: f"`--quality {q}`",
+        seconds=True)
 
 
 def _resolution_table(resolutions: dict | None) -> str:
-    if not resolutions:
-        return ""
-    rows = "\n".join(
-        f"| x{key[1:]} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
-        f"{r['best_f1']:.3f} | {r['average_precision']:.3f} |" for key, r in resolutions.items())
-    return f"""Per ground resolution (the same fold models on their held-out scenes resampled to
-0.5x, 1x and 2x the pixel density: imagery twice as coarse or twice as fine as the training
-scenes'; `scripts/resolution_study.py`):
-
-| pixel density | precision | recall | F1 | F1 at its best threshold | average precision |
-|---|---|---|---|---|---|
-{rows}
-
-"""
+    return _figures_table(
+        "Per ground resolution (the same fold models on their held-out scenes resampled to\n"
+        "0.5x, 1x and 2x the pixel density: imagery twice as coarse or twice as fine as the "
+        "training\nscenes'; `scripts/resolution_study.py`):", "pixel density", resolutions)
 
 
 def apply_overrides(model_cfg, train_cfg, assignments: list[str]):

@@ -117,15 +117,19 @@ def zoom_arrays(
 def resample_scene(scene: Scene, zoom: float) -> Scene:
     """``scene`` at ``zoom`` times its pixel density (0.5: pixels twice as large), bands, label
     and valid mask resampled together (:func:`zoom_arrays`): how a model fares on imagery of
-    another ground resolution than its training scenes'. The bands draw on the imagery's
-    valid pixels (``image_valid``: labelled or not), the label on the labelled ones."""
-    imagery = scene.valid if scene.image_valid is None else scene.image_valid
-    before, after, _, new_imagery = zoom_arrays(scene.before, scene.after, scene.label,
-                                                imagery, zoom)
+    another ground resolution than its training scenes'. With sparse labels (``image_valid``
+    set), the bands draw on the imagery's valid pixels, labelled or not, the label on the
+    labelled ones."""
+    if scene.image_valid is None:
+        before, after, label, valid = zoom_arrays(scene.before, scene.after, scene.label,
+                                                  scene.valid, zoom)
+        return scene._replace(before=before, after=after, label=label, valid=valid)
+    before, after, _, imagery = zoom_arrays(scene.before, scene.after, scene.label,
+                                            scene.image_valid, zoom)
     first = scene.before[:1]
     _, _, label, valid = zoom_arrays(first, first, scene.label, scene.valid, zoom)
-    return scene._replace(before=before, after=after, label=label, valid=valid & new_imagery,
-                          image_valid=None if scene.image_valid is None else new_imagery)
+    return scene._replace(before=before, after=after, label=label, valid=valid & imagery,
+                          image_valid=imagery)
 
 
 def _crop_padded(
@@ -187,7 +191,7 @@ class PatchSampler:
           scale: Scale augmentation: each patch is cut from a window ``2**U(-scale, scale)``
             times ``patch_px`` wide and resampled to ``patch_px``, so that
             objects appear at other ground resolutions (0 = off; 1 = half to double size).
-            :func:`zoom_arrays` resamples it.
+            :func:`resample_scene` resamples it.
 
         Raises:
           ConfigError: On a bad ``patch_px``, ``changed_fraction`` or ``scale``.
@@ -255,22 +259,17 @@ class PatchSampler:
         col0 = col - size // 2 + int(rng.integers(-jitter, jitter + 1))
         row0 = min(max(row0, 0), max(h - size, 0))
         col0 = min(max(col0, 0), max(w - size, 0))
-        before = _crop_padded(s.before, row0, col0, size, 0)
-        after = _crop_padded(s.after, row0, col0, size, 0)
-        label = _crop_padded(s.label, row0, col0, size, 0)
-        valid = _crop_padded(s.valid, row0, col0, size, False)
-        # where the imagery is valid, labelled or not (sparse labels: more than `valid`)
-        imagery = (valid if s.image_valid is None
-                   else _crop_padded(s.image_valid, row0, col0, size, False))
+        window = s._replace(
+            before=_crop_padded(s.before, row0, col0, size, 0),
+            after=_crop_padded(s.after, row0, col0, size, 0),
+            label=_crop_padded(s.label, row0, col0, size, 0),
+            valid=_crop_padded(s.valid, row0, col0, size, False),
+            image_valid=(None if s.image_valid is None
+                         else _crop_padded(s.image_valid, row0, col0, size, False)))
         if size != self.patch_px:
-            zoom = self.patch_px / size
-            if s.image_valid is None:
-                before, after, label, valid = zoom_arrays(before, after, label, valid, zoom)
-                imagery = valid
-            else:  # the bands draw on all the imagery, the label on the labelled pixels
-                _, _, label, valid = zoom_arrays(before[:1], after[:1], label, valid, zoom)
-                before, after, _, imagery = zoom_arrays(before, after, imagery, imagery, zoom)
-                valid &= imagery
+            window = resample_scene(window, self.patch_px / size)
+        before, after, label, valid = window.before, window.after, window.label, window.valid
+        imagery = window.pixels_valid  # where the imagery is valid, labelled or not
         if self.augment:  # the two masks travel as one (2, P, P) array
             before, after, label, masks = augment(
                 before, after, label, np.stack([valid, imagery]), rng,
