@@ -16,6 +16,7 @@ __all__ = [
     "ModelConfig", "to_dict", "model_config_from_dict", "Loss", "Mining", "Schedule",
     "Normalization", "NORMALIZATIONS", "LOSSES", "MININGS", "SCHEDULES", "TrainConfig",
     "check_compatible", "train_config_from_dict", "DEFAULT_STEPS", "default", "tiny",
+    "PACKAGED_RECIPES", "packaged",
 ]
 
 Head = Literal["distance", "diff", "conc", "msdiff"]
@@ -318,6 +319,32 @@ def default(band_ids: tuple[str, ...] | list[str] | None = None
                         pos_weight=0.0, pos_weight_power=0.5, radiometric=0.1,
                         band_drop=0.5 if drop else 0.0)
     return model, train
+
+
+#: The packaged models' recipes on top of :func:`default` (``docs/models.md`` says why):
+#: BatchNorm and spatial dropout 0.2 after every 3x3 convolution, 4500 steps; ``rgb`` adds scale
+#: augmentation over one octave (its sources sit at 0.5-2 m, a user's photos at any other).
+PACKAGED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "sentinel2": {"model": {"norm": "batch", "dropout": 0.2},
+                  "train": {"num_epochs": 45, "seed": 1}},
+    "rgb": {"model": {"norm": "batch", "dropout": 0.2},
+            "train": {"num_epochs": 45, "seed": 0, "scale": 1.0}},
+}
+
+
+def packaged(name: str, band_ids: tuple[str, ...] | list[str] | None = None
+             ) -> tuple[ModelConfig, TrainConfig]:
+    """The recipe that trained the packaged model ``name`` (``"sentinel2"`` or ``"rgb"``),
+    for ``band_ids`` (default: the 13 Sentinel-2 bands): :func:`default` plus
+    :data:`PACKAGED_RECIPES`. ``changedet train --preset sentinel2`` trains it on a user's
+    scenes; ``scripts/train_default_models.py`` on the packaged data."""
+    if name not in PACKAGED_RECIPES:
+        raise ConfigError(f"no packaged recipe {name!r}; choose one of "
+                          f"{', '.join(PACKAGED_RECIPES)}.")
+    model, train = default(band_ids)
+    recipe = PACKAGED_RECIPES[name]
+    return (dataclasses.replace(model, **recipe["model"]),
+            dataclasses.replace(train, **recipe["train"]))
 
 
 def tiny(num_bands: int = 3) -> tuple[ModelConfig, TrainConfig]:

@@ -59,25 +59,18 @@ SOURCES = {
 FOLDS = {"sentinel2": 4, "rgb": 3}
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A packaged model's recipe on top of ``config.default()`` (600 steps alone)."""
+#: What the defaults of this script train: ``config.packaged(name)`` (docs/models.md says why):
+#: ``sentinel2`` 4500 steps of the msdiff network with BatchNorm and spatial dropout 0.2 (the
+#: regularised longer recipe, ``s2_ms_bn_do2_long``), seed 1; ``rgb`` the same recipe at seed 0
+#: plus scale augmentation over one octave (since the evening of 2026-12-07; before it, ``--set
+#: train.scale=0``; before that day, 1500 steps of the plain network: ``--epochs 15 --set
+#: model.norm=none --set model.dropout=0.0 --set train.scale=0``).
+PACKAGED = config.PACKAGED_RECIPES
 
-    epochs: int  #: epochs of 100 steps
-    seed: int
-    overrides: tuple[str, ...] = ()  #: ``--set`` assignments, applied before the command's own
 
-
-#: What the defaults of this script train (docs/models.md says why): ``sentinel2`` 4500 steps of
-#: the msdiff network with BatchNorm and spatial dropout 0.2 (the regularised longer recipe,
-#: ``s2_ms_bn_do2_long``); ``rgb`` the same recipe at seed 0 plus scale augmentation over one
-#: octave (since the evening of 2026-12-07; before it, ``--set train.scale=0``; before that
-#: day, 1500 steps of the plain network: ``--epochs 15 --set model.norm=none --set
-#: model.dropout=0.0 --set train.scale=0``).
-PACKAGED = {
-    "sentinel2": Recipe(45, 1, ("model.norm=batch", "model.dropout=0.2")),
-    "rgb": Recipe(45, 0, ("model.norm=batch", "model.dropout=0.2", "train.scale=1.0")),
-}
+def _recipe_note(name: str) -> str:
+    r = PACKAGED[name]
+    return " ".join(f"{part}.{k}={v}" for part in ("model", "train") for k, v in r[part].items())
 
 
 def load_sentinel2(data: Path):
@@ -105,11 +98,12 @@ def seconds_per_megapixel(model, scenes) -> float:
     return (time.perf_counter() - start) / (scene.valid.size / 1e6)
 
 
-def uncertainty_note(result: crossval.CVResult, scenes, cv_dir: Path) -> str:
+def uncertainty_note(result: crossval.CVResult, scenes, cv_dir: Path, threshold: float) -> str:
     """The card's line on ``run --uncertainty``: how well the calibration finds the wrong pixels
-    of held-out scenes (``crossval.uncertainty_report`` on the out-of-fold scores)."""
+    of held-out scenes at the model's ``threshold`` (``crossval.uncertainty_report`` on the
+    out-of-fold scores)."""
     r = crossval.uncertainty_report(crossval.load_oof_scores(cv_dir), scenes, result.folds,
-                                    result.threshold)
+                                    threshold)
     return (f"uncertainty (`run --uncertainty`): P(change | score) in 64 bins, measured on the "
             f"{r['pixels'] / 1e6:.1f} M\n  out-of-fold pixels of this model's own "
             f"{len(result.folds)} fold models; across folds it ranks the wrong pixels\n  with "
@@ -137,8 +131,7 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
     ap = result.average_precision
     return f"""# changedet model `{name}`
 
-- changedet {__version__}, trained {datetime.date.today().isoformat()} with
-  `python scripts/train_default_models.py {_command()}`, seed {tc["seed"]}
+- {_provenance(name, t, tc)}
 - file: `{name}.msgpack`, sha256 `{sha256}`
 - band slots (in order): {", ".join(model.band_ids)}; required:
   {", ".join(model.required_bands) if model.required_bands else "all"}
@@ -149,9 +142,7 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
   automatic change weight (inverse frequency ^ {tc["pos_weight_power"]}), flips, rotations, date
   swaps, radiometric jitter {tc["radiometric"]}, band dropout {tc["band_drop"]}, scale
   augmentation {tc.get("scale", 0.0)} octaves
-- decision threshold: {model.threshold:.4f} on the change probability, chosen on the pooled
-  out-of-fold predictions of the cross-validation below (never on a scene the model that scored
-  it was trained on)
+- decision threshold: {_threshold_note(model, result)}
 - {_cap_note(model, result)}
 - cost: {s_per_mpix:.2f} s of model time per megapixel on this machine (2-core CPU, 1-minute load
   average {os.getloadavg()[0]:.1f} when measured: figures taken under load are upper bounds)
@@ -175,12 +166,42 @@ F1 per fold: {", ".join(f"{f:.3f}" for f in result.per_fold)} (mean {cv["fold_f1
 std {cv["fold_f1_std"]:.3f}). Folds: {"; ".join(", ".join(f) for f in result.folds)}.
 
 {_band_set_table(band_sets) + _quality_table(qualities) + _resolution_table(resolutions)}\
-Per scene, out-of-fold, at the shipped threshold{" (and F1 with the change cap)" if cap else ""}:
+Per scene, out-of-fold, at the pooled-OOF threshold {result.threshold:.4f}\
+{f" (and F1 with the change cap at the shipped threshold {model.threshold:.4f})" if cap else ""}:
 
 | scene | precision | recall | F1 |{" F1 capped |" if cap else ""}
 |---|---|---|---|{"---|" if cap else ""}
 {rows}
 """
+
+
+def _provenance(name: str, t: dict, tc: dict) -> str:
+    recal = t.get("recalibrated")
+    if not recal:
+        return (f"changedet {__version__}, trained {datetime.date.today().isoformat()} with\n"
+                f"  `python scripts/train_default_models.py {_command()}`, seed {tc['seed']}")
+    return (f"changedet {__version__}; weights trained with the packaged recipe (`python "
+            f"scripts/train_default_models.py\n  --models {name}`), seed {tc['seed']}; threshold, "
+            f"change cap and score calibration re-chosen\n  {recal['date']} (threshold "
+            f"{recal['previous_threshold']:.4f} before) from a second cross-validation of the "
+            f"same recipe:\n  `python scripts/train_default_models.py {recal['command']}` "
+            "(the figures below are its fold models')")
+
+
+def _threshold_note(model, result) -> str:
+    cap = result.change_cap
+    if model.max_change_fraction is None or not cap or not cap.get("rechosen"):
+        return (f"{model.threshold:.4f} on the change probability, chosen on the pooled\n"
+                "  out-of-fold predictions of the cross-validation below (never on a scene the "
+                "model that scored\n  it was trained on)")
+    n = cap["nested"]
+    return (f"{model.threshold:.4f} on the change probability, chosen under the scene "
+            "change cap (below) on the\n  pooled out-of-fold predictions of the "
+            "cross-validation below (never on a scene the model that\n  scored it was trained "
+            f"on); without the cap the best is {result.threshold:.4f}. Leave-one-fold-out "
+            f"(each\n  fold's threshold chosen on the other folds): F1 {n['threshold_only']:.3f} "
+            f"with the threshold alone, {n['cap']:.3f} with\n  the cap at that threshold, "
+            f"{n['cap_rechosen']:.3f} with the threshold chosen under the cap")
 
 
 def _cap_note(model, result) -> str:
@@ -194,7 +215,8 @@ def _cap_note(model, result) -> str:
             "valid pixels are marked (`run` raises the threshold on a scene where more score "
             "above it; the largest change share among the training scenes, rounded up; "
             "`--max-change 1` turns it off): pooled out-of-fold F1 "
-            f"{cap['pooled']['f1']:.3f} with it, {cap['f1_without']:.3f} without; it raised the "
+            f"{cap['pooled']['f1']:.3f} with it (at the shipped threshold), "
+            f"{cap['f1_without']:.3f} without (at {result.threshold:.4f}); it raised the "
             f"threshold on {len(cap['raised'])} of {len(cap['per_scene'])} held-out scenes")
 
 
@@ -259,21 +281,23 @@ def _figures_table(caption: str, header: str, report: dict | None, label=str,
 
 def _band_set_table(band_sets: dict | None) -> str:
     return _figures_table("Per band set (the same fold models, each held-out city reduced to the "
-                          "set's bands):", "band set", band_sets)
+                          "set's bands;\nF1 at the pooled-OOF threshold, without the cap):",
+                          "band set", band_sets)
 
 
 def _quality_table(qualities: dict | None) -> str:
     return _figures_table(
         "Per `run --quality` (the same fold models; `best` averages the 8 rotations and mirror\n"
-        "images of every tile):", "quality", qualities, lambda q: f"`--quality {q}`",
-        seconds=True)
+        "images of every tile; F1 at the pooled-OOF threshold, without the cap):", "quality",
+        qualities, lambda q: f"`--quality {q}`", seconds=True)
 
 
 def _resolution_table(resolutions: dict | None) -> str:
     return _figures_table(
         "Per ground resolution (the same fold models on their held-out scenes resampled to\n"
         "0.5x, 1x and 2x the pixel density: imagery twice as coarse or twice as fine as the "
-        "training\nscenes'; `scripts/resolution_study.py`):", "pixel density", resolutions)
+        "training\nscenes'; `scripts/resolution_study.py`; F1 at the pooled-OOF threshold, "
+        "without the cap):", "pixel density", resolutions)
 
 
 def apply_overrides(model_cfg, train_cfg, assignments: list[str]):
@@ -302,13 +326,13 @@ def train_one(name: str, args: argparse.Namespace) -> None:
     band_ids = scenes[0].band_ids
     if args.preset == "tiny":
         model_cfg, train_cfg = config.tiny(len(band_ids))
+        train_cfg = dataclasses.replace(train_cfg, seed=0)
     else:
-        model_cfg, train_cfg = config.default(band_ids)
-    recipe = PACKAGED[name] if args.preset == "default" else Recipe(train_cfg.num_epochs, 0)
+        model_cfg, train_cfg = config.packaged(name, band_ids)
     train_cfg = dataclasses.replace(
-        train_cfg, seed=recipe.seed if args.seed is None else args.seed,
-        num_epochs=args.epochs or recipe.epochs)
-    model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, [*recipe.overrides, *args.set])
+        train_cfg, seed=train_cfg.seed if args.seed is None else args.seed,
+        num_epochs=args.epochs or train_cfg.num_epochs)
+    model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, args.set)
     log.info("%s: %d scenes, bands %s, %d folds", name, len(scenes), band_ids, FOLDS[name])
     only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
     workdir = Path(args.workdir) / name
@@ -322,16 +346,25 @@ def train_one(name: str, args: argparse.Namespace) -> None:
                      workdir / "final", name=name, progress=not args.quiet)
         return
     out = Path(args.out)
-    if args.stage == "report":
-        # the packaged model as it is, and its fold models re-scored (trained if missing)
+    if args.stage in ("report", "recalibrate"):
+        # the packaged model's weights as they are, and its fold models re-scored (trained if
+        # missing)
         path = out / f"{name}.msgpack"
         model = learned.load_model(path)
         result = crossval.cross_validate(scenes, FOLDS[name], model_cfg, train_cfg,
                                          workdir / "cv", name=name, progress=not args.quiet,
                                          folds=folds, only_folds=only)
-        if abs(result.threshold - model.threshold) > 1e-6:
+        decided = crossval.with_cv_decision(model, result)
+        if args.stage == "recalibrate":
+            record = dict(decided.training, recalibrated={
+                "date": datetime.date.today().isoformat(), "command": _command(),
+                "previous_threshold": model.threshold})
+            model = dataclasses.replace(decided, training=record)
+            path = modelfile.save_model(path, model)
+            modelfile.register_model(path, name, folder=out)
+        elif abs(decided.threshold - model.threshold) > 1e-6:
             log.warning("the fold models give threshold %.6f, the packaged model has %.6f: "
-                        "they come from different runs", result.threshold, model.threshold)
+                        "they come from different runs", decided.threshold, model.threshold)
     else:
         model, result = crossval.train_with_cv(scenes, FOLDS[name], model_cfg, train_cfg,
                                                Path(args.workdir) / name, name=name,
@@ -349,7 +382,7 @@ def train_one(name: str, args: argparse.Namespace) -> None:
                                         result.threshold)
     resolutions = crossval.resolution_report(result.model_paths, scenes, result.folds,
                                              result.threshold)
-    note = uncertainty_note(result, scenes, Path(args.workdir) / name / "cv")
+    note = uncertainty_note(result, scenes, Path(args.workdir) / name / "cv", model.threshold)
     card = model_card(name, model, scenes, result, args, modelfile.sha256_file(path), cost, sets,
                       qualities, note, resolutions)
     (out / f"{name}.md").write_text(card)
@@ -374,24 +407,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=("default", "tiny"), default="default")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of 100 steps (default with the default preset: the packaged "
-                   "recipe's, " + ", ".join(f"{n} {r.epochs}" for n, r in PACKAGED.items())
+                   "recipe's, " + ", ".join(f"{n} {r['train']['num_epochs']}"
+                                            for n, r in PACKAGED.items())
                    + "; config.default() alone trains 600 steps)")
     p.add_argument("--seed", type=int, default=None,
                    help="training seed (default: the packaged recipe's, " + ", ".join(
-                       f"{n} {r.seed}" for n, r in PACKAGED.items()) + "; 0 with --preset tiny)")
+                       f"{n} {r['train']['seed']}" for n, r in PACKAGED.items())
+                   + "; 0 with --preset tiny)")
     p.add_argument("--set", action="append", default=[], metavar="PART.FIELD=VALUE",
                    help="override one field of the recipe, e.g. model.dropout=0.2 or "
-                   "train.weight_decay=0.01 (repeatable; after the packaged recipe's own: "
-                   + "; ".join(f"{n} {' '.join(r.overrides)}" for n, r in PACKAGED.items()
-                               if r.overrides) + "; recorded in the card's configs)")
+                   "train.weight_decay=0.01 (repeatable; on top of the packaged recipe, "
+                   "config.packaged(): " + "; ".join(f"{n} {_recipe_note(n)}" for n in PACKAGED)
+                   + "; recorded in the card's configs)")
     p.add_argument("--only-folds", help="cross-validate on these folds only (e.g. 0): cheaper, "
                    "partial estimate; the threshold comes from their held-out scenes")
-    p.add_argument("--stage", choices=("all", "cv", "final", "report"), default="all",
+    p.add_argument("--stage", choices=("all", "cv", "final", "report", "recalibrate"),
+                   default="all",
                    help="'cv' trains (and scores) only the fold models, 'final' only the "
                    "all-scenes model; run them side by side, then 'all' reuses both (every "
                    "training resumes from its checkpoint) and writes weights and cards; "
                    "'report' keeps the model file in --out and rewrites its card and eval.json "
-                   "from the fold models in --workdir")
+                   "from the fold models in --workdir; 'recalibrate' also keeps its weights but "
+                   "takes its threshold, change cap and score calibration from those fold "
+                   "models (e.g. a retraining of the same recipe's folds)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

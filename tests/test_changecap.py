@@ -234,3 +234,69 @@ def test_cv_sets_the_cap_from_the_training_scenes_and_keeps_it_only_if_it_helps(
     report = crossval.change_cap_report(calm, scenes, [["a"], ["b", "c"]], 0.5)
     assert report["raised"] == {} and report["pooled"]["f1"] == report["f1_without"] == 1.0
     assert not report["kept"]
+
+
+def _scored(name, seed, hot):
+    """A 40 x 50 scene with 2 % change: a calm one whose change scores only 0.3-0.6 (the rest
+    below 0.35), or a hot one whose change scores 0.95 and whose rest floods 0.2-0.9."""
+    rng = np.random.default_rng(seed)
+    scene = _scene(name, 0.02, seed)
+    changed = scene.label == 1
+    if hot:
+        score = np.where(changed, 0.95, rng.uniform(0.2, 0.9, changed.shape))
+    else:
+        score = np.where(changed, rng.uniform(0.3, 0.6, changed.shape),
+                         rng.uniform(0.0, 0.35, changed.shape))
+    return scene, score.astype(np.float32)
+
+
+def test_cap_counts_at_every_threshold_are_those_of_the_run_rule():
+    """The report's fast counts (effective threshold max(t, the cap's)) equal what ``run`` does:
+    capped_threshold at t, then score > it, over the labelled pixels."""
+    from changedet import metrics
+    from changedet.training import capping
+
+    scene, score = _scored("hot", 3, hot=True)
+    score[:5] = np.nan  # nodata rows: outside the cap's valid pixels and the counts
+    scene = scene._replace(valid=np.isfinite(score))
+    table = capping._table(score, scene, 0.03)
+    for t in (0.0, 0.25, 0.5, 0.89, 0.94, 0.96):
+        eff = capped_threshold(score, t, 0.03).threshold
+        tp, fp, fn, _ = metrics.confusion_counts_np(score > eff, scene.label, scene.valid)
+        assert tuple(table.counts(np.array([t]), True)[0]) == (tp, fp, fn), t
+        tp, fp, fn, _ = metrics.confusion_counts_np(score > t, scene.label, scene.valid)
+        assert tuple(table.counts(np.array([t]), False)[0]) == (tp, fp, fn), t
+
+
+def test_cv_rechooses_the_threshold_under_the_cap_only_when_it_wins_nested():
+    """With a cap, hot scenes no longer force a high threshold: chosen under the cap, the
+    threshold drops to where the calm scenes' weak change is found; every fold's choice on
+    the other folds beats the cap at the uncapped threshold, so the lower one is kept."""
+    pairs = [_scored(f"s{i}", i, hot=i % 2 == 1) for i in range(8)]
+    scenes = [p[0] for p in pairs]
+    scores = {s.name: sc for s, sc in pairs}
+    folds = [[f"s{2 * k}", f"s{2 * k + 1}"] for k in range(4)]
+    thr, pooled, ap, per_scene, per_fold = crossval.oof_report(scores, scenes, folds)
+    report = crossval.change_cap_report(scores, scenes, folds, thr)
+    assert thr > 0.6  # without the cap, the hot scenes' flood keeps the threshold high
+    assert report["rechosen"] and 0.3 < report["threshold"] < 0.4
+    nested = report["nested"]
+    assert nested["cap_rechosen"] > nested["cap"] >= nested["threshold_only"]
+    assert report["kept"] and report["pooled"]["f1"] > 0.9 > report["f1_without"]
+    assert sorted(report["raised"]) == ["s1", "s3", "s5", "s7"]
+    # what train_with_cv stores: the cap and the threshold chosen under it
+    result = crossval.CVResult(thr, pooled, ap, per_scene, per_fold, folds, None, 0.0, [], None,
+                               report)
+    model = crossval.with_cv_decision(load_model("rgb"), result)
+    assert model.threshold == report["threshold"] and model.max_change_fraction == 0.02
+    assert model.training["threshold_source"] == "cv_oof_f1_under_cap"
+    assert model.training["cv"]["change_cap"]["nested"] == nested
+    # where the cap does not help, the model keeps the pooled-OOF threshold and no cap
+    calm = {s.name: _scored(s.name, i, hot=False)[1] for i, s in enumerate(scenes)}
+    thr, *_ = crossval.oof_report(calm, scenes, folds)
+    report = crossval.change_cap_report(calm, scenes, folds, thr)
+    assert not report["rechosen"] and report["threshold"] == thr and not report["kept"]
+    model = crossval.with_cv_decision(
+        load_model("rgb"), dataclasses.replace(result, threshold=thr, change_cap=report))
+    assert model.threshold == thr and model.max_change_fraction is None
+    assert model.training["threshold_source"] == "cv_oof_f1"

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from changedet import evaluate, metrics, training
-from changedet.changecap import capped_threshold
 from changedet.config import ModelConfig, TrainConfig, to_dict
 from changedet.data import Scene
 from changedet.errors import ConfigError
+from changedet.training.capping import change_cap_for, change_cap_report
 from changedet.uncertainty import ScoreCalibration, error_probability, fit_calibration
 
 log = logging.getLogger(__name__)
@@ -124,63 +124,6 @@ class CVResult:
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "change_cap": self.change_cap,
         }
-
-
-def change_cap_for(scenes: Sequence[Scene]) -> float:
-    """The change cap a model trained on ``scenes`` gets: the largest share of changed pixels
-    among their valid labelled pixels, rounded up to a whole percent (at least 1 %).
-
-    The cap applies to all of a scene's valid pixels; where labels are sparse (a few labelled
-    samples, the rest unlabelled), the labelled share usually overstates the scene's change,
-    which errs towards a looser cap."""
-    worst = 0.0
-    for s in scenes:
-        labelled = s.valid & (s.label <= 1)
-        if labelled.any():
-            worst = max(worst, float((s.label[labelled] == 1).mean()))
-    return float(min(1.0, max(0.01, np.ceil(100 * worst - 1e-9) / 100)))
-
-
-def change_cap_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
-                      folds: Sequence[Sequence[str]], threshold: float,
-                      max_fraction: float | None = None) -> dict[str, Any]:
-    """Out-of-fold figures of the scene change cap (:mod:`changedet.changecap`) at
-    ``threshold``: every held-out scene's threshold raised as ``run`` raises it.
-
-    Args:
-      scores, scenes, folds: As for :func:`oof_report`.
-      threshold: The model's threshold (the pooled-OOF one).
-      max_fraction: The cap; default :func:`change_cap_for` of ``scenes``.
-
-    Returns:
-      ``max_fraction``; ``pooled`` and ``per_scene`` metrics and ``per_fold_f1`` with the cap;
-      ``raised``: the scenes whose threshold it raised, with the threshold; ``f1_without``;
-      ``kept``: whether the pooled F1 with the cap is higher than without (what
-      ``train_with_cv`` decides by: a cap that never binds, or costs F1, is not stored).
-    """
-    by_name = {s.name: s for s in scenes}
-    cap = change_cap_for(scenes) if max_fraction is None else float(max_fraction)
-    names = [n for fold in folds for n in fold]
-    plain, capped, raised = {}, {}, {}
-    for n in names:
-        s = by_name[n]
-        scene_thr = capped_threshold(np.where(s.pixels_valid, scores[n], np.nan), threshold, cap)
-        if scene_thr.raised:
-            raised[n] = scene_thr.threshold
-        plain[n] = metrics.confusion_counts_np(scores[n] > threshold, s.label, s.valid)
-        capped[n] = metrics.confusion_counts_np(scores[n] > scene_thr.threshold, s.label, s.valid)
-    pooled = metrics.scores_from_counts(*metrics.sum_counts(*capped.values()))
-    without = metrics.scores_from_counts(*metrics.sum_counts(*plain.values()))
-    return {
-        "max_fraction": cap,
-        "pooled": pooled._asdict(),
-        "per_scene": {n: metrics.scores_from_counts(*c)._asdict() for n, c in capped.items()},
-        "per_fold_f1": [metrics.scores_from_counts(*metrics.sum_counts(
-            *(capped[n] for n in fold))).f1 for fold in folds],
-        "raised": raised,
-        "f1_without": without.f1,
-        "kept": bool(pooled.f1 > without.f1),
-    }
 
 
 def oof_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
@@ -307,7 +250,9 @@ def train_with_cv(
     """Cross-validates the setting, then trains the final model on **all** scenes with the
     same setting and gives it the pooled-OOF threshold (never chosen on a scene it scored
     after training on) and, when it raised the pooled out-of-fold F1, the scene change cap
-    (:func:`change_cap_report`). The CV figures go into the model's ``training["cv"]``.
+    (:func:`change_cap_report`) with the threshold chosen under it where that wins
+    leave-one-fold-out (:func:`with_cv_decision`). The CV figures go into the model's
+    ``training["cv"]``.
 
     ``only_folds`` runs only some folds (a cheaper, partial estimate: the threshold and the
     figures then come from those folds' held-out scenes alone).
@@ -322,23 +267,31 @@ def train_with_cv(
     cfg = dataclasses.replace(train_cfg, patience=0)
     model = training.fit(scenes, [], model_cfg, cfg, workdir / "final", name=name,
                          progress=progress)
-    summary = dict(model.training)
-    summary["threshold_source"] = "cv_oof_f1"
+    return with_cv_decision(model, result), result
+
+
+def with_cv_decision(model: Any, result: CVResult) -> Any:
+    """``model`` with the decision its cross-validation chose: the scene change cap when it
+    raised the pooled out-of-fold F1, with the threshold chosen under it where that won
+    leave-one-fold-out (:func:`change_cap_report`), else the pooled-OOF threshold; the score
+    calibration; and the CV figures in ``training["cv"]`` (the rest of ``training`` kept)."""
+    cap = result.change_cap or {}
+    kept = bool(cap.get("kept"))
+    under_cap = kept and bool(cap.get("rechosen"))
     cv = result.to_dict()
+    summary = dict(model.training)
+    summary["threshold_source"] = "cv_oof_f1_under_cap" if under_cap else "cv_oof_f1"
     summary["cv"] = {key: cv[key] for key in ("threshold", "pooled", "average_precision",
                                               "per_scene", "per_fold_f1", "fold_f1_mean",
                                               "fold_f1_std", "folds", "cva",
                                               "change_cap")}
     summary["val_scenes"] = []
-    cap = result.change_cap
-    model = dataclasses.replace(model, threshold=result.threshold, training=summary,
-                                calibration=result.calibration,
-                                max_change_fraction=(cap["max_fraction"] if cap and cap["kept"]
-                                                     else None))
-    return model, result
+    return dataclasses.replace(
+        model, threshold=cap["threshold"] if kept else result.threshold, training=summary,
+        calibration=result.calibration, max_change_fraction=cap["max_fraction"] if kept else None)
 
 
-__all__ += ["train_with_cv"]
+__all__ += ["train_with_cv", "with_cv_decision"]
 
 
 def load_oof_scores(workdir: str | Path) -> dict[str, np.ndarray]:
@@ -389,6 +342,35 @@ def _pooled_figures(scores: dict[str, np.ndarray], scenes: dict[str, Scene],
             "best_threshold": float(curve.thresholds[best])}
 
 
+def _variant_report(
+    model_paths: Sequence[str | Path],
+    scenes: Sequence[Scene],
+    folds: Sequence[Sequence[str]],
+    threshold: float,
+    variants: dict[str, dict[str, Any]],
+    what: str,
+) -> dict[str, dict[str, float]]:
+    """Pooled out-of-fold figures of the fold models, once per way of presenting their held-out
+    scenes: ``variants`` maps a row label to ``_held_out_scores`` keywords plus an optional
+    ``"prepare"`` (scene -> the scene as presented); ``seconds`` is each row's scoring time."""
+    from changedet.detectors.learned import load_model
+
+    models = [load_model(p) for p in model_paths]
+    report = {}
+    for label, variant in variants.items():
+        options = dict(variant)
+        prepare = options.pop("prepare", None)
+        by_name = {s.name: prepare(s) if prepare else s for s in scenes}
+        start = time.perf_counter()
+        scores = _held_out_scores(models, folds, by_name, **options)
+        report[label] = _pooled_figures(scores, by_name, folds, threshold) | {
+            "seconds": time.perf_counter() - start}
+        r = report[label]
+        log.info("%s %s: OOF F1 %.3f (best %.3f at %.3f), AP %.3f", what, label, r["f1"],
+                 r["best_f1"], r["best_threshold"], r["average_precision"])
+    return report
+
+
 def band_set_report(
     model_paths: Sequence[str | Path],
     scenes: Sequence[Scene],
@@ -404,19 +386,11 @@ def band_set_report(
 
     Returns:
       Band-set label -> ``{"precision", "recall", "f1", "average_precision", "best_f1",
-      "best_threshold"}``.
+      "best_threshold", "seconds"}``.
     """
-    from changedet.detectors.learned import load_model
-
-    by_name = {s.name: s for s in scenes}
-    models = [load_model(p) for p in model_paths]
-    report = {}
-    for label, members in band_sets.items():
-        scores = _held_out_scores(models, folds, by_name, bands=members)
-        report[label] = _pooled_figures(scores, by_name, folds, threshold)
-        log.info("band set %s: OOF F1 %.3f (best %.3f), AP %.3f", label, report[label]["f1"],
-                 report[label]["best_f1"], report[label]["average_precision"])
-    return report
+    return _variant_report(model_paths, scenes, folds, threshold,
+                           {label: {"bands": members} for label, members in band_sets.items()},
+                           "band set")
 
 
 def quality_report(
@@ -434,20 +408,8 @@ def quality_report(
       Quality -> ``{"precision", "recall", "f1", "average_precision", "best_f1",
       "best_threshold", "seconds"}``.
     """
-    from changedet.detectors.learned import load_model
-
-    by_name = {s.name: s for s in scenes}
-    models = [load_model(p) for p in model_paths]
-    report = {}
-    for quality in qualities:
-        start = time.perf_counter()
-        scores = _held_out_scores(models, folds, by_name, quality=quality)
-        report[quality] = _pooled_figures(scores, by_name, folds, threshold) | {
-            "seconds": time.perf_counter() - start}
-        log.info("quality %s: OOF F1 %.3f (best %.3f at %.3f), AP %.3f", quality,
-                 report[quality]["f1"], report[quality]["best_f1"],
-                 report[quality]["best_threshold"], report[quality]["average_precision"])
-    return report
+    return _variant_report(model_paths, scenes, folds, threshold,
+                           {q: {"quality": q} for q in qualities}, "quality")
 
 
 def resolution_report(
@@ -465,22 +427,16 @@ def resolution_report(
 
     Returns:
       ``"x{zoom:g}"`` -> ``{"precision", "recall", "f1", "average_precision", "best_f1",
-      "best_threshold"}``.
+      "best_threshold", "seconds"}``.
     """
-    from changedet.detectors.learned import load_model
+    import functools
+
     from changedet.training.sampling import resample_scene
 
-    models = [load_model(p) for p in model_paths]
-    report = {}
-    for zoom in zooms:
-        by_name = {s.name: s if zoom == 1 else resample_scene(s, zoom) for s in scenes}
-        scores = _held_out_scores(models, folds, by_name)
-        key = f"x{zoom:g}"
-        report[key] = _pooled_figures(scores, by_name, folds, threshold)
-        log.info("resolution %s: OOF F1 %.3f (best %.3f at %.3f), AP %.3f", key,
-                 report[key]["f1"], report[key]["best_f1"], report[key]["best_threshold"],
-                 report[key]["average_precision"])
-    return report
+    return _variant_report(
+        model_paths, scenes, folds, threshold,
+        {f"x{z:g}": {} if z == 1 else {"prepare": functools.partial(resample_scene, zoom=z)}
+         for z in zooms}, "resolution")
 
 
 __all__ += ["band_set_report", "quality_report", "resolution_report"]

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 
 import changedet
-from changedet import clouds, io, metrics
+from changedet import clouds, config, io, metrics
 from changedet.cli import main
 from changedet.detectors import learned, modelfile
 
@@ -74,10 +74,14 @@ def test_packaged_model_loads_by_name_with_its_card(name, num_bands):
     # leave-scenes-out cross-validation (for an ensemble: its members' paired out-of-fold
     # scores), and the out-of-fold model beats CVA on the same pixels.
     assert model.normalization == "per_image"
+    # a threshold chosen under the model's change cap is the cap report's
     cv = model.training["cv"]
-    assert model.threshold == cv["threshold"]
-    expected_source = "cv_oof_f1" if model.config.members == 1 else "ensemble_paired_oof"
-    assert model.training["threshold_source"] == expected_source
+    under_cap = model.training["threshold_source"] == "cv_oof_f1_under_cap"
+    assert model.threshold == (cv["change_cap"]["threshold"] if under_cap else cv["threshold"])
+    expected = ({"cv_oof_f1", "cv_oof_f1_under_cap"} if model.config.members == 1
+                else {"ensemble_paired_oof"})
+    assert model.training["threshold_source"] in expected
+    assert not under_cap or model.max_change_fraction == cv["change_cap"]["max_fraction"]
     assert cv["pooled"]["f1"] > cv["cva"]["f1"]
     assert f"{cv['pooled']['f1']:.3f}" in card.read_text()
 
@@ -162,3 +166,16 @@ def test_the_floors_fail_broken_masks(shared_data):
             assert_useful(mask, label, valid, cva)
             pytest.fail(f"a mask of {what} passed")  # pragma: no cover
     assert_useful(label.astype(np.uint8), label, valid, cva)  # the truth passes
+
+
+@pytest.mark.parametrize("name", ["sentinel2", "rgb"])
+def test_the_packaged_recipe_is_the_one_that_trained_the_packaged_model(name):
+    """``config.packaged(name)`` (``train --preset NAME``, the training script's default) gives
+    exactly the architecture and training settings recorded in the shipped model file."""
+    model = learned.load_model(name)
+    model_cfg, train_cfg = config.packaged(name, model.band_ids)
+    assert config.to_dict(model_cfg) == config.to_dict(model.config)
+    # files written before a field existed read it at its default (sentinel2 predates scale)
+    assert train_cfg == config.train_config_from_dict(model.training["train_config"])
+    with pytest.raises(changedet.errors.ConfigError, match="no packaged recipe"):
+        config.packaged("landsat")
