@@ -175,6 +175,17 @@ Per scene, out-of-fold, at the pooled-OOF threshold {result.threshold:.4f}\
 """
 
 
+def _check_same_recipe(model, fold_paths) -> None:
+    """Recalibration takes a decision from fold models: they must be the packaged model's recipe
+    (architecture and training settings), or the decision belongs to another model."""
+    for p in fold_paths:
+        fold = learned.load_model(p)
+        if (fold.config != model.config or fold.band_ids != model.band_ids
+                or fold.training.get("train_config") != model.training.get("train_config")):
+            raise SystemExit(f"{p} was trained with another recipe than the packaged model; "
+                             "recalibrate from fold models of the same recipe.")
+
+
 def _provenance(name: str, t: dict, tc: dict) -> str:
     recal = t.get("recalibrated")
     if not recal:
@@ -210,7 +221,8 @@ def _cap_note(model, result) -> str:
         return "scene change cap: none"
     if model.max_change_fraction is None:
         return (f"scene change cap: none (a cap of {100 * cap['max_fraction']:.3g} % gave pooled "
-                f"out-of-fold F1 {cap['pooled']['f1']:.3f} against {cap['f1_without']:.3f})")
+                f"out-of-fold F1 {cap['pooled']['f1']:.3f} at {cap.get('threshold', 0.0):.4f} "
+                f"against {cap['f1_without']:.3f} without it)")
     return (f"scene change cap: at most {100 * model.max_change_fraction:.3g} % of a scene's "
             "valid pixels are marked (`run` raises the threshold on a scene where more score "
             "above it; the largest change share among the training scenes, rounded up; "
@@ -356,15 +368,21 @@ def train_one(name: str, args: argparse.Namespace) -> None:
                                          folds=folds, only_folds=only)
         decided = crossval.with_cv_decision(model, result)
         if args.stage == "recalibrate":
+            _check_same_recipe(model, result.model_paths)
             record = dict(decided.training, recalibrated={
                 "date": datetime.date.today().isoformat(), "command": _command(),
                 "previous_threshold": model.threshold})
             model = dataclasses.replace(decided, training=record)
             path = modelfile.save_model(path, model)
             modelfile.register_model(path, name, folder=out)
-        elif abs(decided.threshold - model.threshold) > 1e-6:
-            log.warning("the fold models give threshold %.6f, the packaged model has %.6f: "
-                        "they come from different runs", decided.threshold, model.threshold)
+        elif (abs(decided.threshold - model.threshold) > 1e-6
+              or decided.max_change_fraction != model.max_change_fraction):
+            raise SystemExit(
+                f"the fold models in {workdir / 'cv'} decide threshold {decided.threshold:.6f}, "
+                f"cap {decided.max_change_fraction}; {path} has {model.threshold:.6f}, cap "
+                f"{model.max_change_fraction}: they come from different runs. Use --stage "
+                "recalibrate to give the model their decision, or point --workdir at its own "
+                "fold models.")
     else:
         model, result = crossval.train_with_cv(scenes, FOLDS[name], model_cfg, train_cfg,
                                                Path(args.workdir) / name, name=name,

@@ -282,6 +282,7 @@ def test_cv_rechooses_the_threshold_under_the_cap_only_when_it_wins_nested():
     assert report["rechosen"] and 0.3 < report["threshold"] < 0.4
     nested = report["nested"]
     assert nested["cap_rechosen"] > nested["cap"] >= nested["threshold_only"]
+    # the cap ships because the rule that ships (cap + re-chosen threshold) wins nested
     assert report["kept"] and report["pooled"]["f1"] > 0.9 > report["f1_without"]
     assert sorted(report["raised"]) == ["s1", "s3", "s5", "s7"]
     # what train_with_cv stores: the cap and the threshold chosen under it
@@ -300,3 +301,14 @@ def test_cv_rechooses_the_threshold_under_the_cap_only_when_it_wins_nested():
         load_model("rgb"), dataclasses.replace(result, threshold=thr, change_cap=report))
     assert model.threshold == thr and model.max_change_fraction is None
     assert model.training["threshold_source"] == "cv_oof_f1"
+
+
+def test_a_single_fold_keeps_the_threshold_and_judges_the_cap_in_sample():
+    """A screening run of one fold has nothing to nest: the model's threshold stays, and the
+    cap is kept on the pooled comparison alone."""
+    pairs = [_scored(f"s{i}", i, hot=i % 2 == 1) for i in range(4)]
+    scenes = [p[0] for p in pairs]
+    scores = {s.name: sc for s, sc in pairs}
+    report = crossval.change_cap_report(scores, scenes, [[s.name for s in scenes]], 0.5)
+    assert report["nested"] is None and not report["rechosen"] and report["threshold"] == 0.5
+    assert report["kept"] == (report["pooled"]["f1"] > report["f1_without"])

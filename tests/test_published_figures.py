@@ -44,8 +44,11 @@ def test_model_card_and_file_quote_the_recorded_cross_validation(name):
         assert f"| {scene} | {f3(m['precision'])} | {f3(m['recall'])} | {f3(m['f1'])} |" in card
     assert "F1 per fold: " + ", ".join(f3(f) for f in rec["per_fold_f1"]) in card
     model = changedet.load_model(name)
-    assert model.threshold == pytest.approx(rec["threshold"], abs=1e-9)
-    assert f"decision threshold: {rec['threshold']:.4f}" in card
+    # a threshold chosen under the change cap is the cap report's
+    under_cap = model.training["threshold_source"] == "cv_oof_f1_under_cap"
+    shipped = rec["change_cap"]["threshold"] if under_cap else rec["threshold"]
+    assert model.threshold == pytest.approx(shipped, abs=1e-9)
+    assert f"decision threshold: {shipped:.4f}" in card
     assert model.training["cv"]["pooled"]["f1"] == pytest.approx(p["f1"], abs=1e-9)
 
 

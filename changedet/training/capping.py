@@ -6,8 +6,9 @@ more than ``max_fraction`` of its valid pixels score above it. The threshold tha
 positives a hot scene would add at a low threshold, so the pooled F1 under the cap can peak at a
 lower threshold, where the calm scenes gain recall. :func:`change_cap_report` measures both
 choices on the out-of-fold maps, each estimated **leave-one-fold-out** (threshold chosen on the
-other folds' scenes, applied to this fold's), and keeps the re-chosen threshold only where that
-nested figure beats the cap at the model's own threshold.
+other folds' scenes, applied to this fold's), keeps the re-chosen threshold only where that
+nested figure beats the cap at the model's own threshold, and keeps the cap only where the rule
+that would ship beats the threshold alone, nested as well.
 
 Per scene, the cap's raised threshold ``q`` does not depend on the model's threshold ``t``
 (it is the order statistic at the cap), so the effective threshold is ``max(t, q)``: the counts
@@ -85,18 +86,18 @@ def _best(tables: Sequence[_SceneTable], grid: np.ndarray, capped: bool) -> floa
     return float(grid[int(np.argmax(_f1(pooled)))])
 
 
-def _nested(tables: dict[str, _SceneTable], folds: Sequence[Sequence[str]], grid: np.ndarray,
-            threshold: float) -> dict[str, float]:
+def _nested(tables: dict[str, _SceneTable], folds: Sequence[Sequence[str]],
+            grid: np.ndarray) -> dict[str, float]:
     """Leave-one-fold-out F1 of three decision rules, each fold's threshold chosen on the other
-    folds: the threshold alone, the cap at that threshold (what ``run`` did with a threshold
-    chosen without the cap) and the cap with the threshold chosen under it. One fold: the
-    thresholds are the given one and the one chosen on that fold (not nested)."""
+    folds (at least two folds): the threshold alone, the cap at that threshold (what ``run``
+    did with a threshold chosen without the cap) and the cap with the threshold chosen under
+    it."""
     totals = {"threshold_only": np.zeros(3, np.int64), "cap": np.zeros(3, np.int64),
               "cap_rechosen": np.zeros(3, np.int64)}
     for k, held_out in enumerate(folds):
         others = [tables[n] for i, f in enumerate(folds) if i != k for n in f]
-        plain_t = _best(others, grid, capped=False) if others else threshold
-        cap_t = _best(others, grid, capped=True) if others else threshold
+        plain_t = _best(others, grid, capped=False)
+        cap_t = _best(others, grid, capped=True)
         for n in held_out:
             totals["threshold_only"] += tables[n].counts(np.array([plain_t]), False)[0]
             totals["cap"] += tables[n].counts(np.array([plain_t]), True)[0]
@@ -128,8 +129,10 @@ def change_cap_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
       the cap at ``threshold``; ``raised``: the scenes whose threshold it raised, with the
       threshold; ``f1_without``: pooled F1 at the model's threshold without the cap;
       ``nested``: leave-one-fold-out F1 of the threshold alone, the cap, and the cap with the
-      threshold re-chosen; ``kept``: whether the pooled F1 with the cap is higher than without
-      (what ``train_with_cv`` decides by: a cap that never binds, or costs F1, is not stored).
+      threshold re-chosen (None for a single fold); ``kept``: whether the rule that would ship
+      (the cap at ``threshold``) beats the threshold alone leave-one-fold-out (one fold: pooled,
+      in sample) — what ``train_with_cv`` decides by: a cap that never binds, or costs F1, is
+      not stored.
     """
     by_name = {s.name: s for s in scenes}
     cap = change_cap_for(scenes) if max_fraction is None else float(max_fraction)
@@ -138,8 +141,9 @@ def change_cap_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
     finite = np.concatenate([np.concatenate([t.changed, t.unchanged]) for t in tables.values()])
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     grid = np.linspace(lo, max(hi, lo + 1e-6), num_thresholds)
-    nested = _nested(tables, folds, grid, threshold)
-    rechosen = nested["cap_rechosen"] > nested["cap"]
+    # one fold (a screening run): nothing to nest; the model's threshold and the in-sample test
+    nested = _nested(tables, folds, grid) if len(folds) > 1 else None
+    rechosen = bool(nested and nested["cap_rechosen"] > nested["cap"])
     chosen = _best(list(tables.values()), grid, capped=True) if rechosen else float(threshold)
     at = np.array([chosen], np.float64)
     capped = {n: tables[n].counts(at, True)[0] for n in names}
@@ -153,10 +157,15 @@ def change_cap_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
     pooled = scores_of(list(capped.values()), sum(sizes.values()))
     without = scores_of(list(plain.values()), sum(sizes.values()))
     raised = {n: tables[n].cap_threshold for n in names if tables[n].cap_threshold > chosen}
-    log.info("change cap %.3g %%: leave-one-fold-out F1 %.3f with the threshold alone, %.3f "
-             "with the cap, %.3f with the threshold re-chosen under it; threshold %.4f (%s)",
-             100 * cap, nested["threshold_only"], nested["cap"], nested["cap_rechosen"], chosen,
-             "re-chosen" if rechosen else "the model's")
+    if nested is None:
+        kept = pooled.f1 > without.f1
+    else:  # the rule that would ship must beat the threshold alone, leave-one-fold-out
+        kept = nested["cap_rechosen" if rechosen else "cap"] > nested["threshold_only"]
+        log.info("change cap %.3g %%: leave-one-fold-out F1 %.3f with the threshold alone, "
+                 "%.3f with the cap, %.3f with the threshold re-chosen under it; threshold "
+                 "%.4f (%s), cap %s", 100 * cap, nested["threshold_only"], nested["cap"],
+                 nested["cap_rechosen"], chosen, "re-chosen" if rechosen else "the model's",
+                 "kept" if kept else "dropped")
     return {
         "max_fraction": cap,
         "threshold": chosen,
@@ -169,5 +178,5 @@ def change_cap_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
         "raised": raised,
         "f1_without": without.f1,
         "nested": nested,
-        "kept": bool(pooled.f1 > without.f1),
+        "kept": bool(kept),
     }

@@ -287,7 +287,8 @@ def with_cv_decision(model: Any, result: CVResult) -> Any:
                                               "change_cap")}
     summary["val_scenes"] = []
     return dataclasses.replace(
-        model, threshold=cap["threshold"] if kept else result.threshold, training=summary,
+        model, threshold=cap.get("threshold", result.threshold) if kept else result.threshold,
+        training=summary,
         calibration=result.calibration, max_change_fraction=cap["max_fraction"] if kept else None)
 
 
