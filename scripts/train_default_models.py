@@ -178,10 +178,13 @@ Per scene, out-of-fold, at the pooled-OOF threshold {result.threshold:.4f}\
 def _check_same_recipe(model, fold_paths) -> None:
     """Recalibration takes a decision from fold models: they must be the packaged model's recipe
     (architecture and training settings), or the decision belongs to another model."""
+    def recipe(m):  # fields added since a file was written read at their defaults
+        return config.train_config_from_dict(m.training.get("train_config", {}))
+
     for p in fold_paths:
         fold = learned.load_model(p)
         if (fold.config != model.config or fold.band_ids != model.band_ids
-                or fold.training.get("train_config") != model.training.get("train_config")):
+                or recipe(fold) != recipe(model)):
             raise SystemExit(f"{p} was trained with another recipe than the packaged model; "
                              "recalibrate from fold models of the same recipe.")
 

@@ -250,7 +250,8 @@ def _scored(name, seed, hot):
     return scene, score.astype(np.float32)
 
 
-def test_cap_counts_at_every_threshold_are_those_of_the_run_rule():
+@pytest.mark.parametrize("cap", [0.01, 0.03])  # 0.01: the cap falls among tied scores (0.95)
+def test_cap_counts_at_every_threshold_are_those_of_the_run_rule(cap):
     """The report's fast counts (effective threshold max(t, the cap's)) equal what ``run`` does:
     capped_threshold at t, then score > it, over the labelled pixels."""
     from changedet import metrics
@@ -259,9 +260,9 @@ def test_cap_counts_at_every_threshold_are_those_of_the_run_rule():
     scene, score = _scored("hot", 3, hot=True)
     score[:5] = np.nan  # nodata rows: outside the cap's valid pixels and the counts
     scene = scene._replace(valid=np.isfinite(score))
-    table = capping._table(score, scene, 0.03)
+    table = capping._table(score, scene, cap)
     for t in (0.0, 0.25, 0.5, 0.89, 0.94, 0.96):
-        eff = capped_threshold(score, t, 0.03).threshold
+        eff = capped_threshold(score, t, cap).threshold
         tp, fp, fn, _ = metrics.confusion_counts_np(score > eff, scene.label, scene.valid)
         assert tuple(table.counts(np.array([t]), True)[0]) == (tp, fp, fn), t
         tp, fp, fn, _ = metrics.confusion_counts_np(score > t, scene.label, scene.valid)
