@@ -240,9 +240,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             progress=not args.quiet)
         modelfile.save_model(out, model)
         log.info("cross-validation (%d folds): pooled out-of-fold P %.3f R %.3f F1 %.3f, AP "
-                 "%.3f; fold F1 %s; threshold %.4g", len(result.folds), result.pooled.precision,
+                 "%.3f; fold F1 %s; threshold %.4g%s", len(result.folds), result.pooled.precision,
                  result.pooled.recall, result.pooled.f1, result.average_precision,
-                 ", ".join(f"{f:.3f}" for f in result.per_fold), result.threshold)
+                 ", ".join(f"{f:.3f}" for f in result.per_fold), model.threshold,
+                 "" if model.max_change_fraction is None else
+                 f", change cap {100 * model.max_change_fraction:.3g} % (out-of-fold F1 with it "
+                 f"{result.change_cap['pooled']['f1']:.3f})")
         print(out)
         return 0
     train_scenes, val_scenes = datasets.split_by_scene(scenes, val_names)

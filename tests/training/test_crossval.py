@@ -96,8 +96,13 @@ def test_train_cv_cli_ships_a_model_with_the_out_of_fold_threshold(shared_data, 
                  "-o", str(out), "-q"]) == 0
     model = load_model(out)
     cv = model.training["cv"]
-    assert model.threshold == cv["threshold"]
-    assert model.training["threshold_source"] == "cv_oof_f1"
+    if model.training["threshold_source"] == "cv_oof_f1_under_cap":  # chosen under the cap
+        assert model.threshold == cv["change_cap"]["threshold"] != cv["threshold"]
+        assert model.max_change_fraction == cv["change_cap"]["max_fraction"]
+        assert cv["change_cap"]["nested"]["cap_rechosen"] > cv["change_cap"]["nested"]["cap"]
+    else:
+        assert model.training["threshold_source"] == "cv_oof_f1"
+        assert model.threshold == cv["threshold"]
     assert len(cv["folds"]) == 2 and len(model.training["train_scenes"]) == 11
     assert main(["train", "--dataset", "levir", str(root), "--cv", "2", "--val",
                  "val_27_0000_0256", "-o", str(tmp_path / "x.msgpack"), "-q"]) == 2
