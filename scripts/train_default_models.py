@@ -224,7 +224,7 @@ def _cap_note(model, result) -> str:
         return "scene change cap: none"
     if model.max_change_fraction is None:
         return (f"scene change cap: none (a cap of {100 * cap['max_fraction']:.3g} % gave pooled "
-                f"out-of-fold F1 {cap['pooled']['f1']:.3f} at {cap.get('threshold', 0.0):.4f} "
+                f"out-of-fold F1 {cap['pooled']['f1']:.3f} at {cap['threshold']:.4f} "
                 f"against {cap['f1_without']:.3f} without it)")
     return (f"scene change cap: at most {100 * model.max_change_fraction:.3g} % of a scene's "
             "valid pixels are marked (`run` raises the threshold on a scene where more score "
@@ -341,7 +341,6 @@ def train_one(name: str, args: argparse.Namespace) -> None:
     band_ids = scenes[0].band_ids
     if args.preset == "tiny":
         model_cfg, train_cfg = config.tiny(len(band_ids))
-        train_cfg = dataclasses.replace(train_cfg, seed=0)
     else:
         model_cfg, train_cfg = config.packaged(name, band_ids)
     train_cfg = dataclasses.replace(

@@ -263,10 +263,10 @@ def test_cap_counts_at_every_threshold_are_those_of_the_run_rule(cap):
     table = capping._table(score, scene, cap)
     for t in (0.0, 0.25, 0.5, 0.89, 0.94, 0.96):
         eff = capped_threshold(score, t, cap).threshold
-        tp, fp, fn, _ = metrics.confusion_counts_np(score > eff, scene.label, scene.valid)
-        assert tuple(table.counts(np.array([t]), True)[0]) == (tp, fp, fn), t
-        tp, fp, fn, _ = metrics.confusion_counts_np(score > t, scene.label, scene.valid)
-        assert tuple(table.counts(np.array([t]), False)[0]) == (tp, fp, fn), t
+        expected = metrics.confusion_counts_np(score > eff, scene.label, scene.valid)
+        assert tuple(table.counts(np.array([t]), True)[0]) == tuple(expected), t
+        expected = metrics.confusion_counts_np(score > t, scene.label, scene.valid)
+        assert tuple(table.counts(np.array([t]), False)[0]) == tuple(expected), t
 
 
 def test_cv_rechooses_the_threshold_under_the_cap_only_when_it_wins_nested():

@@ -55,14 +55,15 @@ class _SceneTable(NamedTuple):
     cap_threshold: float  # the raised threshold at any model threshold below it (-inf: none)
 
     def counts(self, thresholds: np.ndarray, capped: bool) -> np.ndarray:
-        """``[len(thresholds), 3]`` int64 (tp, fp, fn) of ``score > threshold``, the threshold
-        raised to the cap's where ``capped``."""
+        """``[len(thresholds), 4]`` int64 (tp, fp, fn, tn) of ``score > threshold``, the
+        threshold raised to the cap's where ``capped``."""
         t = np.asarray(thresholds, np.float32)
         if capped:
             t = np.maximum(t, np.float32(self.cap_threshold))
         tp = self.changed.size - np.searchsorted(self.changed, t, side="right")
         fp = self.unchanged.size - np.searchsorted(self.unchanged, t, side="right")
-        return np.stack([tp, fp, self.changed.size - tp], axis=-1).astype(np.int64)
+        return np.stack([tp, fp, self.changed.size - tp, self.unchanged.size - fp],
+                        axis=-1).astype(np.int64)
 
 
 def _table(score: np.ndarray, scene: Scene, cap: float) -> _SceneTable:
@@ -96,8 +97,8 @@ def _nested(tables: dict[str, _SceneTable], folds: Sequence[Sequence[str]],
     folds (at least two folds): the threshold alone, the cap at that threshold (what ``run``
     did with a threshold chosen without the cap) and the cap with the threshold chosen under
     it."""
-    totals = {"threshold_only": np.zeros(3, np.int64), "cap": np.zeros(3, np.int64),
-              "cap_rechosen": np.zeros(3, np.int64)}
+    totals = {"threshold_only": np.zeros(4, np.int64), "cap": np.zeros(4, np.int64),
+              "cap_rechosen": np.zeros(4, np.int64)}
     for k, held_out in enumerate(folds):
         others = [tables[n] for i, f in enumerate(folds) if i != k for n in f]
         plain_t = _best(others, grid, capped=False)
@@ -142,24 +143,24 @@ def change_cap_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
     cap = change_cap_for(scenes) if max_fraction is None else float(max_fraction)
     names = [n for fold in folds for n in fold]
     tables = {n: _table(scores[n], by_name[n], cap) for n in names}
-    finite = np.concatenate([np.concatenate([t.changed, t.unchanged]) for t in tables.values()])
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    # the scores' range, from the ends of the sorted tables
+    ends = [a[[0, -1]] for t in tables.values() for a in (t.changed, t.unchanged) if a.size]
+    lo, hi = (float(np.min(ends)), float(np.max(ends))) if ends else (0.0, 1.0)
     grid = np.linspace(lo, max(hi, lo + 1e-6), num_thresholds)
     # one fold (a screening run): nothing to nest; the model's threshold and the in-sample test
     nested = _nested(tables, folds, grid) if len(folds) > 1 else None
     rechosen = bool(nested and nested["cap_rechosen"] > nested["cap"])
     chosen = _best(list(tables.values()), grid, capped=True) if rechosen else float(threshold)
     at = np.array([chosen], np.float64)
-    capped = {n: tables[n].counts(at, True)[0] for n in names}
-    plain = {n: tables[n].counts(np.array([threshold]), False)[0] for n in names}
+    capped = {n: metrics.Counts(*tables[n].counts(at, True)[0]) for n in names}
+    plain = {n: metrics.Counts(*tables[n].counts(np.array([threshold]), False)[0])
+             for n in names}
 
-    def scores_of(counts: Sequence[np.ndarray], n_labelled: int) -> metrics.Metrics:
-        tp, fp, fn = (int(v) for v in np.sum(counts, axis=0))
-        return metrics.scores_from_counts(tp, fp, fn, n_labelled - tp - fp - fn)
+    def scores_of(counts: Sequence[metrics.Counts]) -> metrics.Metrics:
+        return metrics.scores_from_counts(*metrics.sum_counts(*counts))
 
-    sizes = {n: tables[n].changed.size + tables[n].unchanged.size for n in names}
-    pooled = scores_of(list(capped.values()), sum(sizes.values()))
-    without = scores_of(list(plain.values()), sum(sizes.values()))
+    pooled = scores_of(list(capped.values()))
+    without = scores_of(list(plain.values()))
     raised = {n: tables[n].cap_threshold for n in names if tables[n].cap_threshold > chosen}
     if nested is None:
         kept = pooled.f1 > without.f1
@@ -176,9 +177,8 @@ def change_cap_report(scores: dict[str, np.ndarray], scenes: Sequence[Scene],
         "model_threshold": float(threshold),
         "rechosen": bool(rechosen),
         "pooled": pooled._asdict(),
-        "per_scene": {n: scores_of([c], sizes[n])._asdict() for n, c in capped.items()},
-        "per_fold_f1": [scores_of([capped[n] for n in fold],
-                                  sum(sizes[n] for n in fold)).f1 for fold in folds],
+        "per_scene": {n: scores_of([c])._asdict() for n, c in capped.items()},
+        "per_fold_f1": [scores_of([capped[n] for n in fold]).f1 for fold in folds],
         "raised": raised,
         "f1_without": without.f1,
         "nested": nested,

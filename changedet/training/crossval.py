@@ -14,6 +14,7 @@ Every fold trains in its own ``workdir/fold_<i>`` with checkpoints, so a stopped
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -430,8 +431,6 @@ def resolution_report(
       ``"x{zoom:g}"`` -> ``{"precision", "recall", "f1", "average_precision", "best_f1",
       "best_threshold", "seconds"}``.
     """
-    import functools
-
     from changedet.training.sampling import resample_scene
 
     return _variant_report(
