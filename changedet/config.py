@@ -13,6 +13,7 @@ from changedet.errors import ConfigError
 
 __all__ = [
     "Head", "Distance", "HEADS", "DISTANCES", "Upsample", "Norm", "UPSAMPLES", "NORMS",
+    "NormAdapt", "NORM_ADAPTS", "INFERENCE_ONLY",
     "ModelConfig", "to_dict", "model_config_from_dict", "Loss", "Mining", "Schedule",
     "Normalization", "NORMALIZATIONS", "LOSSES", "MININGS", "SCHEDULES", "TrainConfig",
     "check_compatible", "train_config_from_dict", "DEFAULT_STEPS", "default", "tiny",
@@ -28,6 +29,8 @@ Upsample = Literal["shuffle", "nearest"]
 Norm = Literal["none", "layer", "batch"]
 UPSAMPLES: tuple[str, ...] = ("shuffle", "nearest")
 NORMS: tuple[str, ...] = ("none", "layer", "batch")
+NormAdapt = Literal["none", "difference"]
+NORM_ADAPTS: tuple[str, ...] = ("none", "difference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,14 @@ class ModelConfig:
       head_convs: 3x3 convolutions in the ``diff``/``conc``/``msdiff`` head before its 1x1 logit.
       dropout: Spatial dropout (whole channels, as Dropout2d) after every 3x3 conv's ReLU, in
         training steps only; inference is unaffected. FC-Siam-diff uses 0.2.
+      norm_adapt: ``"none"`` or ``"difference"`` (needs ``norm="batch"``, one network, a
+        diff/conc/msdiff head): at inference the BatchNorms that see the dates' differences
+        (all but the shared encoder's) take their mean and variance from the scene being
+        scored, measured in one pass over a sample of it before the main pass (AdaBN, Li et
+        al. 2016), the variance never below the trained one. A scene whose differences run
+        hotter than the training scenes' (season, haze, another sensor's noise) is scaled back
+        to the training range instead of lighting up. Tiled output still equals whole-image
+        output (the statistics are fixed per scene). Training ignores it.
       members: Networks of this architecture whose change scores are averaged (an ensemble,
         ``changedet.models.ensemble``); 1 = one network. Members are trained one by one
         (``fit`` trains single networks) and assembled afterwards; each costs one network's
@@ -73,6 +84,7 @@ class ModelConfig:
     head_convs: int = 2
     dropout: float = 0.0
     members: int = 1
+    norm_adapt: NormAdapt = "none"
 
     def __post_init__(self) -> None:
         if self.num_bands < 1:
@@ -98,6 +110,15 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1); got {self.dropout}.")
         if self.members < 1:
             raise ConfigError(f"model.members must be >= 1; got {self.members}.")
+        if self.norm_adapt not in NORM_ADAPTS:
+            raise ConfigError(f"model.norm_adapt must be one of {NORM_ADAPTS}; got "
+                              f"{self.norm_adapt!r}.")
+        if self.norm_adapt != "none" and (self.norm != "batch" or self.members != 1
+                                          or self.head == "distance"):
+            raise ConfigError("model.norm_adapt re-estimates BatchNorm statistics after the "
+                              "dates' difference: it needs model.norm='batch', one network "
+                              f"(members=1) and a diff/conc/msdiff head; got norm={self.norm!r}, "
+                              f"members={self.members}, head={self.head!r}.")
 
     @property
     def num_downsamplings(self) -> int:
@@ -109,6 +130,11 @@ class ModelConfig:
         """``2**num_downsamplings``: tile and block origins and sizes must be multiples of this
         so every tile lies on the same pooling grid."""
         return 2**self.num_downsamplings
+
+
+#: ModelConfig fields that change only how a trained network is applied, not its training:
+#: fold models that differ from a recipe only in these are that recipe's fold models.
+INFERENCE_ONLY: tuple[str, ...] = ("norm_adapt",)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -322,10 +348,11 @@ def default(band_ids: tuple[str, ...] | list[str] | None = None
 
 
 #: The packaged models' recipes on top of :func:`default` (``docs/models.md`` says why):
-#: BatchNorm and spatial dropout 0.2 after every 3x3 convolution, 4500 steps; ``rgb`` adds scale
+#: BatchNorm and spatial dropout 0.2 after every 3x3 convolution, 4500 steps; ``sentinel2``
+#: re-estimates its difference BatchNorms on each scene (``norm_adapt``); ``rgb`` adds scale
 #: augmentation over one octave (its sources sit at 0.5-2 m, a user's photos at any other).
 PACKAGED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "sentinel2": {"model": {"norm": "batch", "dropout": 0.2},
+    "sentinel2": {"model": {"norm": "batch", "dropout": 0.2, "norm_adapt": "difference"},
                   "train": {"num_epochs": 45, "seed": 1}},
     "rgb": {"model": {"norm": "batch", "dropout": 0.2},
             "train": {"num_epochs": 45, "seed": 0, "scale": 1.0}},

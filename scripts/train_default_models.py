@@ -88,14 +88,18 @@ def load_rgb(data: Path):
     return scenes, crossval.folds_by_source([s.name for s in scenes], FOLDS["rgb"], RGB_SOURCES)
 
 
-def seconds_per_megapixel(model, scenes) -> float:
-    """Model time per megapixel on the largest scene (warm: the compile is excluded)."""
+def seconds_per_megapixel(model, scenes) -> tuple[float, float]:
+    """Model time per megapixel on the largest scene (warm: the compile is excluded), and the
+    seconds binding the model to that scene take (statistics; the ``norm_adapt`` pass)."""
     scene = max(scenes, key=lambda s: s.valid.size)
     prepared = model.prepare_scene(scene)
+    start = time.perf_counter()
+    prepared = model.prepare_scene(scene)
+    bind = time.perf_counter() - start
     evaluate.score_scene(prepared, scene)  # compile
     start = time.perf_counter()
     evaluate.score_scene(prepared, scene)
-    return (time.perf_counter() - start) / (scene.valid.size / 1e6)
+    return (time.perf_counter() - start) / (scene.valid.size / 1e6), bind
 
 
 def uncertainty_note(result: crossval.CVResult, scenes, cv_dir: Path, threshold: float) -> str:
@@ -115,7 +119,8 @@ def uncertainty_note(result: crossval.CVResult, scenes, cv_dir: Path, threshold:
 
 
 def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256: str,
-               s_per_mpix: float, band_sets: dict | None, qualities: dict | None = None,
+               s_per_mpix: tuple[float, float], band_sets: dict | None,
+               qualities: dict | None = None,
                uncertainty: str = "", resolutions: dict | None = None) -> str:
     t = model.training
     tc = t["train_config"]
@@ -144,8 +149,9 @@ def model_card(name: str, model, scenes, result: crossval.CVResult, args, sha256
   augmentation {tc.get("scale", 0.0)} octaves
 - decision threshold: {_threshold_note(model, result)}
 - {_cap_note(model, result)}
-- cost: {s_per_mpix:.2f} s of model time per megapixel on this machine (2-core CPU, 1-minute load
-  average {os.getloadavg()[0]:.1f} when measured: figures taken under load are upper bounds)
+- cost: {s_per_mpix[0]:.2f} s of model time per megapixel on this machine (2-core CPU, 1-minute load
+  average {os.getloadavg()[0]:.1f} when measured: figures taken under load are upper bounds){
+  _adapt_note(model, s_per_mpix[1])}
 
 ## Data
 
@@ -175,6 +181,14 @@ Per scene, out-of-fold, at the pooled-OOF threshold {result.threshold:.4f}\
 """
 
 
+def _adapt_note(model, seconds: float) -> str:
+    if model.config.norm_adapt == "none":
+        return ""
+    return (f"; plus {seconds:.1f} s per scene to bind the\n  model to it, most of it the "
+            "scene-adapted difference statistics (`norm_adapt: difference`: one pass over up\n"
+            "  to 4 x 4 windows of 256 px, whatever the scene's size; docs/models.md)")
+
+
 def _check_same_recipe(model, fold_paths) -> None:
     """Recalibration takes a decision from fold models: they must be the packaged model's recipe
     (architecture and training settings), or the decision belongs to another model."""
@@ -198,8 +212,14 @@ def _provenance(name: str, t: dict, tc: dict) -> str:
             f"scripts/train_default_models.py\n  --models {name}`), seed {tc['seed']}; threshold, "
             f"change cap and score calibration re-chosen\n  {recal['date']} (threshold "
             f"{recal['previous_threshold']:.4f} before) from a second cross-validation of the "
-            f"same recipe:\n  `python scripts/train_default_models.py {recal['command']}` "
-            "(the figures below are its fold models')")
+            f"same recipe{_settings_note(recal)}:\n  `python scripts/train_default_models.py "
+            f"{recal['command']}` (the figures below are its fold models')")
+
+
+def _settings_note(recal: dict) -> str:
+    """The inference settings a recalibration changed (e.g. ``norm_adapt``), if any."""
+    changed = recal.get("settings") or {}
+    return "".join(f",\n  scored with the new setting model.{k}={v!r}" for k, v in changed.items())
 
 
 def _threshold_note(model, result) -> str:
@@ -365,6 +385,10 @@ def train_one(name: str, args: argparse.Namespace) -> None:
         # missing)
         path = out / f"{name}.msgpack"
         model = learned.load_model(path)
+        previous = model.config
+        if args.stage == "recalibrate":  # the recipe's inference settings (norm_adapt) as well
+            model = dataclasses.replace(model, config=dataclasses.replace(model.config, **{
+                f: getattr(model_cfg, f) for f in config.INFERENCE_ONLY}))
         result = crossval.cross_validate(scenes, FOLDS[name], model_cfg, train_cfg,
                                          workdir / "cv", name=name, progress=not args.quiet,
                                          folds=folds, only_folds=only)
@@ -373,7 +397,9 @@ def train_one(name: str, args: argparse.Namespace) -> None:
             _check_same_recipe(model, result.model_paths)
             record = dict(decided.training, recalibrated={
                 "date": datetime.date.today().isoformat(), "command": _command(),
-                "previous_threshold": model.threshold})
+                "previous_threshold": model.threshold, "settings": {
+                    f: getattr(model_cfg, f) for f in config.INFERENCE_ONLY
+                    if getattr(model_cfg, f) != getattr(previous, f)}})
             model = dataclasses.replace(decided, training=record)
             path = modelfile.save_model(path, model)
             modelfile.register_model(path, name, folder=out)
@@ -408,10 +434,11 @@ def train_one(name: str, args: argparse.Namespace) -> None:
     (out / f"{name}.md").write_text(card)
     (out / f"{name}.eval.json").write_text(json.dumps(
         result.to_dict() | {"band_sets": sets, "qualities": qualities,
-                            "resolutions": resolutions, "seconds_per_mpix": cost}, indent=2))
+                            "resolutions": resolutions, "seconds_per_mpix": cost[0],
+                            "seconds_to_bind": cost[1]}, indent=2))
     print(f"{name}: wrote {path} (out-of-fold F1 {result.pooled.f1:.3f}, AP "
           f"{result.average_precision:.3f}, CVA {result.cva.f1:.3f}; "
-          f"{cost:.2f} s/Mpix)", flush=True)
+          f"{cost[0]:.2f} s/Mpix)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,10 @@ blocks:
   std over the pixels valid in both dates (one reduction over the whole scene before the main
   pass, so tiled output still equals whole-image output); ``per_image_scalar`` models pool
   those into one mean and std per date over the blue, green and red bands; ``global`` models
-  use the training statistics stored in the model file.
+  use the training statistics stored in the model file;
+* **difference statistics** — models with ``config.norm_adapt="difference"`` re-estimate the
+  BatchNorms after the dates' difference on a sample of the scene (up to 16 windows of 256 px,
+  :mod:`changedet.models.adapt`), once, before the main pass.
 
 NumPy only here; the dask reduction for a lazy pair is in :func:`pair_statistics`.
 """
@@ -241,16 +244,54 @@ def _bind(model: LearnedDetector, input_bands: Sequence[str], stats: Any) -> Pre
     return PreparedModel(model, tuple(str(b) for b in input_bands), slots, bm, bs, am, as_)
 
 
+def _adapted(prepared: PreparedModel, shape: tuple[int, int], read: Any) -> PreparedModel:
+    """``prepared`` with its model's difference BatchNorms re-estimated on the scene
+    (``config.norm_adapt``; unchanged otherwise). ``read(windows)`` returns raw ``(before,
+    after, valid)`` arrays per ``(row, col, height, width)`` window."""
+    model = prepared.model
+    if model.config.norm_adapt == "none":
+        return prepared
+    from changedet.models.adapt import adapt_difference_norms, window_grid
+
+    windows = window_grid(*shape)
+    blocks = read(windows)
+    # windows at least half valid, else the most valid ones: nodata corners would pull the
+    # difference statistics towards "no change"
+    share = [float(ok.mean()) for _, _, ok in blocks]
+    keep = [i for i, f in enumerate(share) if f >= 0.5] or [int(np.argmax(share))]
+    fills = prepared.fill_values()
+    dates = []
+    for d in (0, 1):
+        dates.append(np.stack([np.moveaxis(prepared._expand(
+            np.where(blocks[i][2][None], blocks[i][d], fills[d][:, None, None]),
+            (prepared.before_mean, prepared.after_mean)[d],
+            (prepared.before_std, prepared.after_std)[d]), 0, -1) for i in keep]))
+    state = adapt_difference_norms(model, dates[0], dates[1])
+    log.info("model %r: difference statistics re-estimated on %d windows (%.2g Mpx) of the "
+             "scene", model.name, len(keep), sum(blocks[i][2].size for i in keep) / 1e6)
+    return dataclasses.replace(prepared, model=model.with_weights(state))
+
+
 def prepare(model: LearnedDetector, pair: Any) -> PreparedModel:
     """Binds ``model`` to a lazy :class:`~changedet.io.RasterPair` (one dask reduction for
-    ``per_image`` models)."""
+    ``per_image`` models; one read of a sample of windows for ``norm_adapt`` models)."""
     prepared = _bind(model, pair.band_ids, lambda: pair_statistics(pair))
     if len(prepared.slots) < model.config.num_bands:
         log.info("model %r uses the input's %d bands %s (%s); the other %d are filled at their "
                  "mean", model.name, len(prepared.slots), ",".join(prepared.model_bands),
                  bands.describe_band_set(prepared.model_bands),
                  model.config.num_bands - len(prepared.slots))
-    return prepared
+    return _adapted(prepared, pair.valid.shape, lambda windows: _read_windows(pair, windows))
+
+
+def _read_windows(pair: Any, windows: Sequence[tuple[int, int, int, int]]
+                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Raw ``(before, after, valid)`` of a lazy pair's windows, in one dask computation."""
+    import dask
+
+    parts = [(pair.before.data[:, y:y + h, x:x + w], pair.after.data[:, y:y + h, x:x + w],
+              pair.valid.data[y:y + h, x:x + w]) for y, x, h, w in windows]
+    return [(np.asarray(b), np.asarray(a), np.asarray(ok)) for b, a, ok in dask.compute(*parts)]
 
 
 def prepare_scene(model: LearnedDetector, scene: Scene) -> PreparedModel:
@@ -263,7 +304,10 @@ def prepare_scene(model: LearnedDetector, scene: Scene) -> PreparedModel:
             raise EmptySceneError(f"scene {scene.name!r} has no valid pixel.")
         return image_statistics(scene.before, ok), image_statistics(scene.after, ok)
 
-    return _bind(model, scene.band_ids, stats)
+    ok = scene.pixels_valid
+    return _adapted(_bind(model, scene.band_ids, stats), ok.shape, lambda windows: [
+        (scene.before[:, y:y + h, x:x + w], scene.after[:, y:y + h, x:x + w], ok[y:y + h, x:x + w])
+        for y, x, h, w in windows])
 
 
 def pair_statistics(pair: Any) -> tuple[tuple[np.ndarray, np.ndarray],

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from changedet import evaluate, metrics, training
-from changedet.config import ModelConfig, TrainConfig, to_dict
+from changedet.config import INFERENCE_ONLY, ModelConfig, TrainConfig, to_dict
 from changedet.data import Scene
 from changedet.errors import ConfigError
 from changedet.training.capping import change_cap_for, change_cap_report
@@ -205,6 +205,8 @@ def cross_validate(
                      len(train), ", ".join(held_out))
             # fit writes the model to fold_dir / f"{name}.msgpack", i.e. model_path
             training.fit(train, [], model_cfg, cfg, fold_dir, name=name, progress=progress)
+        else:
+            _adopt_inference_settings(model_path, model_cfg)
         paths.append(str(model_path))
     scores = _held_out_scores([load_model(p) for p in paths], folds, by_name)  # ... then score
     arrays = {n.replace("/", "__"): s for n, s in scores.items()}  # load_oof_scores reverses it
@@ -234,6 +236,24 @@ def cross_validate(
              "%.3f (%s)", workdir.name, 100 * cap["max_fraction"], cap["pooled"]["precision"],
              cap["pooled"]["recall"], cap["pooled"]["f1"], "kept" if cap["kept"] else "dropped")
     return result
+
+
+def _adopt_inference_settings(path: Path, model_cfg: ModelConfig) -> None:
+    """A fold model trained earlier whose config differs from ``model_cfg`` only in inference
+    settings (``config.INFERENCE_ONLY``, e.g. ``norm_adapt``) is rewritten with ``model_cfg``'s:
+    the same training, scored (and reported on) as the setting being estimated."""
+    from changedet.detectors import modelfile
+
+    model = modelfile.read_model(path)
+    if model.config == model_cfg:
+        return
+    adopted = dataclasses.replace(model.config, **{
+        f: getattr(model_cfg, f) for f in INFERENCE_ONLY})
+    if adopted != model_cfg:
+        return  # another architecture: scored as it is (the caller's recipe check decides)
+    log.info("%s: trained as this recipe; scored with its inference settings %s", path,
+             ", ".join(f"{f}={getattr(model_cfg, f)!r}" for f in INFERENCE_ONLY))
+    modelfile.save_model(path, dataclasses.replace(model, config=adopted))
 
 
 def train_with_cv(
