@@ -212,8 +212,10 @@ def _records_or_empty() -> list[dict]:
 
 
 if __name__ == "__main__":
-    # the float32 XLA route, like the test suite (conftest) and the pre-move code
+    # the float32 XLA route and 4 host devices, like the test suite (conftest); the
+    # scene-adapted statistics' pass (models.adapt) rounds differently with another device count
     os.environ.setdefault("CHANGEDET_CPU_CONV", "xla")
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
     if sys.argv[1:] == ["--write"]:
         _save([_take()])
     elif len(sys.argv) == 3 and sys.argv[1] == "--add":

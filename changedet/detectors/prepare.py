@@ -255,8 +255,8 @@ def _adapted(prepared: PreparedModel, shape: tuple[int, int], read: Any) -> Prep
 
     windows = window_grid(*shape)
     blocks = read(windows)
-    # windows at least half valid, else the most valid ones: nodata corners would pull the
-    # difference statistics towards "no change"
+    # windows at least half valid, else the most valid ones; within them the statistics count
+    # only valid pixels (filled nodata and clouds would pull them towards "no change")
     share = [float(ok.mean()) for _, _, ok in blocks]
     keep = [i for i, f in enumerate(share) if f >= 0.5] or [int(np.argmax(share))]
     fills = prepared.fill_values()
@@ -266,7 +266,8 @@ def _adapted(prepared: PreparedModel, shape: tuple[int, int], read: Any) -> Prep
             np.where(blocks[i][2][None], blocks[i][d], fills[d][:, None, None]),
             (prepared.before_mean, prepared.after_mean)[d],
             (prepared.before_std, prepared.after_std)[d]), 0, -1) for i in keep]))
-    state = adapt_difference_norms(model, dates[0], dates[1])
+    state = adapt_difference_norms(model, dates[0], dates[1],
+                                   np.stack([blocks[i][2] for i in keep]))
     log.info("model %r: difference statistics re-estimated on %d windows (%.2g Mpx) of the "
              "scene", model.name, len(keep), sum(blocks[i][2].size for i in keep) / 1e6)
     return dataclasses.replace(prepared, model=model.with_weights(state))

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import rasterio
+from flax import nnx
 
 from changedet import config, evaluate, io
 from changedet.cli import main
@@ -76,6 +78,34 @@ def test_only_the_layers_after_the_difference_adapt_and_never_amplify(head):
     assert {p[-1] for p, v in leaves(state) if not np.array_equal(v, trained[p])} == {"mean"}
 
 
+def test_statistics_are_the_valid_pixels_batch_statistics():
+    """With every pixel valid, the first BatchNorm after the difference takes exactly the batch
+    statistics flax's own BatchNorm measures on its input; with none valid, nothing moves."""
+    model = calm_trained(random_init_model(adapting(), ("1", "2", "3")))
+    rng = np.random.default_rng(3)
+    before = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    after = before + rng.normal(size=before.shape).astype(np.float32)
+    state = adapt.adapt_difference_norms(model, before, after)
+    net = model.module()
+    levels = net.encoder.pyramid(jnp.concatenate([before, after]))
+    diffs = [jnp.abs(p[:2] - p[2:]) for p in levels]
+    deepest = len(net.decoder.dec) - 1
+    x = jnp.concatenate([diffs[deepest], net.decoder.up[deepest](diffs[-1])], axis=-1)
+    conv = net.decoder.dec[deepest].convs[0](x)
+    bn = nnx.BatchNorm(conv.shape[-1], momentum=0.0, use_running_average=False,
+                       rngs=nnx.Rngs(0))
+    bn(conv)
+    got = state["decoder"]["dec"][deepest]["norms"][0]
+    np.testing.assert_allclose(got["mean"], np.asarray(bn.mean[...]), rtol=1e-4, atol=1e-5)
+    trained = model.state["decoder"]["dec"][deepest]["norms"][0]["var"]
+    np.testing.assert_allclose(got["var"], np.maximum(np.asarray(bn.var[...]), trained),
+                               rtol=1e-3, atol=1e-6)
+    nothing = adapt.adapt_difference_norms(model, before, after,
+                                           np.zeros(before.shape[:3], bool))
+    for (path, v), (_, w) in zip(leaves(nothing), leaves(model.state), strict=True):
+        np.testing.assert_array_equal(v, w, err_msg=str(path))
+
+
 def test_the_sample_covers_small_scenes_whole_and_spreads_over_large_ones():
     assert adapt.window_grid(100, 70) == [(0, 0, 100, 70)]
     small = adapt.window_grid(600, 900)
@@ -99,7 +129,7 @@ def test_mostly_nodata_windows_stay_out_of_the_sample(monkeypatch):
     seen = []
     real = adapt.adapt_difference_norms
     monkeypatch.setattr(adapt, "adapt_difference_norms",
-                        lambda m, b, a: seen.append(b) or real(m, b, a))
+                        lambda m, b, a, ok: seen.append(b) or real(m, b, a, ok))
     model.prepare_scene(scene(before, after, valid))
     # 4 windows of 256 px across; the two over x >= 512 are at least half valid
     assert len(seen) == 1 and seen[0].shape[0] == 2
