@@ -113,12 +113,14 @@ class ModelConfig:
         if self.norm_adapt not in NORM_ADAPTS:
             raise ConfigError(f"model.norm_adapt must be one of {NORM_ADAPTS}; got "
                               f"{self.norm_adapt!r}.")
-        if self.norm_adapt != "none" and (self.norm != "batch" or self.members != 1
-                                          or self.head == "distance"):
+        if self.norm_adapt != "none" and (
+                self.norm != "batch" or self.members != 1 or self.head == "distance"
+                or (self.head in ("diff", "conc") and self.head_convs == 0)):
             raise ConfigError("model.norm_adapt re-estimates BatchNorm statistics after the "
                               "dates' difference: it needs model.norm='batch', one network "
-                              f"(members=1) and a diff/conc/msdiff head; got norm={self.norm!r}, "
-                              f"members={self.members}, head={self.head!r}.")
+                              "(members=1) and an msdiff head, or a diff/conc head with "
+                              f"head_convs >= 1; got norm={self.norm!r}, members={self.members}, "
+                              f"head={self.head!r}, head_convs={self.head_convs}.")
 
     @property
     def num_downsamplings(self) -> int:

@@ -49,6 +49,8 @@ class LearnedDetector(ChangeModel):
         default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
                                               repr=False)
+    #: The model whose compiled predictors this one's rebind (set by :meth:`with_weights`).
+    _base: LearnedDetector | None = dataclasses.field(default=None, init=False, repr=False)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickles for dask workers without the lock and the compiled, device-bound predictors.
@@ -82,6 +84,14 @@ class LearnedDetector(ChangeModel):
         reads ``CHANGEDET_CPU_CONV`` now, so changing it takes effect on the next call)."""
         route = kernels.resolve_route(conv)
         key = (tile_px, batch_size, tta, route)
+        if self._base is not None:  # other weights of one architecture: its compiled step
+            with self._lock:
+                if key in self._predictors:
+                    return self._predictors[key]
+            base = self._base.predictor(tile_px=tile_px, batch_size=batch_size, tta=tta,
+                                        conv=route)
+            with self._lock:
+                return self._predictors.setdefault(key, base.rebind(self))
         with self._lock:
             if key not in self._predictors:
                 self._predictors[key] = BlockPredictor(self, tile_px=tile_px,
@@ -94,6 +104,7 @@ class LearnedDetector(ChangeModel):
         are shared, so the new model scores without compiling again (``fit`` validates every
         epoch's weights this way)."""
         new = dataclasses.replace(self, state=state)
+        object.__setattr__(new, "_base", self._base or self)  # later predictors: rebound too
         with self._lock:
             for key, predictor in self._predictors.items():
                 new._predictors[key] = predictor.rebind(new)

@@ -11,7 +11,9 @@ statistics are fixed before the main pass, so tiled inference stays exact.
 
 The statistics are measured layer by layer over the sample's valid pixels only (nodata and
 cloud pixels, filled as ``run`` fills them, still feed their neighbours but do not count), each
-layer's input normalised as it will be at inference.
+layer's input normalised by the statistics it will use at inference. Each window is scored on
+its own (zero padding at its borders, no halo of real context), as the cross-validation that
+chose this measured it; a window read with the model's halo is a possible refinement.
 
 Measured on the packaged ``sentinel2`` recipe's fold models (``docs/models.md``): pooled
 out-of-fold F1 0.371 -> 0.413 and AP 0.251 -> 0.335 over 14 held-out cities; on unchanged

@@ -247,10 +247,12 @@ def _adopt_inference_settings(path: Path, model_cfg: ModelConfig) -> None:
     model = modelfile.read_model(path)
     if model.config == model_cfg:
         return
-    adopted = dataclasses.replace(model.config, **{
-        f: getattr(model_cfg, f) for f in INFERENCE_ONLY})
-    if adopted != model_cfg:
+    trained, wanted = (
+        {k: v for k, v in to_dict(c).items() if k not in INFERENCE_ONLY}
+        for c in (model.config, model_cfg))
+    if trained != wanted:
         return  # another architecture: scored as it is (the caller's recipe check decides)
+    adopted = model_cfg
     log.info("%s: trained as this recipe; scored with its inference settings %s", path,
              ", ".join(f"{f}={getattr(model_cfg, f)!r}" for f in INFERENCE_ONLY))
     modelfile.save_model(path, dataclasses.replace(model, config=adopted))

@@ -119,6 +119,21 @@ def test_the_sample_covers_small_scenes_whole_and_spreads_over_large_ones():
     assert {(y, x) for y, x, _, _ in large} >= {(0, 0), (10980 - 256, 10980 - 256)}
 
 
+def test_adapted_models_reuse_the_compiled_step():
+    """Every scene gets its own statistics but not its own compile: the adapted copies score on
+    the base model's compiled step."""
+    model = random_init_model(adapting(), ("1", "2", "3"))
+    rng = np.random.default_rng(4)
+    steps = []
+    for _ in range(2):
+        before = rng.normal(size=(3, 40, 40)).astype(np.float32)
+        s = scene(before, before + rng.normal(size=before.shape).astype(np.float32))
+        prepared = model.prepare_scene(s)
+        assert prepared.model is not model
+        steps.append(prepared.model.predictor().step)
+    assert steps[0] is steps[1] is model.predictor().step
+
+
 def test_mostly_nodata_windows_stay_out_of_the_sample(monkeypatch):
     model = random_init_model(adapting(), ("1", "2", "3"))
     rng = np.random.default_rng(2)
@@ -137,12 +152,18 @@ def test_mostly_nodata_windows_stay_out_of_the_sample(monkeypatch):
 
 def test_config_refuses_what_it_cannot_adapt_and_files_keep_the_setting(tmp_path):
     for bad in (dict(norm="none"), dict(head="distance"), dict(members=2),
-                dict(norm_adapt="encoder")):
+                dict(norm_adapt="encoder"), dict(head="diff", head_convs=0)):
         with pytest.raises(ConfigError, match="norm_adapt"):
             adapting(**bad)
     model = random_init_model(adapting(), ("1", "2", "3"))
     path = modelfile.save_model(tmp_path / "m.msgpack", model)
     assert modelfile.read_model(path).config.norm_adapt == "difference"
+    # a fold model that cannot adapt (no BatchNorm) is left as it is, without an error
+    plain = random_init_model(dataclasses.replace(adapting(), norm="none", norm_adapt="none"),
+                              ("1", "2", "3"))
+    other = modelfile.save_model(tmp_path / "plain.msgpack", plain)
+    crossval._adopt_inference_settings(other, adapting())
+    assert modelfile.read_model(other).config.norm_adapt == "none"
     # a file written before the setting existed reads as "none"
     record = config.to_dict(model.config)
     record.pop("norm_adapt")
