@@ -149,20 +149,6 @@ def adapt_difference_norms(model: ChangeModel, before: np.ndarray, after: np.nda
     head = net._logit_head()
     if head.block is not None:
         _adapt_block(head.block, x, mask)
-    return _floored(model.state, nnx.to_pure_dict(nnx.state(net)))
+    # the encoder ran in inference mode and _adapt_block floored every variance it set
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(net)))
 
-
-def _floored(old: dict[str, Any], new: dict[str, Any], top: str | None = None) -> dict[str, Any]:
-    """``new`` with the encoder's entries from ``old`` and no variance below ``old``'s."""
-    out: dict[str, Any] = {}
-    for k, v in old.items():
-        where = k if top is None else top
-        if isinstance(v, dict):
-            out[k] = _floored(v, new[k], where)
-        elif where == "encoder" or k not in ("mean", "var"):
-            out[k] = v
-        elif k == "var":
-            out[k] = np.maximum(np.asarray(new[k], np.float32), v)
-        else:
-            out[k] = np.asarray(new[k], np.float32)
-    return out

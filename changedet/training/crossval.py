@@ -252,10 +252,9 @@ def _adopt_inference_settings(path: Path, model_cfg: ModelConfig) -> None:
         for c in (model.config, model_cfg))
     if trained != wanted:
         return  # another architecture: scored as it is (the caller's recipe check decides)
-    adopted = model_cfg
     log.info("%s: trained as this recipe; scored with its inference settings %s", path,
              ", ".join(f"{f}={getattr(model_cfg, f)!r}" for f in INFERENCE_ONLY))
-    modelfile.save_model(path, dataclasses.replace(model, config=adopted))
+    modelfile.save_model(path, dataclasses.replace(model, config=model_cfg))
 
 
 def train_with_cv(
