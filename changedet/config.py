@@ -207,6 +207,9 @@ class TrainConfig:
       scale: Scale augmentation in octaves: each patch is cut from a window ``2**U(-scale,
         scale)`` times ``patch_px`` wide and resampled to ``patch_px``, so that the model sees
         objects at other ground resolutions than its training scenes' (0 = off).
+      scene_batches: Draw each batch from one scene, with one band-drop choice and one
+        radiometric jitter per date, so that BatchNorm's batch statistics are one scene's (as
+        ``ModelConfig.norm_adapt`` measures them at inference) instead of a mix of scenes.
       seed: Seeds the parameter init, the patch sampler and the dropout-free step keys.
       patience: Stop after this many epochs without a better validation F1 (0 = never stop).
       log_every_steps: Fetch and log training metrics every this many steps.
@@ -234,6 +237,7 @@ class TrainConfig:
     radiometric: float = 0.0
     band_drop: float = 0.0
     scale: float = 0.0
+    scene_batches: bool = False
     pos_weight_power: float = 1.0
     seed: int = 0
     patience: int = 8

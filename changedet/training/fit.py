@@ -300,7 +300,7 @@ def _prepare_data(train_scenes: Sequence[Scene], band_ids: tuple[str, ...],
     sampler = PatchSampler(train_n, train_cfg.patch_px, changed_fraction=train_cfg.changed_fraction,
                            augment=train_cfg.augment, radiometric=train_cfg.radiometric,
                            band_drop=train_cfg.band_drop, band_sets=sets,
-                           scale=train_cfg.scale)
+                           scale=train_cfg.scale, scene_batches=train_cfg.scene_batches)
     if sampler.num_changed_pixels == 0:
         log.warning("no changed pixel in the training scenes: the model cannot learn change")
     step_cfg = train_cfg

@@ -8,6 +8,7 @@ Pure numpy; every draw comes from the ``numpy.random.Generator`` the caller pass
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -143,6 +144,15 @@ def _crop_padded(
     return out
 
 
+class _BatchDraw(NamedTuple):
+    """What every patch of a scene batch shares: the scene, the seeds of the two dates'
+    radiometric jitter and the band-drop choice."""
+
+    scene: int
+    jitter: tuple[int, int]
+    bands: tuple[bool, np.ndarray]
+
+
 class PatchSampler:
     """Draws class-balanced, augmented square patches from in-memory scenes.
 
@@ -173,6 +183,7 @@ class PatchSampler:
         band_drop: float = 0.0,
         band_sets: Sequence[Sequence[bool] | np.ndarray] = (),
         scale: float = 0.0,
+        scene_batches: bool = False,
     ) -> None:
         """Indexes the scenes' valid and changed pixels.
 
@@ -192,6 +203,10 @@ class PatchSampler:
             times ``patch_px`` wide and resampled to ``patch_px``, so that
             objects appear at other ground resolutions (0 = off; 1 = half to double size).
             :func:`resample_scene` resamples it.
+          scene_batches: Draw every patch of a batch from one scene (drawn by its valid
+            pixels), with one band-drop choice and one radiometric jitter per date for the
+            whole batch: batch statistics are then one scene's, as a model that adapts its
+            normalisation to each scene (``ModelConfig.norm_adapt``) measures them at inference.
 
         Raises:
           ConfigError: On a bad ``patch_px``, ``changed_fraction`` or ``scale``.
@@ -211,6 +226,7 @@ class PatchSampler:
         self.radiometric = float(radiometric)
         self.band_drop = float(band_drop)
         self.scale = float(scale)
+        self.scene_batches = bool(scene_batches)
         self.band_sets = [np.asarray(m, bool) for m in band_sets]
         if self.band_drop and not self.band_sets:
             raise ConfigError("band_drop > 0 needs at least one band set to drop to.")
@@ -231,24 +247,32 @@ class PatchSampler:
         """Changed valid pixels over all scenes."""
         return int(self._changed_cum[-1])
 
-    def _draw_pixel(self, rng: np.random.Generator, changed: bool) -> tuple[int, int, int]:
+    def _draw_pixel(self, rng: np.random.Generator, changed: bool, scene: int | None = None
+                    ) -> tuple[int, int, int]:
         cum, idx = (
             (self._changed_cum, self._changed_idx) if changed
             else (self._valid_cum, self._valid_idx)
         )
-        j = int(rng.integers(int(cum[-1])))
-        scene_i = int(np.searchsorted(cum, j, side="right"))
-        start = int(cum[scene_i - 1]) if scene_i else 0
-        flat = int(idx[scene_i][j - start])
+        if scene is None:
+            j = int(rng.integers(int(cum[-1])))
+            scene_i = int(np.searchsorted(cum, j, side="right"))
+            start = int(cum[scene_i - 1]) if scene_i else 0
+            flat = int(idx[scene_i][j - start])
+        else:
+            scene_i = scene
+            if changed and not len(idx[scene_i]):  # a scene without change: a uniform patch
+                idx = self._valid_idx
+            flat = int(idx[scene_i][int(rng.integers(len(idx[scene_i])))])
         width = self.scenes[scene_i].valid.shape[1]
         return scene_i, flat // width, flat % width
 
     def patch(
-        self, rng: np.random.Generator, changed: bool
+        self, rng: np.random.Generator, changed: bool, shared: _BatchDraw | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One ``(before, after, label, valid)`` patch, ``(band, P, P)`` / ``(P, P)``."""
+        """One ``(before, after, label, valid)`` patch, ``(band, P, P)`` / ``(P, P)``;
+        ``shared`` fixes the scene, band drop and radiometric jitter (scene batches)."""
         changed = changed and self.num_changed_pixels > 0
-        scene_i, row, col = self._draw_pixel(rng, changed)
+        scene_i, row, col = self._draw_pixel(rng, changed, None if shared is None else shared.scene)
         s = self.scenes[scene_i]
         size = self.patch_px
         if self.scale:
@@ -276,11 +300,13 @@ class PatchSampler:
                 swap_dates=self.swap_dates)
             valid, imagery = masks
         if self.radiometric:
-            before = radiometric_jitter(before, rng, self.radiometric)
-            after = radiometric_jitter(after, rng, self.radiometric)
+            rng_b, rng_a = ((rng, rng) if shared is None else
+                            (np.random.default_rng(shared.jitter[0]),
+                             np.random.default_rng(shared.jitter[1])))
+            before = radiometric_jitter(before, rng_b, self.radiometric)
+            after = radiometric_jitter(after, rng_a, self.radiometric)
         if self.band_drop:
-            drop = rng.random() < self.band_drop
-            keep = self.band_sets[int(rng.integers(len(self.band_sets)))]
+            drop, keep = self._band_choice(rng) if shared is None else shared.bands
             if drop:
                 zero = ~keep[:, None, None]
                 before = np.where(zero, np.float32(0), before)
@@ -291,10 +317,22 @@ class PatchSampler:
             after = np.where(imagery[None], after, np.float32(0)).astype(np.float32)
         return before, after, label, valid
 
+    def _band_choice(self, rng: np.random.Generator) -> tuple[bool, np.ndarray]:
+        drop = rng.random() < self.band_drop
+        return bool(drop), self.band_sets[int(rng.integers(len(self.band_sets)))]
+
+    def _batch_draw(self, rng: np.random.Generator) -> _BatchDraw:
+        scene = self._draw_pixel(rng, changed=False)[0]
+        jitter = (int(rng.integers(2**63)), int(rng.integers(2**63)))
+        bands = self._band_choice(rng) if self.band_drop else (False, np.ones(0, bool))
+        return _BatchDraw(scene, jitter, bands)
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         """A :class:`Batch` of ``batch_size`` patches, NHWC float32 / int32 / bool."""
         num_changed = int(round(self.changed_fraction * batch_size))
-        patches = [self.patch(rng, changed=i < num_changed) for i in range(batch_size)]
+        shared = self._batch_draw(rng) if self.scene_batches else None
+        patches = [self.patch(rng, changed=i < num_changed, shared=shared)
+                   for i in range(batch_size)]
         before = to_nhwc(np.stack([p[0] for p in patches]).astype(np.float32))
         after = to_nhwc(np.stack([p[1] for p in patches]).astype(np.float32))
         label = np.stack([p[2] for p in patches]).astype(np.int32)
