@@ -24,6 +24,7 @@ statistics), so ``rgb`` does not use it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -122,13 +123,23 @@ def adapt_difference_norms(model: ChangeModel, before: np.ndarray, after: np.nda
         raise ConfigError(f"model {model.name!r} has norm_adapt='none': nothing to adapt.")
     net = model.module()
     assert isinstance(net, SiameseNet)  # ModelConfig refuses norm_adapt for ensembles
-    nnx.update(net, jax.tree.map(jnp.array, nnx.state(net)))  # writable copies of the arrays
+    graphdef, state = nnx.split(net)
     b, a = (jnp.asarray(_pad_to(np.asarray(x, np.float32), cfg.align_px)) for x in (before, after))
     ok = np.ones(before.shape[:3], bool) if valid is None else np.asarray(valid, bool)
     mask = jnp.asarray(_pad_to(ok[..., None], cfg.align_px, "constant", constant_values=False))
+    state = _adapted_state(graphdef, state, b, a, mask, cfg.head)
+    # the encoder ran in inference mode and _adapt_block floored every variance it set
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _adapted_state(graphdef: Any, state: Any, b: jax.Array, a: jax.Array, mask: jax.Array,
+                   head_kind: str) -> Any:
+    """The measuring pass, compiled once per model structure and sample shape."""
+    net = nnx.merge(graphdef, state)
     n = b.shape[0]
     pair = jnp.concatenate([b, a])
-    if cfg.head == "msdiff":
+    if head_kind == "msdiff":
         assert net.decoder is not None  # the msdiff head has one
         levels = net.encoder.pyramid(pair)  # inference mode: the trained statistics
         diffs = [jnp.abs(p[:n] - p[n:]) for p in levels]
@@ -144,11 +155,10 @@ def adapt_difference_norms(model: ChangeModel, before: np.ndarray, after: np.nda
     else:
         e = net.encoder(pair)
         x = jnp.abs(e[:n] - e[n:])
-        if cfg.head == "conc":
+        if head_kind == "conc":
             x = jnp.concatenate([e[:n] + e[n:], x], axis=-1)
     head = net._logit_head()
     if head.block is not None:
         _adapt_block(head.block, x, mask)
-    # the encoder ran in inference mode and _adapt_block floored every variance it set
-    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(net)))
+    return nnx.state(net)
 
