@@ -225,3 +225,32 @@ def test_per_image_scalar_keeps_the_spectral_shape_and_cancels_brightness():
     assert m.tolist() == [4.0] * 3 and s.tolist() == pytest.approx([np.sqrt(5.0)] * 3)
     assert data.scalar_statistics(np.array([3.0]), np.array([0.0]), (0,))[1].tolist() == [1.0]
     assert data.scalar_reference(("3", "2", "1")) == (0, 1, 2)  # positional bands: all
+
+
+def test_scene_batches_draw_each_batch_from_one_scene_with_one_jitter_and_band_set():
+    """``train.scene_batches``: batch statistics must be one scene's, as ``norm_adapt``
+    measures them at inference: one scene, one band-drop choice, one gain/offset per date."""
+    def flat(name, value):  # a constant scene: its value says where a patch came from
+        image = np.full((3, 40, 40), value, np.float32)
+        label = np.zeros((40, 40), np.uint8)
+        label[10:14, 10:14] = value > 0
+        return data.Scene(name, image, image.copy(), label, np.ones((40, 40), bool),
+                          ("1", "2", "3"))
+
+    scenes = [flat(str(v), float(v)) for v in range(4)]
+    kw = dict(patch_px=16, changed_fraction=0.5, radiometric=0.2, band_drop=1.0,
+              band_sets=[np.array([1, 1, 0], bool), np.array([1, 0, 1], bool)])
+    together = sampling.PatchSampler(scenes, scene_batches=True, **kw)
+    mixed = sampling.PatchSampler(scenes, **kw)
+    seen = set()
+    for seed in range(12):
+        batch = together.sample(8, np.random.default_rng(seed))
+        # the same scene, jitter and kept bands in every patch: identical constant patches
+        # up to the haze ramp, which is one per date too
+        np.testing.assert_allclose(batch.before, batch.before[:1].repeat(8, 0), atol=1e-6)
+        np.testing.assert_allclose(batch.after, batch.after[:1].repeat(8, 0), atol=1e-6)
+        assert np.count_nonzero(batch.before[0, 0, 0] == 0) == 1  # one band dropped
+        seen.add(round(float(np.median(batch.before[0, ..., 0])), 0))
+    assert len(seen) > 1  # scenes differ from batch to batch
+    batch = mixed.sample(8, np.random.default_rng(0))
+    assert not np.allclose(batch.before, batch.before[:1].repeat(8, 0))

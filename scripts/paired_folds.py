@@ -1,0 +1,110 @@
+"""Paired comparison of fold models from cross-validations that may not be finished.
+
+Two trainings of the same folds (two recipes, or one recipe with two seeds) are compared fold by
+fold on the same held-out cities, each fold model scored through ``run``'s scoring path with
+its own inference settings and, with ``--variants``, with other ones (``plain``: no scene
+adaptation; ``all``: every BatchNorm re-estimated on the scene, as ``adabn_study.py`` does).
+Prints, per workdir and variant, each fold's best F1 and AP and the figures pooled over the
+folds present, at the pooled best threshold and with the scene change cap (4 %) at a threshold
+re-chosen under it::
+
+    python scripts/paired_folds.py runs/sb_base/sentinel2/cv runs/sb_scene/sentinel2/cv \\
+        --variants as_trained plain --json runs/sb_pair.json
+
+A fold counts once its ``fold_i/`` holds a finished model file; folds missing from either
+workdir are left out of both, so the comparison stays paired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from adabn_study import scene_statistics
+from train_default_models import load_rgb, load_sentinel2
+
+from changedet import evaluate
+from changedet.detectors import modelfile
+from changedet.detectors.learned import as_detector
+from changedet.training import capping, crossval
+
+HERE = Path(__file__).resolve().parents[1]
+log = logging.getLogger("paired_folds")
+
+
+def fold_models(cv: Path) -> dict[int, Path]:
+    """Fold index -> finished model file under ``cv``."""
+    found = {}
+    for d in sorted(cv.glob("fold_*")):
+        files = sorted(d.glob("*.msgpack"))
+        if files:
+            found[int(d.name.split("_")[1])] = files[0]
+    return found
+
+
+def variant(model, name: str):
+    """The fold model as scored under inference variant ``name``."""
+    if name == "as_trained":
+        return as_detector(model)
+    plain = as_detector(dataclasses.replace(model, config=dataclasses.replace(
+        model.config, norm_adapt="none")))
+    if name == "plain":
+        return plain
+    raise SystemExit(f"unknown variant {name!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("cvs", type=Path, nargs="+", help="cv folders (…/<model>/cv)")
+    p.add_argument("--data", type=Path, default=HERE.parent / "shared" / "data")
+    p.add_argument("--variants", nargs="+", default=["as_trained"],
+                   choices=["as_trained", "plain", "all"])
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    found = {cv: fold_models(cv) for cv in args.cvs}
+    common = sorted(set.intersection(*(set(f) for f in found.values())))
+    if not common:
+        raise SystemExit("no fold is finished in every workdir")
+    first = modelfile.read_model(found[args.cvs[0]][common[0]])
+    scenes, folds = (load_sentinel2 if first.config.num_bands == 13 else load_rgb)(args.data)
+    by_name = {s.name: s for s in scenes}
+    folds = [folds[i] for i in common]
+    report = {}
+    for cv in args.cvs:
+        for v in args.variants:
+            scores = {}
+            for i, held_out in zip(common, folds, strict=True):
+                model = modelfile.read_model(found[cv][i])
+                for n in held_out:
+                    scene = by_name[n]
+                    if v == "all":
+                        plain = variant(model, "plain")
+                        m = plain.with_weights(scene_statistics(plain, scene))
+                    else:
+                        m = variant(model, v)
+                    scores[n] = evaluate.score_scene(m.prepare_scene(scene), scene)
+                log.info("%s %s fold %d scored", cv, v, i)
+            pooled = crossval._pooled_figures(scores, by_name, folds, 0.5)
+            per_fold = [crossval._pooled_figures(scores, by_name, [f], 0.5) for f in folds]
+            cap = capping.change_cap_report(scores, scenes, folds, pooled["best_threshold"])
+            row = {"folds": common, "best_f1": pooled["best_f1"],
+                   "ap": pooled["average_precision"], "threshold": pooled["best_threshold"],
+                   "per_fold": [(round(f["best_f1"], 3), round(f["average_precision"], 3),
+                                 round(f["best_threshold"], 3)) for f in per_fold],
+                   "capped_f1": cap["pooled"]["f1"], "nested": cap["nested"]}
+            report[f"{cv}:{v}"] = row
+            print(f"{str(cv):>40s} {v:>10s} folds {common}: best F1 {row['best_f1']:.3f} "
+                  f"(thr {row['threshold']:.3f}) AP {row['ap']:.3f} capped F1 "
+                  f"{row['capped_f1']:.3f} nested {row['nested']} per fold (F1, AP, thr) "
+                  f"{row['per_fold']}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
