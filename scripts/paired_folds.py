@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 
 from adabn_study import scene_statistics
-from train_default_models import load_rgb, load_sentinel2
+from train_default_models import FOLDS, load_rgb, load_sentinel2
 
 from changedet import evaluate
 from changedet.detectors import modelfile
@@ -39,7 +39,7 @@ def fold_models(cv: Path) -> dict[int, Path]:
     """Fold index -> finished model file under ``cv``."""
     found = {}
     for d in sorted(cv.glob("fold_*")):
-        files = sorted(d.glob("*.msgpack"))
+        files = sorted(f for f in d.glob("*.msgpack") if f.name != "checkpoint.msgpack")
         if files:
             found[int(d.name.split("_")[1])] = files[0]
     return found
@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     if not common:
         raise SystemExit("no fold is finished in every workdir")
     first = modelfile.read_model(found[args.cvs[0]][common[0]])
-    scenes, folds = (load_sentinel2 if first.config.num_bands == 13 else load_rgb)(args.data)
+    kind = "sentinel2" if first.config.num_bands == 13 else "rgb"
+    scenes, folds = (load_sentinel2 if kind == "sentinel2" else load_rgb)(args.data)
+    if folds is None:  # as train_default_models.py deals them
+        folds = crossval.make_folds([s.name for s in scenes], FOLDS[kind])
     by_name = {s.name: s for s in scenes}
     folds = [folds[i] for i in common]
     report = {}
