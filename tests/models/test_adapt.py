@@ -106,6 +106,23 @@ def test_statistics_are_the_valid_pixels_batch_statistics():
         np.testing.assert_array_equal(v, w, err_msg=str(path))
 
 
+def test_pixels_outside_the_mask_count_at_no_level():
+    """A sample window with no valid pixel (a cloud, nodata) adds nothing to any layer's
+    statistics, whatever it holds: every decoder level pools the mask with the features."""
+    model = calm_trained(random_init_model(adapting("msdiff"), ("1", "2", "3")))
+    rng = np.random.default_rng(2)
+    before = rng.normal(size=(1, 32, 48, 3)).astype(np.float32)
+    after = before + rng.normal(scale=2.0, size=before.shape).astype(np.float32)
+    alone = adapt.adapt_difference_norms(model, before, after)
+    garbage = rng.normal(scale=50.0, size=(2, 1, 32, 48, 3)).astype(np.float32)
+    valid = np.zeros((2, 32, 48), bool)
+    valid[0] = True
+    with_cloud = adapt.adapt_difference_norms(
+        model, np.concatenate([before, garbage[0]]), np.concatenate([after, garbage[1]]), valid)
+    for (path, v), (_, w) in zip(leaves(with_cloud), leaves(alone), strict=True):
+        np.testing.assert_allclose(v, w, rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
 def test_the_sample_covers_small_scenes_whole_and_spreads_over_large_ones():
     assert adapt.window_grid(100, 70) == [(0, 0, 100, 70)]
     small = adapt.window_grid(600, 900)
