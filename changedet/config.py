@@ -29,8 +29,8 @@ Upsample = Literal["shuffle", "nearest"]
 Norm = Literal["none", "layer", "batch"]
 UPSAMPLES: tuple[str, ...] = ("shuffle", "nearest")
 NORMS: tuple[str, ...] = ("none", "layer", "batch")
-NormAdapt = Literal["none", "difference"]
-NORM_ADAPTS: tuple[str, ...] = ("none", "difference")
+NormAdapt = Literal["none", "difference", "all"]
+NORM_ADAPTS: tuple[str, ...] = ("none", "difference", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +59,17 @@ class ModelConfig:
       head_convs: 3x3 convolutions in the ``diff``/``conc``/``msdiff`` head before its 1x1 logit.
       dropout: Spatial dropout (whole channels, as Dropout2d) after every 3x3 conv's ReLU, in
         training steps only; inference is unaffected. FC-Siam-diff uses 0.2.
-      norm_adapt: ``"none"`` or ``"difference"`` (needs ``norm="batch"``, one network, a
+      norm_adapt: ``"none"``, ``"difference"`` or ``"all"`` (needs ``norm="batch"``, one network, a
         diff/conc/msdiff head): at inference the BatchNorms that see the dates' differences
         (all but the shared encoder's) take their mean and variance from the scene being
         scored, measured in one pass over a sample of it before the main pass (AdaBN, Li et
         al. 2016), the variance never below the trained one. A scene whose differences run
         hotter than the training scenes' (season, haze, another sensor's noise) is scaled back
         to the training range instead of lighting up. Tiled output still equals whole-image
-        output (the statistics are fixed per scene). Training ignores it.
+        output (the statistics are fixed per scene). Training ignores it. ``"all"``: the
+        shared encoder's BatchNorms too, from both dates' valid pixels and without the floor
+        (for networks trained on one scene per batch, ``TrainConfig.scene_batches``, whose
+        encoder always saw one scene's statistics); the difference layers as above.
       members: Networks of this architecture whose change scores are averaged (an ensemble,
         ``changedet.models.ensemble``); 1 = one network. Members are trained one by one
         (``fit`` trains single networks) and assembled afterwards; each costs one network's

@@ -3,7 +3,8 @@
 Two trainings of the same folds (two recipes, or one recipe with two seeds) are compared fold by
 fold on the same held-out cities, each fold model scored through ``run``'s scoring path with
 its own inference settings and, with ``--variants``, with other ones (``plain``: no scene
-adaptation; ``all``: every BatchNorm re-estimated on the scene, as ``adabn_study.py`` does).
+adaptation; ``all``: every BatchNorm re-estimated on the whole scene, as ``adabn_study.py``
+does; ``adapt_all``: ``ModelConfig.norm_adapt="all"``, the library's own pass).
 Prints, per workdir and variant, each fold's best F1 and AP and the figures pooled over the
 folds present, at the pooled best threshold and with the scene change cap (4 %) at a threshold
 re-chosen under it::
@@ -53,6 +54,9 @@ def variant(model, name: str):
         model.config, norm_adapt="none")))
     if name == "plain":
         return plain
+    if name == "adapt_all":  # the shipped code path with every BatchNorm adapted
+        return as_detector(dataclasses.replace(model, config=dataclasses.replace(
+            model.config, norm_adapt="all")))
     raise SystemExit(f"unknown variant {name!r}")
 
 
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cvs", type=Path, nargs="+", help="cv folders (…/<model>/cv)")
     p.add_argument("--data", type=Path, default=HERE.parent / "shared" / "data")
     p.add_argument("--variants", nargs="+", default=["as_trained"],
-                   choices=["as_trained", "plain", "all"])
+                   choices=["as_trained", "plain", "all", "adapt_all"])
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -20,6 +20,11 @@ out-of-fold F1 0.371 -> 0.413 and AP 0.251 -> 0.335 over 14 held-out cities; on 
 160 px windows of those cities the share marked as change fell from 5.8 % to 1.5 %. On the
 ``rgb`` sources, whose scenes hold up to 66 % change, it costs F1 (the change itself sets the
 statistics), so ``rgb`` does not use it.
+
+``norm_adapt="all"`` re-estimates the shared encoder's BatchNorms as well, over both dates'
+valid pixels and without the floor: the statistics a network trained on one scene per batch
+(``TrainConfig.scene_batches``) always normalised with. The difference layers then adapt as
+above, on the adapted encoder's features.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from changedet.errors import ConfigError
-from changedet.models.layers import ConvBlock
+from changedet.models.layers import ConvBlock, max_pool_2x
 from changedet.models.record import ChangeModel
 from changedet.models.siamese import SiameseNet
 
@@ -76,10 +81,11 @@ def _pool_valid(valid: jax.Array) -> jax.Array:
     return valid.reshape(n, h // 2, 2, w // 2, 2, 1).all(axis=(2, 4))
 
 
-def _adapt_block(block: ConvBlock, x: jax.Array, valid: jax.Array) -> jax.Array:
+def _adapt_block(block: ConvBlock, x: jax.Array, valid: jax.Array, *, floor: bool = True
+                 ) -> jax.Array:
     """Runs ``block`` (conv -> BatchNorm -> ReLU per conv) with each BatchNorm's mean and
-    variance taken over the ``valid`` pixels of its input (the variance not below the trained
-    one); returns the block's output."""
+    variance taken over the ``valid`` pixels of its input (``floor``: the variance not below
+    the trained one); returns the block's output."""
     weight = valid.astype(jnp.float32)
     total = weight.sum()
     count = jnp.maximum(total, 1.0)
@@ -90,10 +96,24 @@ def _adapt_block(block: ConvBlock, x: jax.Array, valid: jax.Array) -> jax.Array:
         var = (jnp.square(x - mean) * weight).sum(axis=(0, 1, 2)) / count
         trained_mean, trained_var = norm.mean[...], norm.var[...]  # type: ignore[index]
         norm.mean[...] = jnp.where(total > 0, mean, trained_mean)  # type: ignore[index]
-        norm.var[...] = jnp.where(total > 0, jnp.maximum(var, trained_var),  # type: ignore[index]
+        norm.var[...] = jnp.where(total > 0,  # type: ignore[index]
+                                  jnp.maximum(var, trained_var) if floor else var,
                                   trained_var)
         x = jax.nn.relu(norm(x, use_running_average=True))
     return x
+
+
+def _adapt_pyramid(net: SiameseNet, pair: jax.Array, masks: list[jax.Array]) -> list[jax.Array]:
+    """The encoder's down path with every BatchNorm measured on the valid pixels of both
+    dates (no floor), as a network trained on one scene per batch normalised them."""
+    levels = []
+    x = pair
+    for level, block in enumerate(net.encoder.down):
+        if level:
+            x = max_pool_2x(x)
+        x = _adapt_block(block, x, masks[level], floor=False)
+        levels.append(x)
+    return levels
 
 
 def adapt_difference_norms(model: ChangeModel, before: np.ndarray, after: np.ndarray,
@@ -111,9 +131,10 @@ def adapt_difference_norms(model: ChangeModel, before: np.ndarray, after: np.nda
         statistics; at coarser levels a pixel counts where all the pixels under it are valid.
 
     Returns:
-      The nested state dict: the encoder's parameters and statistics unchanged; every other
-      BatchNorm's mean the sample's, its variance the larger of the sample's and the trained
-      one. Where no pixel is valid at some level, the trained statistics stay.
+      The nested state dict: every BatchNorm after the difference with the sample's mean and
+      the larger of the sample's and the trained variance; the encoder's statistics unchanged
+      (``"difference"``) or the sample's, both dates pooled (``"all"``); all weights unchanged.
+      Where no pixel is valid at some level, the trained statistics stay.
 
     Raises:
       ConfigError: If the model's config does not adapt (``norm_adapt="none"``).
@@ -127,25 +148,28 @@ def adapt_difference_norms(model: ChangeModel, before: np.ndarray, after: np.nda
     b, a = (jnp.asarray(_pad_to(np.asarray(x, np.float32), cfg.align_px)) for x in (before, after))
     ok = np.ones(before.shape[:3], bool) if valid is None else np.asarray(valid, bool)
     mask = jnp.asarray(_pad_to(ok[..., None], cfg.align_px, "constant", constant_values=False))
-    state = _adapted_state(graphdef, state, b, a, mask, cfg.head)
+    state = _adapted_state(graphdef, state, b, a, mask, cfg.head, cfg.norm_adapt == "all")
     # the encoder ran in inference mode and _adapt_block floored every variance it set
     return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _adapted_state(graphdef: Any, state: Any, b: jax.Array, a: jax.Array, mask: jax.Array,
-                   head_kind: str) -> Any:
+                   head_kind: str, encoder: bool) -> Any:
     """The measuring pass, compiled once per model structure and sample shape."""
     net = nnx.merge(graphdef, state)
     n = b.shape[0]
     pair = jnp.concatenate([b, a])
+    masks = [mask]
+    for _ in net.encoder.down[1:]:
+        masks.append(_pool_valid(masks[-1]))
     if head_kind == "msdiff":
         assert net.decoder is not None  # the msdiff head has one
-        levels = net.encoder.pyramid(pair)  # inference mode: the trained statistics
+        if encoder:
+            levels = _adapt_pyramid(net, pair, [jnp.concatenate([m, m]) for m in masks])
+        else:
+            levels = net.encoder.pyramid(pair)  # inference mode: the trained statistics
         diffs = [jnp.abs(p[:n] - p[n:]) for p in levels]
-        masks = [mask]
-        for _ in diffs[1:]:
-            masks.append(_pool_valid(masks[-1]))
         up, dec = net.decoder.up, net.decoder.dec
         x = diffs[-1]
         for level in reversed(range(len(up))):
@@ -153,7 +177,18 @@ def _adapted_state(graphdef: Any, state: Any, b: jax.Array, a: jax.Array, mask: 
             x = _adapt_block(dec[level], jnp.concatenate([diffs[level], x], axis=-1),
                              masks[level])
     else:
-        e = net.encoder(pair)
+        if encoder:
+            enc = net.encoder
+            levels = _adapt_pyramid(net, pair, [jnp.concatenate([m, m]) for m in masks])
+            assert enc.out is not None  # a diff/conc head's encoder has its decoder
+            x = levels[-1]
+            for level in reversed(range(len(enc.up))):
+                x = enc.up[level](x)
+                x = _adapt_block(enc.dec[level], jnp.concatenate([levels[level], x], axis=-1),
+                                 jnp.concatenate([masks[level], masks[level]]), floor=False)
+            e = enc.out(x)
+        else:
+            e = net.encoder(pair)
         x = jnp.abs(e[:n] - e[n:])
         if head_kind == "conc":
             x = jnp.concatenate([e[:n] + e[n:], x], axis=-1)

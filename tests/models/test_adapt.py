@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -104,6 +105,37 @@ def test_statistics_are_the_valid_pixels_batch_statistics():
                                            np.zeros(before.shape[:3], bool))
     for (path, v), (_, w) in zip(leaves(nothing), leaves(model.state), strict=True):
         np.testing.assert_array_equal(v, w, err_msg=str(path))
+
+
+@pytest.mark.parametrize("head", ["msdiff", "conc"])
+def test_all_adapts_every_batchnorm_to_the_samples_batch_statistics(head):
+    """``norm_adapt="all"`` (networks trained on one scene per batch): with every pixel valid,
+    every BatchNorm takes the statistics a training-mode forward pass measures on the sample
+    (both dates through the encoder), the difference layers' variances floored as before."""
+    model = calm_trained(random_init_model(adapting(head, norm_adapt="all"), ("1", "2", "3")))
+    rng = np.random.default_rng(4)
+    before = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    after = before + rng.normal(scale=2.0, size=before.shape).astype(np.float32)
+    state = adapt.adapt_difference_norms(model, before, after)
+    net = model.module()
+    nnx.update(net, jax.tree.map(jnp.array, nnx.state(net)))  # writable copies
+    for _, node in nnx.iter_graph(net):
+        if isinstance(node, nnx.BatchNorm):
+            node.momentum = 0.0  # the running averages become the batch statistics
+    net(jnp.asarray(before), jnp.asarray(after), key=jax.random.key(0))  # dropout is 0
+    batch = dict(leaves(jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(net)))))
+    trained = dict(leaves(model.state))
+    moved = set()
+    for path, v in leaves(state):
+        if path[-1] not in ("mean", "var"):
+            np.testing.assert_array_equal(v, trained[path])
+            continue
+        want = batch[path]
+        if path[-1] == "var" and path[0] != "encoder":
+            want = np.maximum(want, trained[path])
+        np.testing.assert_allclose(v, want, rtol=2e-3, atol=1e-5, err_msg=str(path))
+        moved.add(path[0])
+    assert "encoder" in moved and len(moved) > 1
 
 
 def test_pixels_outside_the_mask_count_at_no_level():
