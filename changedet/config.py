@@ -66,10 +66,10 @@ class ModelConfig:
         al. 2016), the variance never below the trained one. A scene whose differences run
         hotter than the training scenes' (season, haze, another sensor's noise) is scaled back
         to the training range instead of lighting up. Tiled output still equals whole-image
-        output (the statistics are fixed per scene). Training ignores it. ``"all"``: the
-        shared encoder's BatchNorms too, from both dates' valid pixels and without the floor
-        (for networks trained on one scene per batch, ``TrainConfig.scene_batches``, whose
-        encoder always saw one scene's statistics); the difference layers as above.
+        output (the statistics are fixed per scene). Training ignores it. ``"all"``: AdaBN
+        proper, every BatchNorm (the shared encoder's over both dates' valid pixels) takes
+        the scene's statistics, with no floor: for networks trained on one scene per batch
+        (``TrainConfig.scene_batches``), which always normalised with one scene's.
       members: Networks of this architecture whose change scores are averaged (an ensemble,
         ``changedet.models.ensemble``); 1 = one network. Members are trained one by one
         (``fit`` trains single networks) and assembled afterwards; each costs one network's
