@@ -13,7 +13,10 @@ re-chosen under it::
         --variants as_trained plain --json runs/sb_pair.json
 
 A fold counts once its ``fold_i/`` holds a finished model file; folds missing from either
-workdir are left out of both, so the comparison stays paired.
+workdir are left out of both, so the comparison stays paired. ``--null`` also scores up to three
+unchanged 160 px windows per held-out city (all valid, no labelled change; each adapted to
+itself) and each city against itself, and prints the share of pixels marked at the pooled best
+threshold: what a setting does on calm ground.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from adabn_study import scene_statistics
 from train_default_models import FOLDS, load_rgb, load_sentinel2
 
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=["as_trained"],
                    choices=["as_trained", "plain", "all", "adapt_all"])
     p.add_argument("--json", type=Path)
+    p.add_argument("--null", action="store_true", help="also score unchanged windows")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     found = {cv: fold_models(cv) for cv in args.cvs}
@@ -103,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                    "per_fold": [(round(f["best_f1"], 3), round(f["average_precision"], 3),
                                  round(f["best_threshold"], 3)) for f in per_fold],
                    "capped_f1": cap["pooled"]["f1"], "nested": cap["nested"]}
+            if args.null:
+                row["null"] = null_windows(cv, v, found[cv], common, folds, by_name,
+                                           pooled["best_threshold"])
             report[f"{cv}:{v}"] = row
             print(f"{str(cv):>40s} {v:>10s} folds {common}: best F1 {row['best_f1']:.3f} "
                   f"(thr {row['threshold']:.3f}) AP {row['ap']:.3f} capped F1 "
@@ -111,6 +119,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=float))
     return 0
+
+
+def null_windows(cv, name, paths, fold_ids, folds, by_name, threshold: float,
+                 size: int = 160) -> dict[str, float]:
+    """Share of pixels marked at ``threshold`` on unchanged windows and cities against
+    themselves (as ``adabn_study.py --null``), printed and returned."""
+    marks, same = [], []
+    for i, held_out in zip(fold_ids, folds, strict=True):
+        model = variant(modelfile.read_model(paths[i]), name)
+        for n in held_out:
+            s = by_name[n]
+            h, w = s.label.shape
+            wins = [(y, x) for y in range(0, h - size + 1, size // 2)
+                    for x in range(0, w - size + 1, size // 2)
+                    if s.valid[y:y + size, x:x + size].all()
+                    and not s.label[y:y + size, x:x + size].any()]
+            pick = [wins[0], wins[len(wins) // 2], wins[-1]] if len(wins) >= 3 else wins
+            subs = [s._replace(name=f"{n}@{y},{x}", before=s.before[:, y:y + size, x:x + size],
+                               after=s.after[:, y:y + size, x:x + size],
+                               label=s.label[y:y + size, x:x + size],
+                               valid=s.valid[y:y + size, x:x + size], image_valid=None)
+                    for y, x in pick]
+            for sub, out in [(x, marks) for x in subs] + [
+                    (s._replace(name=f"{n}@same", after=s.before.copy()), same)]:
+                score = evaluate.score_scene(model.prepare_scene(sub), sub)
+                out.append(float((score[np.isfinite(score)] > threshold).mean()))
+    a = np.array(marks)
+    row = {"windows": int(a.size), "mean": float(a.mean()), "max": float(a.max()),
+           "over_4_percent": int((a > 0.04).sum()), "city_against_itself_max": max(same)}
+    print(f"{str(cv):>40s} {name:>10s} unchanged windows at {threshold:.3f}: {row}", flush=True)
+    return row
 
 
 if __name__ == "__main__":
