@@ -126,26 +126,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def unchanged_windows(s, size: int = 160) -> list:
+    """Up to three ``size`` px windows of scene ``s`` (first, middle and last of those at half
+    a window's stride) that are all valid and hold no labelled change, as scenes, then ``s``
+    paired with itself (named ``…@same``): the calm ground of the ``--null`` checks."""
+    h, w = s.label.shape
+    wins = [(y, x) for y in range(0, h - size + 1, size // 2)
+            for x in range(0, w - size + 1, size // 2)
+            if s.valid[y:y + size, x:x + size].all()
+            and not s.label[y:y + size, x:x + size].any()]
+    pick = [wins[0], wins[len(wins) // 2], wins[-1]] if len(wins) >= 3 else wins
+    subs = [s._replace(name=f"{s.name}@{y},{x}", before=s.before[:, y:y + size, x:x + size],
+                       after=s.after[:, y:y + size, x:x + size],
+                       label=s.label[y:y + size, x:x + size],
+                       valid=s.valid[y:y + size, x:x + size], image_valid=None)
+            for y, x in pick]
+    return subs + [s._replace(name=f"{s.name}@same", after=s.before.copy())]
+
+
 def null_windows(models, folds, by_name, thresholds: dict[str, float], size: int = 160) -> int:
     """Share of pixels marked on unchanged windows (no labelled change, all valid) and on each
     city paired with itself, per variant at its threshold."""
     rows = []
     for model, held_out in zip(models, folds, strict=True):
         for n in held_out:
-            s = by_name[n]
-            h, w = s.label.shape
-            wins = [(y, x) for y in range(0, h - size + 1, size // 2)
-                    for x in range(0, w - size + 1, size // 2)
-                    if s.valid[y:y + size, x:x + size].all()
-                    and not s.label[y:y + size, x:x + size].any()]
-            pick = [wins[0], wins[len(wins) // 2], wins[-1]] if len(wins) >= 3 else wins
-            subs = [s._replace(name=f"{n}@{y},{x}", before=s.before[:, y:y + size, x:x + size],
-                               after=s.after[:, y:y + size, x:x + size],
-                               label=s.label[y:y + size, x:x + size],
-                               valid=s.valid[y:y + size, x:x + size], image_valid=None)
-                    for y, x in pick]
-            subs.append(s._replace(name=f"{n}@same", after=s.before.copy()))
-            for sub in subs:
+            for sub in unchanged_windows(by_name[n], size):
                 adapted = scene_statistics(model, sub)
                 row = {"scene": sub.name}
                 for v, thr in thresholds.items():

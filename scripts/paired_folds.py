@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from adabn_study import scene_statistics
+from adabn_study import scene_statistics, unchanged_windows
 from train_default_models import FOLDS, load_rgb, load_sentinel2
 
 from changedet import evaluate
@@ -129,21 +129,9 @@ def null_windows(cv, name, paths, fold_ids, folds, by_name, threshold: float,
     for i, held_out in zip(fold_ids, folds, strict=True):
         model = variant(modelfile.read_model(paths[i]), name)
         for n in held_out:
-            s = by_name[n]
-            h, w = s.label.shape
-            wins = [(y, x) for y in range(0, h - size + 1, size // 2)
-                    for x in range(0, w - size + 1, size // 2)
-                    if s.valid[y:y + size, x:x + size].all()
-                    and not s.label[y:y + size, x:x + size].any()]
-            pick = [wins[0], wins[len(wins) // 2], wins[-1]] if len(wins) >= 3 else wins
-            subs = [s._replace(name=f"{n}@{y},{x}", before=s.before[:, y:y + size, x:x + size],
-                               after=s.after[:, y:y + size, x:x + size],
-                               label=s.label[y:y + size, x:x + size],
-                               valid=s.valid[y:y + size, x:x + size], image_valid=None)
-                    for y, x in pick]
-            for sub, out in [(x, marks) for x in subs] + [
-                    (s._replace(name=f"{n}@same", after=s.before.copy()), same)]:
+            for sub in unchanged_windows(by_name[n], size):
                 score = evaluate.score_scene(model.prepare_scene(sub), sub)
+                out = same if sub.name.endswith("@same") else marks
                 out.append(float((score[np.isfinite(score)] > threshold).mean()))
     a = np.array(marks)
     row = {"windows": int(a.size), "mean": float(a.mean()), "max": float(a.max()),

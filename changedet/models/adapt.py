@@ -117,6 +117,18 @@ def _adapt_pyramid(net: SiameseNet, pair: jax.Array, masks: list[jax.Array]) -> 
     return levels
 
 
+def _adapt_decode(up: Any, dec: Any, skips: list[jax.Array], masks: list[jax.Array], *,
+                  floor: bool) -> jax.Array:
+    """A U-Net up path (``siamese._decode``) with every BatchNorm measured on ``masks``' valid
+    pixels: from the deepest map up, upsample, then convolve ``[skips[level], upsampled]``."""
+    x = skips[-1]
+    for level in reversed(range(len(up))):
+        x = up[level](x)
+        x = _adapt_block(dec[level], jnp.concatenate([skips[level], x], axis=-1), masks[level],
+                         floor=floor)
+    return x
+
+
 def adapt_difference_norms(model: ChangeModel, before: np.ndarray, after: np.ndarray,
                            valid: np.ndarray | None = None) -> dict[str, Any]:
     """``model``'s state with the BatchNorms after the dates' difference re-estimated on one
@@ -151,7 +163,6 @@ def adapt_difference_norms(model: ChangeModel, before: np.ndarray, after: np.nda
     ok = np.ones(before.shape[:3], bool) if valid is None else np.asarray(valid, bool)
     mask = jnp.asarray(_pad_to(ok[..., None], cfg.align_px, "constant", constant_values=False))
     state = _adapted_state(graphdef, state, b, a, mask, cfg.head, cfg.norm_adapt == "all")
-    # the encoder ran in inference mode and _adapt_block floored every variance it set
     return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
 
@@ -165,32 +176,23 @@ def _adapted_state(graphdef: Any, state: Any, b: jax.Array, a: jax.Array, mask: 
     masks = [mask]
     for _ in net.encoder.down[1:]:
         masks.append(_pool_valid(masks[-1]))
+    pair_masks = [jnp.concatenate([m, m]) for m in masks]  # both dates through the encoder
+    # "difference": the encoder in inference mode (its trained statistics), every variance
+    # set below floored; "all": every BatchNorm the sample's, no floor
     if head_kind == "msdiff":
         assert net.decoder is not None  # the msdiff head has one
-        if encoder:
-            levels = _adapt_pyramid(net, pair, [jnp.concatenate([m, m]) for m in masks])
-        else:
-            levels = net.encoder.pyramid(pair)  # inference mode: the trained statistics
+        levels = (_adapt_pyramid(net, pair, pair_masks) if encoder
+                  else net.encoder.pyramid(pair))
         diffs = [jnp.abs(p[:n] - p[n:]) for p in levels]
-        up, dec = net.decoder.up, net.decoder.dec
-        x = diffs[-1]
-        for level in reversed(range(len(up))):
-            x = up[level](x)
-            x = _adapt_block(dec[level], jnp.concatenate([diffs[level], x], axis=-1),
-                             masks[level], floor=not encoder)
+        x = _adapt_decode(net.decoder.up, net.decoder.dec, diffs, masks, floor=not encoder)
     else:
+        enc = net.encoder
         if encoder:
-            enc = net.encoder
-            levels = _adapt_pyramid(net, pair, [jnp.concatenate([m, m]) for m in masks])
             assert enc.out is not None  # a diff/conc head's encoder has its decoder
-            x = levels[-1]
-            for level in reversed(range(len(enc.up))):
-                x = enc.up[level](x)
-                x = _adapt_block(enc.dec[level], jnp.concatenate([levels[level], x], axis=-1),
-                                 jnp.concatenate([masks[level], masks[level]]), floor=False)
-            e = enc.out(x)
+            e = enc.out(_adapt_decode(enc.up, enc.dec, _adapt_pyramid(net, pair, pair_masks),
+                                      pair_masks, floor=False))
         else:
-            e = net.encoder(pair)
+            e = enc(pair)
         x = jnp.abs(e[:n] - e[n:])
         if head_kind == "conc":
             x = jnp.concatenate([e[:n] + e[n:], x], axis=-1)
